@@ -1,0 +1,162 @@
+"""The coordinator as an aiohttp application, and a running cluster built around it.
+
+``make_app(config)`` sets up the routes; ``start_cluster(config)`` binds them, starts the
+worker pool and waits until the workers have joined. Both ``python -m cluster`` and the
+embedded default of ``pyfora.connect()`` use ``start_cluster``.
+
+Runs on one event loop: the coordinator's own process, or the client's loop thread when
+embedded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import secrets
+import uuid
+
+from aiohttp import WSCloseCode, web
+
+from pyfora import protocol as p
+
+from .dispatcher import Dispatcher
+from .link import accept
+from .session import ClientSession
+from .store import ObjectStore
+from .worker_link import WorkerLink
+from .workers import WorkerPool
+
+log = logging.getLogger("cluster")
+JOIN_TIMEOUT = 60.0
+
+
+@dataclasses.dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int | None = None          # None: one per core
+    token: str | None = None            # clients' token; required off loopback
+    max_frame: int = p.MAX_FRAME
+
+    def __post_init__(self) -> None:
+        if self.workers is None:
+            self.workers = os.cpu_count() or 1
+        if self.token is None and self.host not in ("127.0.0.1", "localhost", "::1"):
+            self.token = os.environ.get("PYFORA_TOKEN") or secrets.token_urlsafe(24)
+
+
+class Coordinator:
+    """The state one coordinator keeps: sessions, workers, tasks and objects."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.cluster_id = uuid.uuid4().hex
+        self.dispatcher = Dispatcher(ObjectStore())
+        self.sessions: set[ClientSession] = set()
+        self.worker_token = config.token or secrets.token_urlsafe(24)
+        self.pool: WorkerPool | None = None
+        self._joined = asyncio.Event()
+
+    def welcome(self, session: str) -> p.Welcome:
+        return p.Welcome(session=session, workers=len(self.dispatcher.workers),
+                         cluster=self.cluster_id)
+
+    def status(self) -> dict:
+        info = self.dispatcher.status()
+        info["sessions"] = len(self.sessions)
+        return info
+
+    async def wait_for_workers(self, count: int, timeout: float = JOIN_TIMEOUT) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.dispatcher.workers) < count:
+                self._joined.clear()
+                await self._joined.wait()
+
+    async def session_handler(self, request: web.Request) -> web.StreamResponse:
+        accepted = await accept(request, "client", self.config.token, self.config.max_frame,
+                                self.welcome(""))
+        if accepted is None:
+            return web.Response()
+        session = ClientSession(accepted[0], self)
+        self.sessions.add(session)
+        try:
+            await session.serve()
+        finally:
+            self.sessions.discard(session)
+            self.dispatcher.session_closed(session)
+        return accepted[0]
+
+    async def worker_handler(self, request: web.Request) -> web.StreamResponse:
+        accepted = await accept(request, "worker", self.worker_token, self.config.max_frame,
+                                self.welcome(""))
+        if accepted is None:
+            return web.Response()
+        ws, hello = accepted
+        worker = WorkerLink(ws, self, hello.name or f"worker@{request.remote}")
+        self.dispatcher.worker_joined(worker)
+        self._joined.set()
+        try:
+            await worker.serve()
+        finally:
+            why = (await self.pool.exit_reason(worker.name)) if self.pool else "disconnected"
+            self.dispatcher.worker_lost(worker, why)
+        return ws
+
+    async def status_handler(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        for link in [*self.sessions, *self.dispatcher.workers]:
+            await link.ws.close(code=WSCloseCode.GOING_AWAY, message=b"cluster shutting down")
+
+
+COORDINATOR = web.AppKey("coordinator", Coordinator)
+
+
+def make_app(config: Config) -> web.Application:
+    app = web.Application()
+    coordinator = Coordinator(config)
+    app[COORDINATOR] = coordinator
+    app.router.add_get("/api/session", coordinator.session_handler)
+    app.router.add_get("/api/worker", coordinator.worker_handler)
+    app.router.add_get("/api/status", coordinator.status_handler)
+    app.on_shutdown.append(coordinator.on_shutdown)
+    return app
+
+
+class RunningCluster:
+    """A coordinator bound to a port, with its worker pool."""
+
+    def __init__(self, runner: web.AppRunner, url: str, coordinator: Coordinator) -> None:
+        self.runner = runner
+        self.url = url
+        self.coordinator = coordinator
+
+    async def stop(self) -> None:
+        if self.coordinator.pool is not None:
+            await self.coordinator.pool.stop()
+        await self.runner.cleanup()
+
+
+async def start_cluster(config: Config) -> RunningCluster:
+    """Bind the coordinator, start ``config.workers`` workers and wait for them to join."""
+    app = make_app(config)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/"
+    coordinator = app[COORDINATOR]
+    coordinator.pool = WorkerPool(config.workers, f"ws://{shown}:{port}/api/worker",
+                                  coordinator.worker_token)
+    try:
+        await coordinator.pool.start()
+        await coordinator.wait_for_workers(config.workers)
+    except BaseException:
+        await RunningCluster(runner, url, coordinator).stop()
+        raise
+    return RunningCluster(runner, url, coordinator)

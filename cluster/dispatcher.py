@@ -1,0 +1,206 @@
+"""Queueing, routing and cancellation of tasks.
+
+A task runs on an idle worker, preferring the one that already holds most of its inputs.
+Each worker runs one task at a time. Results stay on the worker that computed them (small
+ones are also kept here, to ride along with the reply); the directory in ``store`` says
+where.
+
+Runs on the coordinator's event loop. Everything but ``object_bytes`` is synchronous, so
+the dispatcher's state changes only between awaits and needs no locks.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+from typing import Any
+
+from pyfora import protocol as p
+from pyfora.errors import ForeignProxyError, PyforaUsageError
+
+from .store import ObjectRecord, ObjectStore
+
+
+@dataclasses.dataclass(eq=False)
+class Task:
+    tid: int
+    session: Any
+    request_id: int
+    payload: bytes
+    deps: list
+    inline: int
+    oid: int
+    worker: Any = None
+    cancelled: bool = False
+
+
+def crash_error(message: str, worker: str | None = None) -> dict:
+    return {"type": "pyfora.WorkerCrashedError", "message": message, "frames": [],
+            "exc": None, "worker": worker}
+
+
+class Dispatcher:
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        store.on_free = self._free
+        self.queue: collections.deque[Task] = collections.deque()
+        self.idle: dict[Any, None] = {}     # an ordered set of idle WorkerLinks
+        self.workers: dict[Any, None] = {}
+        self.tasks: dict[int, Task] = {}
+        self._by_request: dict[tuple[Any, int], Task] = {}
+        self._ids = itertools.count(1).__next__
+        self.done = self.failed = 0
+
+    # -- from client sessions ---------------------------------------------------------
+
+    def submit(self, session: Any, msg: p.Submit) -> None:
+        """Queue a task. Raises ``PyforaUsageError`` for dependencies it may not use."""
+        records = [self._dependency(session, oid) for oid in msg.deps]
+        for record in records:
+            record.refs += 1
+        task = Task(self._ids(), session, msg.id, msg.payload, list(msg.deps), msg.inline,
+                    self.store.new_id())
+        self.tasks[task.tid] = task
+        self._by_request[(session, msg.id)] = task
+        failed = next((r for r in records if r.error is not None), None)
+        if failed is not None:
+            self._finish(task, p.Done(id=task.tid, oid=task.oid, size=0, type="",
+                                      error=failed.error), holder=None)
+            return
+        self.queue.append(task)
+        self.schedule()
+
+    def _dependency(self, session: Any, oid: int) -> ObjectRecord:
+        record = self.store.get(oid)
+        if record is None:
+            raise PyforaUsageError(f"object {oid} is not on this cluster (released, or made "
+                                   "by another cluster)")
+        if record.owner is not session:
+            raise ForeignProxyError(f"object {oid} belongs to another session")
+        return record
+
+    def cancel(self, session: Any, request_id: int) -> None:
+        task = self._by_request.get((session, request_id))
+        if task is None:
+            return
+        if task.worker is None:
+            self.queue.remove(task)
+            self._forget(task)
+        elif not task.cancelled:
+            task.cancelled = True
+            task.worker.send(p.Cancel(target=task.tid))
+
+    def session_closed(self, session: Any) -> None:
+        for task in [t for t in self.tasks.values() if t.session is session]:
+            self.cancel(session, task.request_id)
+        self.store.release_owned_by(session)
+
+    def define(self, session: Any, msg: p.Define) -> p.Done:
+        record = ObjectRecord(self.store.new_id(), session, len(msg.payload), msg.type,
+                              data=msg.payload)
+        self.store.add(record)
+        return p.Done(id=msg.id, oid=record.oid, size=record.size, type=record.type,
+                      value=msg.payload if record.size <= p.INLINE_LIMIT else None)
+
+    async def object_bytes(self, oid: int, session: Any = None) -> bytes:
+        """The pickle of an object, from the coordinator's copy or from a worker holding it.
+
+        Raises:
+            PyforaUsageError: unknown object, or (with ``session``) one it does not own.
+        """
+        record = self._dependency(session, oid) if session is not None else self.store.get(oid)
+        if record is None:
+            raise PyforaUsageError(f"object {oid} is not on this cluster")
+        if record.data is not None:
+            return record.data
+        if record.error is not None or not record.holders:
+            raise PyforaUsageError(f"object {oid} holds no value (its computation failed)")
+        holder = next(iter(record.holders))
+        reply = await holder.request(p.Fetch(id=0, oid=oid))
+        return reply.data
+
+    # -- from workers -----------------------------------------------------------------
+
+    def worker_joined(self, worker: Any) -> None:
+        self.workers[worker] = None
+        self.idle[worker] = None
+        self.schedule()
+
+    def worker_lost(self, worker: Any, why: str) -> None:
+        self.workers.pop(worker, None)
+        self.idle.pop(worker, None)
+        task, worker.task = worker.task, None
+        if task is not None:
+            self._finish(task, p.Done(id=task.tid, oid=task.oid, size=0, type="",
+                                      error=crash_error(why, worker.name)), holder=None)
+        for record in self.store.forget_holder(worker):
+            record.error = crash_error(f"object {record.oid} was lost: {why}", worker.name)
+        self.schedule()
+
+    def task_done(self, worker: Any, msg: p.Done) -> None:
+        task = worker.task
+        if task is None or task.tid != msg.id:
+            return
+        worker.task = None
+        self.idle[worker] = None
+        self._finish(task, msg, holder=worker)
+        self.schedule()
+
+    def task_output(self, msg: p.Output) -> None:
+        task = self.tasks.get(msg.id)
+        if task is not None and not task.cancelled:
+            task.session.send(p.Output(id=task.request_id, stream=msg.stream, text=msg.text))
+
+    # -- internals --------------------------------------------------------------------
+
+    def schedule(self) -> None:
+        while self.queue and self.idle:
+            task = self.queue.popleft()
+            worker = self._pick(task)
+            del self.idle[worker]
+            task.worker, worker.task = worker, task
+            worker.send(p.Run(id=task.tid, oid=task.oid, payload=task.payload,
+                              deps=task.deps, inline=task.inline))
+
+    def _pick(self, task: Task) -> Any:
+        if not task.deps:
+            return next(iter(self.idle))
+        records = [r for r in map(self.store.get, task.deps) if r is not None]
+        return max(self.idle, key=lambda w: sum(r.size for r in records if w in r.holders))
+
+    def _finish(self, task: Task, msg: p.Done, holder: Any) -> None:
+        self._forget(task)
+        if task.cancelled or task.session.closed:
+            if holder is not None and msg.error is None:
+                holder.send(p.Free(oids=[msg.oid]))
+            return
+        if msg.error is None:
+            self.done += 1
+        else:
+            self.failed += 1
+        self.store.add(ObjectRecord(
+            task.oid, task.session, msg.size, msg.type,
+            holders={holder} if holder is not None and msg.error is None else set(),
+            data=msg.value, error=msg.error))
+        task.session.send(p.Done(id=task.request_id, oid=task.oid, size=msg.size,
+                                 type=msg.type, value=msg.value, error=msg.error))
+
+    def _forget(self, task: Task) -> None:
+        self.tasks.pop(task.tid, None)
+        self._by_request.pop((task.session, task.request_id), None)
+        for oid in task.deps:
+            self.store.decref(oid)
+
+    def _free(self, record: ObjectRecord) -> None:
+        for holder in record.holders:
+            holder.send(p.Free(oids=[record.oid]))
+
+    def status(self) -> dict:
+        return {
+            "workers": [w.describe() for w in self.workers],
+            "tasks": {"queued": len(self.queue),
+                      "running": sum(1 for w in self.workers if w.task is not None),
+                      "done": self.done, "failed": self.failed},
+            "objects": {"count": len(self.store), "bytes": self.store.total_bytes()},
+        }

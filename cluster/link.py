@@ -1,0 +1,162 @@
+"""One websocket peer of the coordinator (a client session or a worker): the handshake,
+an ordered send queue, and requests that await their reply.
+
+Sending never awaits, so the dispatcher can send from plain functions; a writer task
+drains the queue in order.
+
+Runs on the coordinator's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import urllib.parse
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from pyfora import protocol as p
+from pyfora.errors import ProtocolError, PyforaError
+
+log = logging.getLogger("cluster")
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def origin_allowed(request: web.Request) -> bool:
+    """A browser page may only talk to us from our own host: stops a foreign web page
+    from running code on a developer's cluster."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    host = urllib.parse.urlsplit(origin).hostname
+    own = (request.host or "").rsplit(":", 1)[0].strip("[]")
+    return host is not None and host in {own, "localhost", "127.0.0.1", "::1"} and (
+        own in {host, "localhost", "127.0.0.1", "::1"})
+
+
+async def accept(request: web.Request, role: str, token: str | None, max_frame: int,
+                 welcome: p.Welcome) -> tuple[web.WebSocketResponse, p.Hello] | None:
+    """Upgrade and check the ``hello``; on failure answer with an error, close, return None."""
+    if not origin_allowed(request):
+        raise web.HTTPForbidden(text="cross-origin websocket refused\n")
+    ws = web.WebSocketResponse(max_msg_size=max_frame, heartbeat=30.0)
+    await ws.prepare(request)
+    try:
+        msg = await asyncio.wait_for(ws.receive(), HANDSHAKE_TIMEOUT)
+        hello = p.decode(msg.data) if msg.type == WSMsgType.BINARY else None
+        if not isinstance(hello, p.Hello):
+            raise ProtocolError("the first frame must be hello")
+        if hello.version != p.VERSION:
+            raise ProtocolError(f"protocol version {hello.version} is not supported; this "
+                                f"cluster speaks version {p.VERSION}: upgrade pyfora on "
+                                "the older side")
+        if hello.role != role:
+            raise ProtocolError(f"this endpoint is for {role}s, not {hello.role}s")
+        if token is not None and not hmac.compare_digest(
+                (hello.token or "").encode(), token.encode()):
+            await _refuse(ws, "AuthenticationError", "the cluster refused the token: pass "
+                          "token= to connect() or set PYFORA_TOKEN", WSCloseCode.POLICY_VIOLATION)
+            return None
+    except (ProtocolError, asyncio.TimeoutError) as exc:
+        await _refuse(ws, "ProtocolError", str(exc) or "no hello in time",
+                      WSCloseCode.PROTOCOL_ERROR)
+        return None
+    await ws.send_bytes(p.encode(welcome))
+    return ws, hello
+
+
+async def _refuse(ws: web.WebSocketResponse, kind: str, message: str, code: int) -> None:
+    await ws.send_bytes(p.encode(p.Error(id=0, kind=kind, message=message)))
+    await ws.close(code=code, message=message[:120].encode())
+
+
+class Link:
+    """The coordinator's end of one websocket."""
+
+    def __init__(self, ws: web.WebSocketResponse, name: str) -> None:
+        self.ws = ws
+        self.name = name
+        self.closed = False
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._pending: dict[int, asyncio.Future] = {}
+        self._ids = p.RequestIds()
+
+    def send(self, message: p.Message) -> None:
+        if not self.closed:
+            self._queue.put_nowait(p.encode(message))
+
+    def send_error(self, request_id: int, exc: Exception) -> None:
+        kind = type(exc).__name__ if isinstance(exc, PyforaError) else "InternalError"
+        self.send(p.Error(id=request_id, kind=kind, message=str(exc)))
+
+    async def request(self, message: Any) -> p.Message:
+        message.id = self._ids()
+        future = asyncio.get_running_loop().create_future()
+        self._pending[message.id] = future
+        try:
+            self.send(message)
+            return await future
+        finally:
+            self._pending.pop(message.id, None)
+
+    def reply(self, message: Any) -> bool:
+        """Resolve a pending request with its reply; False if nothing waits for it."""
+        future = self._pending.get(getattr(message, "id", 0))
+        if future is None or future.done():
+            return False
+        if isinstance(message, p.Error):
+            future.set_exception(p.error_for(message))
+        else:
+            future.set_result(message)
+        return True
+
+    async def serve(self) -> None:
+        """Read frames until the peer goes away; ``handle`` each one."""
+        writer = asyncio.create_task(self._write())
+        try:
+            async for msg in self.ws:
+                if msg.type != WSMsgType.BINARY:
+                    if msg.type == WSMsgType.TEXT:
+                        self.send(p.Error(id=0, kind="ProtocolError",
+                                          message="expected a binary frame, got text"))
+                    continue
+                try:
+                    message = p.decode(msg.data)
+                except ProtocolError as exc:
+                    self.send_error(0, exc)
+                    continue
+                try:
+                    self.handle(message)
+                except PyforaError as exc:
+                    self.send_error(getattr(message, "id", 0), exc)
+                except Exception as exc:   # a bug here must not take down other sessions
+                    log.exception("error handling %s from %s", message.op, self.name)
+                    self.send_error(getattr(message, "id", 0), exc)
+        finally:
+            self.closed = True
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionResetError(f"{self.name} went away"))
+            self._queue.put_nowait(None)
+            await writer
+
+    async def _write(self) -> None:
+        try:
+            while (frame := await self._queue.get()) is not None:
+                await self.ws.send_bytes(frame)
+        except (ConnectionError, RuntimeError):
+            pass   # the reader sees the close and cleans up
+
+    def handle(self, message: p.Message) -> None:
+        raise NotImplementedError
+
+    def spawn(self, coro) -> None:
+        """Run a request handler that has to await, replying with its error if it fails."""
+        task = asyncio.ensure_future(coro)
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task] = set()

@@ -1,0 +1,254 @@
+"""``pyfora-worker``: a worker process. Connects to a coordinator, runs tasks, holds results.
+
+Tasks run one at a time on a single executor thread while the event loop keeps answering
+the coordinator (object fetches, frees, cancellation). What a task prints is captured and
+sent, a whole line at a time, to the client that submitted it.
+
+Started by the coordinator's pool (``--parent-pipe``: exit when stdin closes, so a worker
+never outlives its coordinator) or by hand on another host.
+
+The event loop runs on the main thread; user code runs on the "pyfora-task" thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import websockets
+from websockets.asyncio.client import connect
+
+from pyfora import protocol as p
+from pyfora import serialization
+from pyfora.errors import ProtocolError
+
+log = logging.getLogger("cluster.worker")
+
+
+class TaskCancelled(BaseException):
+    """Raised inside a running task to stop it (a BaseException so user code's
+    ``except Exception`` does not swallow it)."""
+
+
+class _Entry:
+    __slots__ = ("value", "data")
+
+    def __init__(self, value, data):
+        self.value = value
+        self.data = data
+
+
+class _CapturedStream:
+    """Replaces sys.stdout/stderr: the task thread's writes go to its client, whole lines
+    at a time; every other thread writes to the real stream."""
+
+    def __init__(self, name: str, real) -> None:
+        self.name = name
+        self.real = real
+        self.local = threading.local()
+
+    def write(self, text: str) -> int:
+        sink = getattr(self.local, "sink", None)
+        if sink is None:
+            return self.real.write(text)
+        self.local.buffer += text
+        if "\n" in self.local.buffer:
+            whole, _, self.local.buffer = self.local.buffer.rpartition("\n")
+            sink(self.name, whole + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if getattr(self.local, "sink", None) is None:
+            self.real.flush()
+
+    def start(self, sink) -> None:
+        self.local.sink, self.local.buffer = sink, ""
+
+    def stop(self) -> None:
+        if self.local.buffer:
+            self.local.sink(self.name, self.local.buffer)
+        self.local.sink = None
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+class Worker:
+    def __init__(self, ws, name: str) -> None:
+        self.ws = ws
+        self.name = name
+        self.loop = asyncio.get_running_loop()
+        self.store: dict[int, _Entry] = {}
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="pyfora-task")
+        self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.pending: dict[int, asyncio.Future] = {}
+        self.ids = p.RequestIds()
+        self.running: tuple[int, int] | None = None      # (task id, thread ident)
+        self.running_lock = threading.Lock()
+        self.streams = [_CapturedStream("stdout", sys.stdout), _CapturedStream("stderr", sys.stderr)]
+        sys.stdout, sys.stderr = self.streams
+
+    def send(self, message: p.Message) -> None:
+        self.outbox.put_nowait(p.encode(message))
+
+    def send_threadsafe(self, message: p.Message) -> None:
+        self.loop.call_soon_threadsafe(self.outbox.put_nowait, p.encode(message))
+
+    async def writer(self) -> None:
+        while True:
+            await self.ws.send(await self.outbox.get())
+
+    async def serve(self) -> None:
+        async for frame in self.ws:
+            message = p.decode(frame)
+            match message:
+                case p.Run():
+                    asyncio.ensure_future(self.run(message))
+                case p.Fetch():
+                    self.fetch(message)
+                case p.Free():
+                    for oid in message.oids:
+                        self.store.pop(oid, None)
+                case p.Cancel():
+                    self.cancel(message.target)
+                case p.Value() | p.Error():
+                    future = self.pending.pop(message.id, None)
+                    if future is not None and not future.done():
+                        future.set_result(message)
+                case _:
+                    raise ProtocolError(f"a worker does not expect {message.op!r}")
+
+    async def run(self, message: p.Run) -> None:
+        try:
+            await asyncio.gather(*(self.get(oid) for oid in message.deps if oid not in self.store))
+        except LookupError as exc:
+            self.send(p.Done(id=message.id, oid=message.oid, size=0, type="",
+                             error=serialization.describe_exception(exc, self.name)))
+            return
+        done = await self.loop.run_in_executor(self.pool, self.execute, message)
+        self.send(done)
+
+    async def get(self, oid: int) -> None:
+        """Fetch an input this worker does not hold, through the coordinator."""
+        request_id = self.ids()
+        future = self.loop.create_future()
+        self.pending[request_id] = future
+        self.send(p.Get(id=request_id, oid=oid))
+        reply = await future
+        if isinstance(reply, p.Error):
+            raise LookupError(f"input object {oid} is unavailable: {reply.message}")
+        self.store[oid] = _Entry(serialization.loads(reply.data, self.resolve), reply.data)
+
+    def resolve(self, oid: int):
+        return self.store[oid].value
+
+    def execute(self, message: p.Run) -> p.Done:
+        """Run one task on the task thread; never raises."""
+        def sink(stream: str, text: str) -> None:
+            self.send_threadsafe(p.Output(id=message.id, stream=stream, text=text))
+
+        for stream in self.streams:
+            stream.start(sink)
+        try:
+            try:
+                with self.running_lock:
+                    self.running = (message.id, threading.get_ident())
+                fn, args, kwargs = serialization.loads(message.payload, self.resolve)
+                value = fn(*args, **kwargs)
+            finally:
+                with self.running_lock:
+                    self.running = None
+                for stream in self.streams:
+                    stream.stop()
+            data, _ = serialization.dumps(value)
+        except TaskCancelled as exc:
+            with self.running_lock:
+                self.running = None
+            return p.Done(id=message.id, oid=message.oid, size=0, type="",
+                          error=serialization.describe_exception(exc, self.name))
+        except BaseException as exc:   # noqa: B036 - user code may raise SystemExit too
+            return p.Done(id=message.id, oid=message.oid, size=0, type="",
+                          error=serialization.describe_exception(exc, self.name))
+        self.store[message.oid] = _Entry(value, data)
+        return p.Done(id=message.id, oid=message.oid, size=len(data),
+                      type=serialization.type_name(type(value)),
+                      value=data if len(data) <= message.inline else None)
+
+    def fetch(self, message: p.Fetch) -> None:
+        entry = self.store.get(message.oid)
+        if entry is None:
+            self.send(p.Error(id=message.id, kind="PyforaUsageError",
+                              message=f"object {message.oid} is not on {self.name}"))
+        else:
+            self.send(p.Value(id=message.id, data=entry.data))
+
+    def cancel(self, task_id: int) -> None:
+        """Raise TaskCancelled in the task thread, if that task is still the one running."""
+        with self.running_lock:
+            if self.running is None or self.running[0] != task_id:
+                return
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self.running[1]), ctypes.py_object(TaskCancelled))
+
+
+async def run_worker(url: str, token: str | None, name: str) -> None:
+    async with connect(url, max_size=p.MAX_FRAME, compression=None,
+                       ping_interval=None) as ws:
+        await ws.send(p.encode(p.Hello(version=p.VERSION, role="worker", token=token,
+                                       name=name)))
+        reply = p.decode(await ws.recv())
+        if isinstance(reply, p.Error):
+            raise SystemExit(f"pyfora-worker: {reply.message}")
+        worker = Worker(ws, name)
+        writer = asyncio.create_task(worker.writer())
+        try:
+            await worker.serve()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            writer.cancel()
+
+
+def _exit_when_parent_dies() -> None:
+    """The coordinator holds our stdin's other end: EOF means it is gone."""
+    def watch() -> None:
+        while os.read(0, 1024):
+            pass
+        os._exit(0)
+    threading.Thread(target=watch, name="pyfora-parent-watch", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="pyfora-worker",
+        description="Join a pyfora coordinator as a worker and run its tasks.")
+    parser.add_argument("url", help="the coordinator, e.g. ws://host:8000 (or http://...)")
+    parser.add_argument("--token", default=os.environ.get("PYFORA_TOKEN"),
+                        help="the cluster's token (default: $PYFORA_TOKEN)")
+    parser.add_argument("--name", default=f"worker@{os.uname().nodename}-{os.getpid()}",
+                        help="a name for this worker in the dashboard and in errors")
+    parser.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--log-level", default="WARNING",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    if args.parent_pipe:
+        _exit_when_parent_dies()
+    url = args.url.rstrip("/")
+    url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    if not url.endswith("/api/worker"):
+        url += "/api/worker"
+    try:
+        asyncio.run(run_worker(url, args.token, args.name))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""``pyfora.aio.connect``: open an executor on a cluster, or on an embedded one.
+
+``connect()`` with no URL starts a coordinator on this event loop and one worker
+subprocess per core; the executor owns it and stops it on ``close()``. This is the one
+place the client imports ``cluster``, lazily.
+
+Runs on the event loop that awaits it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .executor import Executor
+from .session import Session
+
+
+class connect:  # noqa: N801 - used like a function: `await connect()`, `async with connect()`
+    """Connect to a cluster.
+
+    ``ex = await connect(url)`` or ``async with connect(url) as ex:``.
+
+    Args:
+        url: ``http://``, ``https://``, ``ws://`` or ``wss://`` address of a coordinator
+            (``?token=`` allowed). None starts an embedded cluster owned by the executor.
+        token: the cluster's token (default: from the URL, else ``$PYFORA_TOKEN``).
+        workers: with no URL, how many workers the embedded cluster starts (default: one
+            per core).
+
+    Raises:
+        PyforaConnectionError: the cluster cannot be reached.
+        AuthenticationError: the cluster refused the token.
+    """
+
+    def __init__(self, url: str | None = None, *, token: str | None = None,
+                 workers: int | None = None) -> None:
+        self._url = url
+        self._token = token
+        self._workers = workers
+        self._executor: Executor | None = None
+
+    async def _open(self) -> Executor:
+        cluster = None
+        url = self._url
+        if url is None:
+            cluster = await _start_embedded(self._workers)
+            url = cluster.url
+        try:
+            session = await Session.open(url, self._token)
+        except BaseException:
+            if cluster is not None:
+                await cluster.stop()
+            raise
+        return Executor(session, cluster)
+
+    def __await__(self):
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Executor:
+        self._executor = await self._open()
+        return self._executor
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._executor.close()
+
+
+async def _start_embedded(workers: int | None):
+    from cluster.app import Config, start_cluster
+    return await start_cluster(Config(host="127.0.0.1", port=0, workers=workers))

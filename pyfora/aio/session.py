@@ -1,0 +1,187 @@
+"""One persistent websocket session to a coordinator.
+
+The handshake, a reader task that routes replies to the requests awaiting them and
+pushed messages (task output) to a callback, an ordered send queue, and close semantics:
+when the connection ends, every pending request fails with ``SessionClosedOK`` or
+``SessionLost``, so no future ever hangs.
+
+Runs on the event loop that opened it; only ``post_threadsafe`` may be called from other
+threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import urllib.parse
+from typing import Callable
+
+import websockets
+from websockets.asyncio.client import connect as ws_connect
+
+from .. import protocol as p
+from ..errors import (AuthenticationError, ExecutorClosedError, PyforaConnectionError,
+                      SessionClosedOK, SessionLost)
+
+log = logging.getLogger("pyfora")
+OPEN_TIMEOUT = 20.0
+
+
+def session_url(url: str) -> tuple[str, str | None]:
+    """Normalize ``http(s)://`` and ``ws(s)://`` URLs to the session endpoint; return it and
+    the token given as ``?token=``, if any."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise PyforaConnectionError(
+            f"cannot connect to {url!r}: expected a URL like http://host:8000/ or ws://host:8000")
+    query = urllib.parse.parse_qs(parts.query)
+    token = query.pop("token", [None])[0]
+    path = parts.path.rstrip("/")
+    if not path.endswith("/api/session"):
+        path += "/api/session"
+    rest = urllib.parse.urlencode(query, doseq=True)
+    return urllib.parse.urlunsplit((scheme, parts.netloc, path, rest, "")), token
+
+
+class Session:
+    """The client's end of the websocket. Create it with ``await Session.open(...)``."""
+
+    def __init__(self, ws, welcome: p.Welcome, on_push: Callable[[p.Message], None]) -> None:
+        self._ws = ws
+        self.welcome = welcome
+        self.on_push = on_push
+        self._pending: dict[int, asyncio.Future] = {}
+        self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._ids = p.RequestIds()
+        self._loop = asyncio.get_running_loop()
+        self._closed: PyforaConnectionError | None = None
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._write())]
+
+    @classmethod
+    async def open(cls, url: str, token: str | None = None,
+                   on_push: Callable[[p.Message], None] = lambda m: None) -> Session:
+        """Connect and say hello.
+
+        Raises:
+            PyforaConnectionError: the cluster cannot be reached.
+            AuthenticationError: it refused the token.
+            ProtocolError: it speaks another protocol version.
+        """
+        ws_url, url_token = session_url(url)
+        token = token or url_token or os.environ.get("PYFORA_TOKEN")
+        try:
+            ws = await ws_connect(ws_url, max_size=p.MAX_FRAME, compression=None,
+                                  open_timeout=OPEN_TIMEOUT, ping_interval=20, ping_timeout=60,
+                                  close_timeout=2)
+        except websockets.InvalidStatus as exc:
+            code = exc.response.status_code
+            cls_ = AuthenticationError if code in (401, 403) else PyforaConnectionError
+            raise cls_(f"the cluster at {url} refused the connection (HTTP {code})") from None
+        except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            raise PyforaConnectionError(
+                f"cannot reach the cluster at {url}: {exc}; is it running? "
+                "(start one with `pyfora-cluster`, or call pyfora.connect() with no URL)") from None
+        try:
+            await ws.send(p.encode(p.Hello(version=p.VERSION, role="client", token=token)))
+            reply = p.decode(await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT))
+        except (websockets.ConnectionClosed, TimeoutError) as exc:
+            await ws.close()
+            raise PyforaConnectionError(f"the cluster at {url} closed the handshake: {exc}") from None
+        if isinstance(reply, p.Error):
+            await ws.close()
+            raise p.error_for(reply)
+        return cls(ws, reply, on_push)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def check_open(self) -> None:
+        if self._closed is not None:
+            raise ExecutorClosedError(
+                f"this executor's session is closed ({self._closed}); connect again")
+
+    def next_id(self) -> int:
+        return self._ids()
+
+    async def request(self, message: p.Message) -> p.Message:
+        """Send a request and await its reply. Cancelling the caller stops the wait only:
+        the caller decides whether the cluster must be told (``Cancel``)."""
+        self.check_open()
+        future = self._loop.create_future()
+        self._pending[message.id] = future
+        try:
+            self._outbox.put_nowait(p.encode(message))
+            return await future
+        finally:
+            self._pending.pop(message.id, None)
+
+    def post(self, message: p.Message) -> None:
+        """Send a message that wants no reply. Loop thread only."""
+        if self._closed is None:
+            self._outbox.put_nowait(p.encode(message))
+
+    def post_threadsafe(self, message: p.Message) -> None:
+        """``post`` from any thread, finalizers included; a no-op once the loop is gone."""
+        try:
+            self._loop.call_soon_threadsafe(self.post, message)
+        except RuntimeError:
+            pass
+
+    async def _write(self) -> None:
+        try:
+            while (frame := await self._outbox.get()) is not None:
+                await self._ws.send(frame)
+        except websockets.ConnectionClosed:
+            pass
+
+    async def _read(self) -> None:
+        failure: PyforaConnectionError
+        try:
+            async for frame in self._ws:
+                self._dispatch(p.decode(frame))
+            failure = self._closed_error(SessionClosedOK)
+        except websockets.ConnectionClosedOK:
+            failure = self._closed_error(SessionClosedOK)
+        except websockets.ConnectionClosed:
+            failure = self._closed_error(SessionLost)
+        except Exception as exc:   # a protocol bug: fail loudly, never hang
+            log.exception("pyfora session reader failed")
+            failure = SessionLost(f"session failed: {exc!r}")
+        self._shut(failure)
+
+    def _closed_error(self, cls: type[PyforaConnectionError]) -> PyforaConnectionError:
+        code, reason = self._ws.close_code, self._ws.close_reason or ""
+        what = "closed" if cls is SessionClosedOK else "lost"
+        detail = f" ({reason})" if reason else ""
+        return cls(f"the connection to the cluster was {what}{detail}", code, reason)
+
+    def _dispatch(self, message: p.Message) -> None:
+        future = self._pending.get(getattr(message, "id", 0))
+        if isinstance(message, p.Output) or future is None:
+            if isinstance(message, p.Error):
+                log.warning("pyfora: the cluster reported: %s", message.message)
+            else:
+                self.on_push(message)
+        elif not future.done():
+            if isinstance(message, p.Error):
+                future.set_exception(p.error_for(message))
+            else:
+                future.set_result(message)
+
+    def _shut(self, failure: PyforaConnectionError) -> None:
+        if self._closed is not None:
+            return
+        self._closed = failure
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(failure)
+        self._outbox.put_nowait(None)
+
+    async def close(self) -> None:
+        """Close the session; pending requests fail with ``SessionClosedOK``."""
+        self._shut(SessionClosedOK("the session was closed by the client", 1000))
+        await self._ws.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

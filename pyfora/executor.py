@@ -1,0 +1,69 @@
+"""The synchronous ``Executor``: the async core's executor, driven from any thread.
+
+Each method is one delegation through the portal. ``submit`` pickles its call on the
+caller's thread (``aio.Executor.prepare``), so an argument that cannot be sent raises
+right there and nothing is sent; the rest happens on the loop thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from . import aio
+from ._portal import Portal
+from .future import Future
+from .remote import RemotePythonObject
+
+
+class Executor:
+    """A live connection to a cluster: ``pyfora.connect(url)`` makes one.
+
+    Use it as a context manager, or ``close()`` it; either releases what it holds on the
+    cluster and stops the embedded cluster it started, if any.
+    """
+
+    def __init__(self, twin: aio.Executor, portal: Portal) -> None:
+        self._aio = twin
+        self._portal = portal
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` on the cluster.
+
+        Returns:
+            A Future of a ``RemotePythonObject`` for the result (``toLocal()`` it).
+            Cancelling the Future cancels the computation on the cluster.
+
+        Raises:
+            PythonToForaConversionError: an argument cannot be pickled; it is named.
+            ExecutorClosedError: the executor is closed.
+        """
+        call = self._aio.prepare(fn, args, kwargs)
+        return self._portal.submit(self._aio.submitPrepared(call), self._proxy)
+
+    def define(self, obj: Any) -> Future:
+        """Send ``obj`` to the cluster: a Future of a proxy of it."""
+        return self._portal.submit(self._aio.define(obj), self._proxy)
+
+    def getWorkerCount(self) -> int:
+        """How many workers the cluster has now. Blocks."""
+        return self._portal.call(self._aio.getWorkerCount())
+
+    def status(self) -> dict:
+        """The cluster's status: workers, tasks queued and running, objects held. Blocks."""
+        return self._portal.call(self._aio.status())
+
+    def isClosed(self) -> bool:
+        return self._aio.isClosed()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Close the session and stop the embedded cluster, if any. Idempotent; blocks."""
+        self._portal.call(self._aio.close(), timeout)
+
+    def _proxy(self, twin: aio.RemotePythonObject) -> RemotePythonObject:
+        return RemotePythonObject(twin, self)
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

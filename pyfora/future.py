@@ -1,0 +1,79 @@
+"""``pyfora.Future``: the result of a remote operation in the synchronous API.
+
+A ``concurrent.futures.Future``, so ``wait`` and ``as_completed`` work; also awaitable on
+any event loop (through ``asyncio.wrap_future``). ``result()`` waits in short slices so
+Ctrl-C is seen at once: it cancels the remote operation, then re-raises. Callbacks run
+on pyfora's callback thread, never on its event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import PyforaTimeoutError
+
+if TYPE_CHECKING:
+    from ._portal import Portal
+
+_SLICE = 0.1
+
+
+class Future(concurrent.futures.Future):
+    """The pending result of a remote operation.
+
+    ``cancel()`` returns True until the result has arrived, and cancels the computation
+    on the cluster; ``result()`` then raises ``pyfora.CancelledError``.
+    """
+
+    def __init__(self, portal: Portal) -> None:
+        super().__init__()
+        self._portal = portal
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Block until the result arrives.
+
+        Args:
+            timeout: seconds to wait; the computation goes on after a timeout.
+
+        Raises:
+            PyforaTimeoutError: not done within ``timeout``.
+            CancelledError: the operation was cancelled.
+            ComputationError, PyforaConnectionError, ...: what the operation raised.
+
+        Any thread but pyfora's event loop thread.
+        """
+        self._wait(timeout)
+        return super().result(timeout=0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As ``result``, but returns the exception instead of raising it."""
+        self._wait(timeout)
+        return super().exception(timeout=0)
+
+    def _wait(self, timeout: float | None) -> None:
+        if self.done():
+            return
+        self._portal.check_blocking_allowed()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not self.done():
+                step = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+                if step <= 0:
+                    raise PyforaTimeoutError(
+                        f"not done after {timeout} s; the operation goes on: cancel() the "
+                        "future to stop it")
+                concurrent.futures.wait([self], timeout=step)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+
+    def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(future)`` on pyfora's callback thread once this is done."""
+        callbacks = self._portal.callbacks
+        super().add_done_callback(lambda f: callbacks.submit(fn, f))
+
+    def __await__(self):
+        return asyncio.wrap_future(self).__await__()

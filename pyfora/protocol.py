@@ -1,0 +1,265 @@
+"""The wire: message types and their msgpack encoding, with no I/O.
+
+Both ends (the client in ``pyfora.aio``, the coordinator and the workers in ``cluster``)
+import this module and nothing else to speak the protocol. Every frame is one binary
+websocket message holding a msgpack map ``{"op": ..., **fields}``. User data travels in
+``bytes`` fields that only the client and the workers unpickle: the coordinator never does.
+
+Requests carry an ``id`` chosen by the sender; the reply names the same ``id``. Messages
+whose ``id`` is 0 want no reply.
+
+Runs on any thread; imports neither asyncio nor websockets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, ClassVar
+
+import msgpack
+
+from .errors import ProtocolError
+
+VERSION = 1
+#: Largest frame either end accepts, unless configured otherwise.
+MAX_FRAME = 1 << 30
+#: Results whose pickle is at most this many bytes ride along with their ``done`` reply.
+INLINE_LIMIT = 64 * 1024
+
+_OPS: dict[str, type[Message]] = {}
+
+
+class Message:
+    """Base of every message; ``op`` names it on the wire."""
+    __slots__ = ()
+    op: ClassVar[str] = ""
+
+
+def _message(op: str):
+    def wrap(cls):
+        cls.op = op
+        cls = dataclasses.dataclass(slots=True)(cls)
+        _OPS[op] = cls
+        return cls
+    return wrap
+
+
+# -- handshake ------------------------------------------------------------------------
+
+@_message("hello")
+class Hello(Message):
+    """First frame of every connection. ``role`` is ``client`` or ``worker``."""
+    version: int
+    role: str
+    token: str | None = None
+    name: str | None = None
+
+
+@_message("welcome")
+class Welcome(Message):
+    session: str
+    workers: int
+    cluster: str
+
+
+# -- replies --------------------------------------------------------------------------
+
+@_message("error")
+class Error(Message):
+    """A request failed. ``kind`` names the matching exception class in ``pyfora.errors``."""
+    id: int
+    kind: str
+    message: str
+
+
+@_message("ok")
+class Ok(Message):
+    id: int
+
+
+@_message("done")
+class Done(Message):
+    """A computation finished: ``oid`` now names its result on the cluster.
+
+    ``value`` carries the result's pickle when it is small; ``error`` is set when the
+    computation raised (a dict: type, message, traceback, exc, worker).
+    """
+    id: int
+    oid: int
+    size: int
+    type: str
+    value: bytes | None = None
+    error: dict | None = None
+
+
+@_message("value")
+class Value(Message):
+    id: int
+    data: bytes
+
+
+@_message("output")
+class Output(Message):
+    """Text a running task printed. ``id`` is the task's submit id."""
+    id: int
+    stream: str
+    text: str
+
+
+@_message("info")
+class Info(Message):
+    id: int
+    info: dict
+
+
+# -- requests -------------------------------------------------------------------------
+
+@_message("submit")
+class Submit(Message):
+    """Run ``payload`` (a pickled ``(fn, args, kwargs)``); ``deps`` are object ids it uses."""
+    id: int
+    payload: bytes
+    deps: list = dataclasses.field(default_factory=list)
+    inline: int = INLINE_LIMIT
+
+
+@_message("define")
+class Define(Message):
+    id: int
+    payload: bytes
+    type: str = ""
+
+
+@_message("fetch")
+class Fetch(Message):
+    id: int
+    oid: int
+
+
+@_message("release")
+class Release(Message):
+    oids: list
+
+
+@_message("cancel")
+class Cancel(Message):
+    """Cancel the request (client) or task (coordinator to worker) named ``target``."""
+    target: int
+
+
+@_message("status")
+class Status(Message):
+    id: int
+
+
+# -- coordinator to worker ------------------------------------------------------------
+
+@_message("run")
+class Run(Message):
+    """Run task ``id`` and keep its result as object ``oid``."""
+    id: int
+    oid: int
+    payload: bytes
+    deps: list
+    inline: int = INLINE_LIMIT
+
+
+@_message("free")
+class Free(Message):
+    oids: list
+
+
+@_message("get")
+class Get(Message):
+    """A worker asks the coordinator for an object it does not hold."""
+    id: int
+    oid: int
+
+
+_FIELDS = {op: {f.name for f in dataclasses.fields(cls)} for op, cls in _OPS.items()}
+
+
+def encode(message: Message) -> bytes:
+    """Encode one message as a frame."""
+    data = {"op": message.op}
+    for name in _FIELDS[message.op]:
+        data[name] = getattr(message, name)
+    return msgpack.packb(data, use_bin_type=True)
+
+
+def decode(frame: bytes | str) -> Message:
+    """Decode one frame.
+
+    Raises:
+        ProtocolError: the frame is not a message this version knows, naming the problem.
+    """
+    if not isinstance(frame, bytes):
+        raise ProtocolError("expected a binary frame, got text")
+    try:
+        data = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise ProtocolError(f"frame is not valid msgpack ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"frame must be a map, got {type(data).__name__}")
+    op = data.pop("op", None)
+    cls = _OPS.get(op) if isinstance(op, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown operation {op!r}")
+    unknown = data.keys() - _FIELDS[op]
+    if unknown:
+        raise ProtocolError(f"{op}: unknown fields {sorted(map(str, unknown))}")
+    try:
+        message = cls(**data)
+    except TypeError as exc:
+        raise ProtocolError(f"{op}: {exc}") from None
+    _check_types(message)
+    return message
+
+
+_INT_FIELDS = {"id", "oid", "size", "target", "version", "workers", "inline"}
+_BYTES_FIELDS = {"payload", "data"}
+
+
+def _check_types(message: Message) -> None:
+    """Reject fields of the wrong type here, so handlers can trust what they get."""
+    for name in _FIELDS[message.op]:
+        value = getattr(message, name)
+        if name in _INT_FIELDS:
+            ok = type(value) is int
+        elif name in _BYTES_FIELDS:
+            ok = type(value) is bytes
+        elif name in ("deps", "oids"):
+            ok = type(value) is list and all(type(v) is int for v in value)
+        elif name in ("stream", "text", "kind", "message", "role", "type"):
+            ok = type(value) is str
+        elif name in ("token", "name"):
+            ok = value is None or type(value) is str
+        elif name == "value":
+            ok = value is None or type(value) is bytes
+        elif name in ("error", "info"):
+            ok = value is None or type(value) is dict
+        else:
+            ok = True
+        if not ok:
+            raise ProtocolError(f"{message.op}: field {name!r} has type {type(value).__name__}")
+
+
+class RequestIds:
+    """Request ids for one connection: positive, increasing (0 means no reply wanted)."""
+
+    def __init__(self) -> None:
+        self._next = itertools.count(1).__next__
+
+    def __call__(self) -> int:
+        return self._next()
+
+
+def error_for(message: Error) -> Exception:
+    """The exception an ``error`` reply stands for, from ``pyfora.errors`` by name."""
+    from . import errors
+    cls: Any = getattr(errors, message.kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.PyforaError)) or issubclass(
+            cls, errors.ComputationError):
+        cls = errors.InternalError
+    return cls(message.message)

@@ -1,0 +1,252 @@
+"""cloudpickle in and out: the only place that turns user values into bytes and back.
+
+Proxies (``RemotePythonObject``) never travel as values: while ``dumps`` runs, a proxy's
+``__reduce__`` asks this module for a reference, which records its object id as a
+dependency of the payload; on the worker, ``loads`` resolves each reference to the value
+the worker holds. The coordinator forwards the bytes without unpickling them.
+
+cloudpickle ships functions of ``__main__`` and of modules workers cannot import by value,
+with ``co_filename`` set to ``<dynamic-code>``; ``CodeMap`` remembers where each shipped
+function came from so that remote tracebacks point at the user's source.
+
+Runs on any thread: the per-call context is thread-local.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import linecache
+import os
+import pickle
+import sys
+import threading
+import traceback
+import types
+from typing import Any, Callable
+
+import cloudpickle
+
+from .errors import ComputationError, PythonToForaConversionError, WorkerCrashedError
+from .protocol import MAX_FRAME
+
+PROTOCOL = 5
+_local = threading.local()
+_FRAME_OVERHEAD = 4096
+
+
+class CodeMap:
+    """(qualified name, first line) of every function shipped by value -> its file name."""
+
+    def __init__(self) -> None:
+        self._files: dict[tuple[str, int], str] = {}
+        self._seen: set[int] = set()
+
+    def add(self, code: types.CodeType) -> None:
+        if id(code) in self._seen:
+            return
+        self._seen.add(id(code))
+        self._files[(code.co_qualname, code.co_firstlineno)] = code.co_filename
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                self.add(const)
+
+    def filename(self, qualname: str, firstlineno: int) -> str | None:
+        return self._files.get((qualname, firstlineno))
+
+
+_by_value_checked: dict[str, bool] = {}
+_installed_packages: set[str] | None = None
+
+
+def _ship_module_by_value(name: str | None) -> None:
+    """Modules of the user's own (scripts' siblings, test files, notebooks' helpers) are not
+    importable on workers: make cloudpickle ship them by value. Installed distributions
+    (editable ones included) and the standard library are imported by the worker."""
+    global _installed_packages
+    if not name or name in _by_value_checked:
+        return
+    top = name.partition(".")[0]
+    if _installed_packages is None:
+        _installed_packages = set(importlib.metadata.packages_distributions())
+    module = sys.modules.get(name)
+    own = (module is not None and top not in _installed_packages
+           and top not in sys.stdlib_module_names and top not in sys.builtin_module_names
+           and getattr(module, "__file__", None) is not None and name != "__main__")
+    _by_value_checked[name] = own
+    if own:
+        cloudpickle.register_pickle_by_value(module)
+
+
+class _Pickler(cloudpickle.Pickler):
+    def __init__(self, file, code_map: CodeMap | None):
+        super().__init__(file, protocol=PROTOCOL)
+        self._code_map = code_map
+
+    def reducer_override(self, obj):
+        kind = type(obj)
+        if kind is types.FunctionType:
+            _ship_module_by_value(obj.__module__)
+            if self._code_map is not None:
+                self._code_map.add(obj.__code__)
+        elif isinstance(obj, type):
+            _ship_module_by_value(obj.__module__)
+        return super().reducer_override(obj)
+
+
+def dumps(obj: Any, owner: Any = None, code_map: CodeMap | None = None) -> tuple[bytes, list[int]]:
+    """Pickle ``obj`` for the cluster.
+
+    Args:
+        obj: any value; proxies inside it become references.
+        owner: the executor proxies must belong to (checked by the proxy's ``__reduce__``).
+        code_map: where to record the functions shipped by value.
+
+    Returns:
+        The bytes and the object ids of the proxies they reference.
+
+    Raises:
+        PythonToForaConversionError: ``obj`` cannot be pickled, or is over the frame limit.
+    """
+    _local.owner, _local.refs = owner, []
+    try:
+        buf = io.BytesIO()
+        _Pickler(buf, code_map).dump(obj)
+        data = buf.getvalue()
+        refs = _local.refs
+    finally:
+        _local.owner = _local.refs = None
+    if len(data) > MAX_FRAME - _FRAME_OVERHEAD:
+        raise PythonToForaConversionError(
+            f"value is {len(data):,} bytes pickled, over the {MAX_FRAME:,}-byte frame limit; "
+            "build large values on the cluster instead of sending them")
+    return data, refs
+
+
+def dumps_call(fn: Callable, args: tuple, kwargs: dict, owner: Any = None,
+               code_map: CodeMap | None = None) -> tuple[bytes, list[int]]:
+    """Pickle a call; when that fails, name the argument that cannot be pickled."""
+    try:
+        return dumps((fn, args, kwargs), owner, code_map)
+    except PythonToForaConversionError:
+        raise
+    except Exception as exc:
+        parts = [("the function", fn)] + [(f"argument {i}", a) for i, a in enumerate(args)]
+        parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+        for label, value in parts:
+            try:
+                cloudpickle.dumps(value, protocol=PROTOCOL)
+            except Exception as inner:
+                raise PythonToForaConversionError(
+                    f"{label} ({type(value).__qualname__}) cannot be sent to the cluster: "
+                    f"{type(inner).__name__}: {inner}") from inner
+        # Only an object passed to the proxy check, such as a foreign proxy, gets here.
+        raise exc
+
+
+def reduce_ref(oid: int, owner: Any) -> tuple:
+    """What a proxy's ``__reduce__`` returns: a reference the worker resolves.
+
+    Raises the owner's error when the proxy is pickled for an executor it does not belong
+    to; outside ``dumps`` (plain ``pickle.dumps(proxy)``) the reference is still made.
+    """
+    refs = getattr(_local, "refs", None)
+    if refs is not None:
+        current = _local.owner
+        if current is not None and owner is not current:
+            from .errors import ForeignProxyError
+            raise ForeignProxyError(
+                "a proxy from another executor (or cluster) was passed to this one; "
+                "download it with toLocal() first, or use it with the executor that made it")
+        refs.append(oid)
+    return (_load_ref, (oid,))
+
+
+def _load_ref(oid: int) -> Any:
+    resolve = getattr(_local, "resolve", None)
+    if resolve is None:
+        raise pickle.UnpicklingError(
+            f"a pyfora proxy (object {oid}) can only be unpickled on the cluster")
+    return resolve(oid)
+
+
+def loads(data: bytes, resolve: Callable[[int], Any] | None = None) -> Any:
+    """Unpickle ``data``; ``resolve(oid)`` turns references into values (worker side)."""
+    previous = getattr(_local, "resolve", None)
+    _local.resolve = resolve
+    try:
+        return pickle.loads(data)
+    finally:
+        _local.resolve = previous
+
+
+# -- remote exceptions ----------------------------------------------------------------
+
+_INTERNAL_DIRS = tuple(
+    os.path.dirname(os.path.abspath(p)) + os.sep
+    for p in (__file__, cloudpickle.__file__))
+
+
+def describe_exception(exc: BaseException, worker: str | None = None,
+                       skip: int = 0) -> dict:
+    """Worker side: an exception as a ``done`` error payload.
+
+    ``skip`` drops the runner's own outermost frames. Frames of pyfora and of the worker
+    are trimmed too unless ``PYFORA_KEEP_INTERNAL_STACK`` is set.
+    """
+    frames = []
+    keep_internal = bool(os.environ.get("PYFORA_KEEP_INTERNAL_STACK"))
+    tb = exc.__traceback__
+    for _ in range(skip):
+        tb = tb.tb_next if tb is not None else None
+    for frame, lineno in traceback.walk_tb(tb):
+        code = frame.f_code
+        if not keep_internal and code.co_filename.startswith(_INTERNAL_DIRS + _cluster_dirs()):
+            continue
+        line = linecache.getline(code.co_filename, lineno).strip() or None
+        frames.append([code.co_filename, lineno, code.co_qualname, code.co_firstlineno, line])
+    try:
+        pickled = cloudpickle.dumps(exc, protocol=PROTOCOL)
+    except Exception:
+        pickled = None
+    return {"type": type_name(type(exc)), "message": str(exc), "frames": frames,
+            "exc": pickled, "worker": worker}
+
+
+def _cluster_dirs() -> tuple[str, ...]:
+    mod = sys.modules.get("cluster")
+    return tuple(os.path.dirname(os.path.abspath(p)) + os.sep for p in getattr(mod, "__path__", ()))
+
+
+def type_name(cls: type) -> str:
+    """A type's name as users write it: builtins bare, others with their module."""
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def format_remote_traceback(error: dict, code_map: CodeMap | None = None) -> str:
+    """Client side: the remote traceback as text, with file names and source lines from
+    this machine where the worker could not know them."""
+    lines = ["Traceback (most recent call last):"]
+    for filename, lineno, name, firstlineno, line in error.get("frames", ()):
+        if code_map is not None and filename.startswith("<"):
+            filename = code_map.filename(name, firstlineno) or filename
+        line = line or linecache.getline(filename, lineno).strip()
+        lines.append(f'  File "{filename}", line {lineno}, in {name.rsplit(".", 1)[-1]}')
+        if line:
+            lines.append(f"    {line}")
+    message = error.get("message", "")
+    lines.append(f"{error['type']}: {message}" if message else error["type"])
+    return "\n".join(lines) + "\n"
+
+
+def computation_error(error: dict, code_map: CodeMap | None = None) -> ComputationError:
+    """Client side: the ``ComputationError`` for a ``done`` error payload."""
+    remote = None
+    if error.get("exc") is not None:
+        try:
+            remote = pickle.loads(error["exc"])
+        except Exception:
+            remote = None
+    cls = WorkerCrashedError if error["type"] == "pyfora.WorkerCrashedError" else ComputationError
+    return cls(remote, error["type"], error.get("message", ""),
+               format_remote_traceback(error, code_map), error.get("worker"))
