@@ -13,6 +13,7 @@ from . import aio
 from ._portal import Portal
 from .future import Future
 from .remote import RemotePythonObject
+from .with_block import WithBlock
 
 
 class Executor:
@@ -43,6 +44,12 @@ class Executor:
     def define(self, obj: Any) -> Future:
         """Send ``obj`` to the cluster: a Future of a proxy of it."""
         return self._portal.submit(self._aio.define(obj), self._proxy)
+
+    @property
+    def remotely(self) -> WithBlock:
+        """A with-block context: ``with executor.remotely.downloadAll(): ...`` runs the
+        block on the cluster (see ``pyfora.with_block``). Each access makes a new one."""
+        return WithBlock(self)
 
     def getWorkerCount(self) -> int:
         """How many workers the cluster has now. Blocks."""

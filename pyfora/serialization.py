@@ -27,7 +27,8 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from .errors import ComputationError, PythonToForaConversionError, WorkerCrashedError
+from .errors import (ComputationError, ForeignProxyError, PythonToForaConversionError,
+                     WorkerCrashedError)
 from .protocol import MAX_FRAME
 
 PROTOCOL = 5
@@ -91,6 +92,8 @@ class _Pickler(cloudpickle.Pickler):
                 self._code_map.add(obj.__code__)
         elif isinstance(obj, type):
             _ship_module_by_value(obj.__module__)
+        elif kind is types.ModuleType:
+            _ship_module_by_value(obj.__name__)
         return super().reducer_override(obj)
 
 
@@ -107,7 +110,20 @@ def dumps(obj: Any, owner: Any = None, code_map: CodeMap | None = None) -> tuple
 
     Raises:
         PythonToForaConversionError: ``obj`` cannot be pickled, or is over the frame limit.
+        ForeignProxyError: a proxy in ``obj`` belongs to another executor.
     """
+    try:
+        return _dumps(obj, owner, code_map)
+    except (PythonToForaConversionError, ForeignProxyError):
+        raise
+    except Exception as exc:
+        raise PythonToForaConversionError(
+            f"a value of type {type(obj).__qualname__} cannot be sent to the cluster: "
+            f"{type(exc).__name__}: {exc}") from exc
+
+
+def _dumps(obj: Any, owner: Any, code_map: CodeMap | None) -> tuple[bytes, list[int]]:
+    """``dumps`` letting pickling errors through, for ``dumps_call`` to name the culprit."""
     _local.owner, _local.refs = owner, []
     try:
         buf = io.BytesIO()
@@ -127,8 +143,8 @@ def dumps_call(fn: Callable, args: tuple, kwargs: dict, owner: Any = None,
                code_map: CodeMap | None = None) -> tuple[bytes, list[int]]:
     """Pickle a call; when that fails, name the argument that cannot be pickled."""
     try:
-        return dumps((fn, args, kwargs), owner, code_map)
-    except PythonToForaConversionError:
+        return _dumps((fn, args, kwargs), owner, code_map)
+    except (PythonToForaConversionError, ForeignProxyError):
         raise
     except Exception as exc:
         parts = [("the function", fn)] + [(f"argument {i}", a) for i, a in enumerate(args)]
@@ -140,8 +156,9 @@ def dumps_call(fn: Callable, args: tuple, kwargs: dict, owner: Any = None,
                 raise PythonToForaConversionError(
                     f"{label} ({type(value).__qualname__}) cannot be sent to the cluster: "
                     f"{type(inner).__name__}: {inner}") from inner
-        # Only an object passed to the proxy check, such as a foreign proxy, gets here.
-        raise exc
+        # Pickled one by one, every part went through: name the call as a whole.
+        raise PythonToForaConversionError(
+            f"the call cannot be sent to the cluster: {type(exc).__name__}: {exc}") from exc
 
 
 def reduce_ref(oid: int, owner: Any) -> tuple:
@@ -154,7 +171,6 @@ def reduce_ref(oid: int, owner: Any) -> tuple:
     if refs is not None:
         current = _local.owner
         if current is not None and owner is not current:
-            from .errors import ForeignProxyError
             raise ForeignProxyError(
                 "a proxy from another executor (or cluster) was passed to this one; "
                 "download it with toLocal() first, or use it with the executor that made it")
@@ -223,14 +239,35 @@ def type_name(cls: type) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _remote_frames(error: dict, code_map: CodeMap | None):
+    """(file, line, qualified name, source line) of each remote frame, with file names
+    mapped back to this machine's files where cloudpickle hid them."""
+    for filename, lineno, name, firstlineno, line in error.get("frames", ()):
+        if code_map is not None and filename.startswith("<"):
+            filename = code_map.filename(name, firstlineno) or filename
+        yield filename, lineno, name, line or linecache.getline(filename, lineno).strip()
+
+
+def remote_traceback(error: dict, code_map: CodeMap | None = None) -> types.TracebackType | None:
+    """Client side: a real traceback object made of the remote frames, so that an
+    exception re-raised here prints them. tblib builds traceback objects from frame
+    descriptions (dask uses it for the same job); writing that by hand means compiling
+    stub code objects ourselves."""
+    from tblib import Traceback
+    tb = None
+    for filename, lineno, name, _ in reversed(list(_remote_frames(error, code_map))):
+        tb = {"tb_frame": {"f_globals": {"__name__": "<remote>", "__file__": filename},
+                           "f_locals": {}, "f_lineno": lineno,
+                           "f_code": {"co_filename": filename, "co_name": name.rsplit(".", 1)[-1]}},
+              "tb_lineno": lineno, "tb_next": tb}
+    return Traceback.from_dict(tb).as_traceback() if tb is not None else None
+
+
 def format_remote_traceback(error: dict, code_map: CodeMap | None = None) -> str:
     """Client side: the remote traceback as text, with file names and source lines from
     this machine where the worker could not know them."""
     lines = ["Traceback (most recent call last):"]
-    for filename, lineno, name, firstlineno, line in error.get("frames", ()):
-        if code_map is not None and filename.startswith("<"):
-            filename = code_map.filename(name, firstlineno) or filename
-        line = line or linecache.getline(filename, lineno).strip()
+    for filename, lineno, name, line in _remote_frames(error, code_map):
         lines.append(f'  File "{filename}", line {lineno}, in {name.rsplit(".", 1)[-1]}')
         if line:
             lines.append(f"    {line}")
