@@ -125,7 +125,7 @@ class Link:
                 try:
                     message = p.decode(msg.data)
                 except ProtocolError as exc:
-                    self.send_error(0, exc)
+                    self.send_error(exc.request_id, exc)
                     continue
                 try:
                     self.handle(message)

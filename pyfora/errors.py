@@ -124,7 +124,13 @@ class WorkerCrashedError(ComputationError):
 
 
 class ProtocolError(PyforaError):
-    """A malformed message, or client and cluster speak different protocol versions."""
+    """A malformed message, or client and cluster speak different protocol versions.
+
+    Attributes:
+        request_id: the ``id`` of the offending frame when it could be read, else 0.
+    """
+
+    request_id: int = 0
 
 
 class InternalError(PyforaError):

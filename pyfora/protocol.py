@@ -193,6 +193,8 @@ def decode(frame: bytes | str) -> Message:
 
     Raises:
         ProtocolError: the frame is not a message this version knows, naming the problem.
+            Its ``request_id`` is the frame's ``id`` when one can be read (else 0), so the
+            error reply reaches the request waiting for it instead of leaving it to hang.
     """
     if not isinstance(frame, bytes):
         raise ProtocolError("expected a binary frame, got text")
@@ -202,6 +204,15 @@ def decode(frame: bytes | str) -> Message:
         raise ProtocolError(f"frame is not valid msgpack ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"frame must be a map, got {type(data).__name__}")
+    try:
+        return _decode_map(data)
+    except ProtocolError as exc:
+        request_id = data.get("id")
+        exc.request_id = request_id if type(request_id) is int else 0
+        raise
+
+
+def _decode_map(data: dict) -> Message:
     op = data.pop("op", None)
     cls = _OPS.get(op) if isinstance(op, str) else None
     if cls is None:

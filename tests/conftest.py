@@ -1,16 +1,24 @@
 """Fixtures: a real coordinator with real worker subprocesses on 127.0.0.1.
 
 ``cluster_url`` is session-scoped and sync (``python -m cluster --port 0``), so sync and
-async tests share it. Every wait here has a timeout built from ``UNIT``.
+async tests share it; ``one_worker_url`` is a second, one-worker cluster for tests that
+must know which worker runs what (cancellation). Every wait here has a timeout built from
+``UNIT``; conditions are polled against a deadline, never slept on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 
+import psutil
 import pytest
 
 #: One scaled time unit for every timeout in the tests (raise PYFORA_TEST_UNIT on slow CI).
@@ -18,38 +26,131 @@ UNIT = float(os.environ.get("PYFORA_TEST_UNIT", "1.0"))
 
 
 class ClusterProcess:
-    def __init__(self, workers: int, *extra: str) -> None:
+    """``python -m cluster --port 0`` as a child process; ``url`` is the URL it printed."""
+
+    def __init__(self, workers: int, *extra: str, command: list[str] | None = None) -> None:
+        command = command or [sys.executable, "-m", "cluster"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster", "--port", "0", "--workers", str(workers), *extra],
+            [*command, "--port", "0", "--workers", str(workers), *extra],
             stdout=subprocess.PIPE, text=True)
         line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()))
+        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()),
+                                  daemon=True)
         reader.start()
         reader.join(60 * UNIT)
         if not line or not line[0].startswith("http"):
             self.proc.kill()
+            self.proc.wait(30 * UNIT)
             raise RuntimeError(f"the cluster did not print its URL: {line!r}")
         self.url = line[0].strip()
+        self.pid = self.proc.pid
 
-    def stop(self) -> int:
-        self.proc.terminate()
+    def status(self) -> dict:
+        return http_status(self.url)
+
+    def worker_pids(self) -> list[int]:
+        return [c.pid for c in psutil.Process(self.pid).children(recursive=True)]
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int:
         try:
-            return self.proc.wait(30 * UNIT)
+            return self.proc.wait(timeout)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+                self.proc.wait(timeout)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(30 * UNIT)
+
+
+def http_status(url: str) -> dict:
+    """``GET /api/status`` of the coordinator at ``url``."""
+    with urllib.request.urlopen(url.rstrip("/") + "/api/status", timeout=10 * UNIT) as reply:
+        assert reply.headers["Content-Type"].startswith("application/json")
+        return json.loads(reply.read())
+
+
+def wait_until(predicate, timeout: float, what: str = "the condition", interval: float = 0.02):
+    """Poll ``predicate`` until it returns something true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+async def async_wait_until(predicate, timeout: float, what: str = "the condition",
+                           interval: float = 0.02):
+    """``wait_until`` for coroutines: ``predicate`` may be sync or async."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def is_idle(url: str) -> bool:
+    status = http_status(url)
+    return (status["tasks"]["queued"] == 0 and status["tasks"]["running"] == 0
+            and all(w["state"] == "idle" for w in status["workers"]))
+
+
+def wait_idle(url: str, timeout: float = 30 * UNIT) -> None:
+    """Wait until no task runs or waits (what an earlier test left behind has stopped)."""
+    wait_until(lambda: is_idle(url), timeout, f"{url} to be idle")
+
+
+def busy(seconds: float) -> str:
+    """A pure-Python busy loop: cancellation has to interrupt it."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return "finished"
 
 
 @pytest.fixture(scope="session")
-def cluster_url():
+def cluster_process():
     cluster = ClusterProcess(2)
-    yield cluster.url
+    yield cluster
     assert cluster.stop() == 0
+
+
+@pytest.fixture(scope="session")
+def cluster_url(cluster_process):
+    return cluster_process.url
+
+
+@pytest.fixture(scope="session")
+def one_worker():
+    """A one-worker cluster: whatever runs there blocks everything after it."""
+    cluster = ClusterProcess(1)
+    yield cluster
+    assert cluster.stop() == 0
+
+
+@pytest.fixture
+def one_worker_url(one_worker):
+    wait_idle(one_worker.url)
+    return one_worker.url
 
 
 @pytest.fixture
 def ufora(cluster_url):
     import pyfora
+    wait_idle(cluster_url)
     with pyfora.connect(cluster_url) as executor:
         yield executor
 
@@ -57,5 +158,6 @@ def ufora(cluster_url):
 @pytest.fixture
 async def aex(cluster_url):
     from pyfora import aio
+    await asyncio.to_thread(wait_idle, cluster_url)
     async with aio.connect(cluster_url) as executor:
         yield executor

@@ -20,6 +20,10 @@ from .remote import RemotePythonObject
 from .session import Session
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
 class PreparedCall:
     """A call already pickled: made by ``Executor.prepare`` on any thread."""
 
@@ -79,7 +83,12 @@ class Executor:
     async def define(self, obj: Any) -> RemotePythonObject:
         """Send ``obj`` to the cluster and return a proxy of it."""
         self._check_open()
-        payload, _ = serialization.dumps(obj, self, self._code_map)
+        payload, deps = serialization.dumps(obj, self, self._code_map)
+        if deps:
+            # The coordinator keeps defined values as opaque bytes and a worker loading them
+            # would not know to fetch the proxies inside: build such a value on a worker,
+            # where they resolve, as the result of a task that lists them as dependencies.
+            return await self.submit(_identity, obj)
         done = await self._session.request(p.Define(
             id=self._session.next_id(), payload=payload, type=serialization.type_name(type(obj))))
         return RemotePythonObject(self, done)
@@ -95,11 +104,11 @@ class Executor:
         return reply.info
 
     async def _download(self, proxy: RemotePythonObject) -> Any:
+        self._check_open()   # even for values that came inline: the proxy's executor is gone
         if proxy._error is not None:
             raise serialization.computation_error(proxy._error, self._code_map)
         if proxy._inline is not None:
             return serialization.loads(proxy._inline)
-        self._check_open()
         reply = await self._session.request(p.Fetch(id=self._session.next_id(), oid=proxy.oid))
         return serialization.loads(reply.data)
 

@@ -1,0 +1,200 @@
+"""The async core end to end: ``pyfora.aio.connect(url)`` against a real coordinator and
+real worker subprocesses, every await bounded by a timeout."""
+
+import asyncio
+import os
+import threading
+import time
+
+import pytest
+from conftest import UNIT, ClusterProcess, async_wait_until, busy, http_status
+
+import pyfora
+from pyfora import aio
+
+T = 30 * UNIT
+
+
+def square(x):
+    return x * x
+
+
+def fail(message):
+    raise KeyError(message)
+
+
+def greet(name):
+    print(f"hello {name}")
+    return name
+
+
+async def wait(aw, timeout=T):
+    return await asyncio.wait_for(aw, timeout)
+
+
+async def status(url):
+    return await asyncio.to_thread(http_status, url)
+
+
+async def test_submit_define_and_proxy_calls(aex):
+    proxy = await wait(aex.submit(square, 12))
+    assert isinstance(proxy, aio.RemotePythonObject)
+    assert proxy.typeName == "int" and not proxy.failed
+    assert await wait(proxy.toLocal()) == 144
+    fn = await wait(aex.define(square))
+    data = await wait(aex.define(7))
+    assert await wait((await wait(fn(data))).toLocal()) == 49
+    assert await wait(aex.getWorkerCount()) == 2
+
+
+async def test_proxies_in_closures_and_default_arguments(aex):
+    base = await wait(aex.submit(square, 3))
+    offset = await wait(aex.define(100))
+
+    def closure():
+        return base + offset
+
+    def defaults(x=base, *, y=offset):
+        return x * y
+
+    assert await wait((await wait(aex.submit(closure))).toLocal()) == 109
+    assert await wait((await wait(aex.submit(defaults))).toLocal()) == 900
+    holder = await wait(aex.define({"base": base, "more": [offset]}))
+    assert await wait(holder.toLocal()) == {"base": 9, "more": [100]}
+
+
+async def test_gather_over_1000_submits_on_one_session(aex):
+    proxies = await wait(asyncio.gather(*(aex.submit(square, i) for i in range(1000))),
+                         90 * UNIT)
+    assert len({p.oid for p in proxies}) == 1000
+    values = await wait(asyncio.gather(*(p.toLocal() for p in proxies)))
+    assert values == [i * i for i in range(1000)]
+    # and they combine on the cluster without being downloaded
+    total = await wait(aex.submit(lambda: sum(p for p in proxies)))
+    assert await wait(total.toLocal()) == sum(i * i for i in range(1000))
+
+
+async def test_remote_exception(aex):
+    proxy = await wait(aex.submit(fail, "missing"))
+    assert proxy.failed
+    with pytest.raises(pyfora.ComputationError) as info:
+        await wait(proxy.toLocal())
+    assert isinstance(info.value.remoteException, KeyError)
+    assert info.value.remoteException.args == ("missing",)
+    assert "raise KeyError(message)" in info.value.remoteTraceback
+    assert __file__ in info.value.remoteTraceback
+
+
+async def test_remote_output(aex, capfd):
+    await wait(aex.submit(greet, "async world"))
+    assert capfd.readouterr().out == "hello async world\n"
+
+
+async def test_unpicklable_argument_raises_at_submit_and_the_session_goes_on(aex):
+    with pytest.raises(pyfora.PythonToForaConversionError, match=r"argument 0 \(lock\)"):
+        await wait(aex.submit(square, threading.Lock()))
+    assert await wait((await wait(aex.submit(square, 3))).toLocal()) == 9
+
+
+async def test_closed_executor(cluster_url):
+    ex = await wait(aio.connect(cluster_url))
+    proxy = await wait(ex.submit(square, 2))
+    await wait(ex.close())
+    await wait(ex.close())
+    assert ex.isClosed()
+    for attempt in (lambda: ex.submit(square, 1), lambda: ex.define(1), proxy.toLocal,
+                    lambda: proxy(1), ex.getWorkerCount):
+        with pytest.raises(pyfora.ExecutorClosedError):
+            await wait(attempt())
+
+
+async def test_foreign_proxy(aex, cluster_url):
+    async with aio.connect(cluster_url) as other:
+        theirs = await wait(other.submit(square, 2))
+        with pytest.raises(pyfora.ForeignProxyError):
+            await wait(aex.submit(square, theirs))
+    assert await wait((await wait(aex.submit(square, 4))).toLocal()) == 16
+
+
+async def test_many_sessions_at_once(cluster_url):
+    async def one(i):
+        async with aio.connect(cluster_url) as ex:
+            return await wait((await wait(ex.submit(square, i))).toLocal())
+
+    assert await wait(asyncio.gather(*(one(i) for i in range(10)))) == [
+        i * i for i in range(10)]
+
+
+# -- cancellation -------------------------------------------------------------------------
+
+async def test_cancelling_the_awaiting_task_cancels_the_remote_computation(one_worker_url):
+    async with aio.connect(one_worker_url) as ex:
+        task = asyncio.ensure_future(ex.submit(busy, 60))
+        await async_wait_until(
+            lambda: status(one_worker_url), T, "status")
+        await async_wait_until(
+            async_running(one_worker_url, 1), T, "the task to start")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        start = time.monotonic()
+        after = await wait(ex.submit(square, 5), 10 * UNIT)
+        assert await wait(after.toLocal()) == 25
+        assert time.monotonic() - start < 10 * UNIT
+
+
+async def test_timeout_cancels_the_remote_computation(one_worker_url):
+    async with aio.connect(one_worker_url) as ex:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ex.submit(busy, 60), 1 * UNIT)
+        assert await wait((await wait(ex.submit(square, 6), 10 * UNIT)).toLocal()) == 36
+
+
+async def test_cancel_at_once_after_submit(one_worker_url):
+    async with aio.connect(one_worker_url) as ex:
+        for delay in (0, 0.001, 0.005, 0.01, 0.02, 0.05):
+            task = asyncio.ensure_future(ex.submit(busy, 60))
+            await asyncio.sleep(delay)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert await wait((await wait(ex.submit(square, 7), 10 * UNIT)).toLocal()) == 49
+
+
+def async_running(url, count):
+    async def check():
+        return (await status(url))["tasks"]["running"] == count
+    return check
+
+
+async def test_connection_drop_fails_pending_operations():
+    cluster = await asyncio.to_thread(ClusterProcess, 1)
+    try:
+        ex = await wait(aio.connect(cluster.url))
+        pending = [asyncio.ensure_future(ex.submit(busy, 60)) for _ in range(3)]
+        await async_wait_until(async_running(cluster.url, 1), T, "the task to start")
+        cluster.proc.kill()
+        results = await wait(asyncio.gather(*pending, return_exceptions=True), 10 * UNIT)
+        assert all(isinstance(r, pyfora.ConnectionError) for r in results), results
+        assert all(isinstance(r, pyfora.SessionLost) for r in results), results
+        await wait(ex.close())
+    finally:
+        await asyncio.to_thread(cluster.wait, T)
+
+
+async def test_unreachable_cluster():
+    with pytest.raises(pyfora.ConnectionError):
+        await wait(aio.connect("ws://127.0.0.1:9/"))
+
+
+async def test_embedded_cluster_is_owned_by_the_executor():
+    import psutil
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    async with aio.connect(workers=1) as ex:
+        assert await wait(ex.getWorkerCount()) == 1
+        assert await wait((await wait(ex.submit(os.getpid))).toLocal()) != os.getpid()
+        spawned = {c.pid for c in me.children(recursive=True)} - before
+        assert len(spawned) == 1
+    gone = {c.pid for c in me.children(recursive=True)} & spawned
+    assert not gone, f"embedded workers outlived close(): {gone}"

@@ -1,0 +1,194 @@
+"""``pyfora.serialization``: cloudpickle in and out, proxy references, remote errors.
+
+Unit tests with no cluster: a stand-in proxy uses the same ``reduce_ref`` hook as the real
+``RemotePythonObject``.
+"""
+
+import pickle
+import threading
+
+import pytest
+
+from pyfora import serialization
+from pyfora.errors import (ComputationError, ForeignProxyError, PythonToForaConversionError,
+                           WorkerCrashedError)
+
+
+class FakeProxy:
+    def __init__(self, oid, owner):
+        self.oid, self.owner = oid, owner
+
+    def __reduce__(self):
+        return serialization.reduce_ref(self.oid, self.owner)
+
+
+OWNER = object()
+
+
+def local_function(x):
+    return x + 1
+
+
+def test_round_trip_of_plain_values_and_functions():
+    value = {"a": [1, 2.5, "x"], "b": (None, b"bytes"), "f": local_function,
+             "g": lambda y: y * 3}
+    data, refs = serialization.dumps(value, OWNER)
+    assert refs == []
+    back = serialization.loads(data)
+    assert back["a"] == [1, 2.5, "x"] and back["b"] == (None, b"bytes")
+    assert back["f"](1) == 2 and back["g"](2) == 6
+
+
+def test_proxies_become_references_resolved_on_the_other_side():
+    a, b = FakeProxy(7, OWNER), FakeProxy(8, OWNER)
+    default = FakeProxy(9, OWNER)
+
+    def closure(z=default):
+        return (a, z)
+
+    data, refs = serialization.dumps_call(closure, (b,), {"k": [a]}, OWNER)
+    assert sorted(set(refs)) == [7, 8, 9]   # each proxy once: pickle memoizes it
+    values = {7: "seven", 8: "eight", 9: "nine"}
+    fn, args, kwargs = serialization.loads(data, values.__getitem__)
+    assert fn() == ("seven", "nine")
+    assert args == ("eight",) and kwargs == {"k": ["seven"]}
+
+
+def test_reference_outside_the_cluster_cannot_be_unpickled():
+    data = pickle.dumps(FakeProxy(5, OWNER))     # outside dumps: no owner check
+    with pytest.raises(pickle.UnpicklingError, match="object 5.*only be unpickled on the cluster"):
+        serialization.loads(data)
+
+
+def test_foreign_proxy_is_refused():
+    with pytest.raises(ForeignProxyError, match="another executor"):
+        serialization.dumps_call(local_function, (FakeProxy(1, object()),), {}, OWNER)
+    with pytest.raises(ForeignProxyError):
+        serialization.dumps(FakeProxy(1, object()), OWNER)
+    # the per-call context is cleaned up after a failure
+    assert serialization._local.refs is None and serialization._local.owner is None
+
+
+@pytest.mark.parametrize("args, kwargs, words", [
+    ((1, threading.Lock()), {}, "argument 1 (lock) cannot be sent"),
+    ((), {"flag": threading.Lock()}, "keyword argument 'flag' (lock) cannot be sent"),
+])
+def test_unpicklable_argument_is_named_with_its_type(args, kwargs, words):
+    with pytest.raises(PythonToForaConversionError) as info:
+        serialization.dumps_call(local_function, args, kwargs, OWNER)
+    assert words in str(info.value)
+
+
+def test_unpicklable_function_is_named():
+    lock = threading.Lock()
+
+    def uses_lock():
+        return lock
+
+    with pytest.raises(PythonToForaConversionError, match="the function .*cannot be sent"):
+        serialization.dumps_call(uses_lock, (), {}, OWNER)
+
+
+def test_unpicklable_value_gives_a_conversion_error_naming_its_type():
+    with pytest.raises(PythonToForaConversionError, match="lock"):
+        serialization.dumps({"x": threading.Lock()}, OWNER)
+
+
+def test_frame_limit(monkeypatch):
+    monkeypatch.setattr(serialization, "MAX_FRAME", 10_000)
+    with pytest.raises(PythonToForaConversionError, match="over the 10,000-byte frame limit"):
+        serialization.dumps(b"x" * 20_000)
+    with pytest.raises(PythonToForaConversionError, match="frame limit"):
+        serialization.dumps_call(local_function, (b"x" * 20_000,), {})
+
+
+def test_type_name():
+    assert serialization.type_name(int) == "int"
+    assert serialization.type_name(threading.Thread) == "threading.Thread"
+    assert serialization.type_name(FakeProxy).endswith("FakeProxy")
+
+
+def failing(n):
+    if n > 0:
+        return failing(n - 1)
+    raise ValueError("remote boom")
+
+
+def test_exception_round_trip_with_remote_traceback():
+    code_map = serialization.CodeMap()
+    data, _ = serialization.dumps(failing, code_map=code_map)
+    fn = serialization.loads(data)
+    try:
+        fn(2)
+    except ValueError as exc:
+        error = serialization.describe_exception(exc, "worker-9")
+    assert error["type"] == "ValueError" and error["worker"] == "worker-9"
+    assert len(error["frames"]) >= 3
+    exc = serialization.computation_error(error, code_map)
+    assert type(exc) is ComputationError
+    assert isinstance(exc.remoteException, ValueError)
+    assert exc.remoteException.args == ("remote boom",)
+    assert exc.remoteTypeName == "ValueError" and exc.workerId == "worker-9"
+    text = exc.remoteTraceback
+    assert text.startswith("Traceback (most recent call last):")
+    assert 'raise ValueError("remote boom")' in text
+    assert text.count("in failing") == 3
+    assert text.rstrip().endswith("ValueError: remote boom")
+    assert "Remote traceback" in str(exc) and exc._render_traceback_()[-1] == \
+        "ValueError: remote boom"
+
+
+def test_code_map_restores_file_names_of_functions_shipped_by_value():
+    code_map = serialization.CodeMap()
+    code_map.add(failing.__code__)
+    assert code_map.filename(failing.__code__.co_qualname,
+                             failing.__code__.co_firstlineno) == __file__
+    error = {"type": "ValueError", "message": "m",
+             "frames": [["<dynamic-code>", failing.__code__.co_firstlineno + 3, "failing",
+                         failing.__code__.co_firstlineno, None]]}
+    text = serialization.format_remote_traceback(error, code_map)
+    assert f'File "{__file__}"' in text
+    assert 'raise ValueError("remote boom")' in text   # source line read on this side
+
+
+def test_unpicklable_remote_exception_still_gives_a_readable_error():
+    class Local(Exception):
+        def __reduce__(self):
+            raise TypeError("no")
+
+    try:
+        raise Local("odd")
+    except Local as exc:
+        error = serialization.describe_exception(exc)
+    assert error["exc"] is None
+    exc = serialization.computation_error(error)
+    assert exc.remoteException is None
+    assert "Local: odd" in str(exc)
+
+
+def test_worker_crash_payload_becomes_worker_crashed_error():
+    exc = serialization.computation_error({
+        "type": "pyfora.WorkerCrashedError", "message": "killed by SIGKILL", "frames": [],
+        "exc": None, "worker": "worker-1"})
+    assert isinstance(exc, WorkerCrashedError) and isinstance(exc, ComputationError)
+    assert "SIGKILL" in str(exc) and exc.workerId == "worker-1"
+
+
+def test_dumps_is_thread_safe():
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(50):
+                mine = FakeProxy(i, OWNER)
+                _, refs = serialization.dumps([mine, i], OWNER)
+                assert refs == [i]
+        except BaseException as exc:   # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
