@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 import sys
 
@@ -31,20 +32,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token", default=None,
                         help="token clients must present (default: $PYFORA_TOKEN; one is "
                              "generated and printed when binding a non-loopback address)")
+    parser.add_argument("--certfile", default=None,
+                        help="PEM certificate (chain): serve https and wss")
+    parser.add_argument("--keyfile", default=None,
+                        help="PEM private key of --certfile (default: in --certfile)")
+    parser.add_argument("--memory-limit", type=parse_size, default=None, metavar="SIZE",
+                        help="resident memory per worker, e.g. 2GiB or 500MB: a worker over "
+                             "it is killed and replaced, its task fails with "
+                             "WorkerCrashedError")
+    parser.add_argument("--max-frame", type=parse_size, default=None, metavar="SIZE",
+                        help="largest websocket frame accepted (default 1GiB)")
     parser.add_argument("--log-level", default="WARNING",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.keyfile and not args.certfile:
+        parser.error("--keyfile needs --certfile")
+    return args
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``"2GiB"``, ``"500MB"``, ``"1e9"`` -> bytes."""
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
+    try:
+        value = float(match[1]) * _UNITS[match[2].upper()]
+    except (TypeError, ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 2GiB or 500MB)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a size must be positive: {text!r}")
+    return int(value)
 
 
 async def serve(config: Config) -> None:
-    cluster = await start_cluster(config)
-    print(cluster.url, flush=True)
-    if config.token is not None and config.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"token: {config.token}", file=sys.stderr, flush=True)
+    # Handle the signals before starting: one that arrives while the workers are still
+    # joining must stop them too, not kill this process and leave them behind.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.ensure_future(start_cluster(config))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()      # start_cluster stops whatever it had started
+        await asyncio.gather(starting, return_exceptions=True)
+        return
+    stopping.cancel()
+    cluster = starting.result()
+    print(cluster.url, flush=True)
+    if config.token_generated:
+        # Printed (never logged) once, for the operator to hand to clients; a token given
+        # with --token or $PYFORA_TOKEN is already known to whoever gave it.
+        print(f"token: {config.token}\nconnect with pyfora.connect({cluster.url!r}, "
+              "token=...) or set PYFORA_TOKEN", file=sys.stderr, flush=True)
     try:
         await stop.wait()
     finally:
@@ -54,7 +97,11 @@ async def serve(config: Config) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
-    config = Config(host=args.host, port=args.port, workers=args.workers, token=args.token)
+    config = Config(host=args.host, port=args.port, workers=args.workers, token=args.token,
+                    certfile=args.certfile, keyfile=args.keyfile,
+                    memory_limit=args.memory_limit)
+    if args.max_frame is not None:
+        config.max_frame = args.max_frame
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(serve(config))
 

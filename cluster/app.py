@@ -14,13 +14,14 @@ import asyncio
 import dataclasses
 import logging
 import os
-import secrets
 import uuid
 
 from aiohttp import WSCloseCode, web
 
 from pyfora import protocol as p
 
+from . import dashboard
+from .auth import is_loopback, new_token, server_context
 from .dispatcher import Dispatcher
 from .link import accept
 from .session import ClientSession
@@ -34,17 +35,33 @@ JOIN_TIMEOUT = 60.0
 
 @dataclasses.dataclass
 class Config:
+    """How to run a coordinator.
+
+    ``token`` defaults to ``$PYFORA_TOKEN``; a coordinator bound to any address but a
+    loopback one always has a token, generated (``token_generated``) when none is given.
+    ``certfile``/``keyfile`` serve https and wss. ``memory_limit`` (bytes) is each worker
+    subprocess's resident memory ceiling: one that goes over it is killed and replaced.
+    """
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int | None = None          # None: one per core
     token: str | None = None            # clients' token; required off loopback
     max_frame: int = p.MAX_FRAME
+    certfile: str | None = None
+    keyfile: str | None = None
+    memory_limit: int | None = None
+    token_generated: bool = False
 
     def __post_init__(self) -> None:
         if self.workers is None:
             self.workers = os.cpu_count() or 1
-        if self.token is None and self.host not in ("127.0.0.1", "localhost", "::1"):
-            self.token = os.environ.get("PYFORA_TOKEN") or secrets.token_urlsafe(24)
+        self.token = self.token or os.environ.get("PYFORA_TOKEN") or None
+        if self.token is None and not is_loopback(self.host):
+            self.token, self.token_generated = new_token(), True
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
 
 
 class Coordinator:
@@ -55,7 +72,7 @@ class Coordinator:
         self.cluster_id = uuid.uuid4().hex
         self.dispatcher = Dispatcher(ObjectStore())
         self.sessions: set[ClientSession] = set()
-        self.worker_token = config.token or secrets.token_urlsafe(24)
+        self.worker_token = config.token or new_token()
         self.pool: WorkerPool | None = None
         self._joined = asyncio.Event()
 
@@ -76,7 +93,7 @@ class Coordinator:
 
     async def session_handler(self, request: web.Request) -> web.StreamResponse:
         accepted = await accept(request, "client", self.config.token, self.config.max_frame,
-                                self.welcome(""))
+                                self.welcome(""), self.config.loopback)
         if accepted is None:
             return web.Response()
         session = ClientSession(accepted[0], self)
@@ -90,7 +107,7 @@ class Coordinator:
 
     async def worker_handler(self, request: web.Request) -> web.StreamResponse:
         accepted = await accept(request, "worker", self.worker_token, self.config.max_frame,
-                                self.welcome(""))
+                                self.welcome(""), self.config.loopback)
         if accepted is None:
             return web.Response()
         ws, hello = accepted
@@ -104,11 +121,16 @@ class Coordinator:
             self.dispatcher.worker_lost(worker, why)
         return ws
 
-    async def status_handler(self, request: web.Request) -> web.Response:
-        return web.json_response(self.status())
+    async def close_sessions(self) -> None:
+        """Tell every client the cluster is going away (their pending calls fail with
+        ``SessionClosedOK``)."""
+        await asyncio.gather(*(
+            link.ws.close(code=WSCloseCode.GOING_AWAY, message=b"cluster shutting down")
+            for link in list(self.sessions)), return_exceptions=True)
 
     async def on_shutdown(self, app: web.Application) -> None:
-        for link in [*self.sessions, *self.dispatcher.workers]:
+        await self.close_sessions()
+        for link in list(self.dispatcher.workers):
             await link.ws.close(code=WSCloseCode.GOING_AWAY, message=b"cluster shutting down")
 
 
@@ -121,7 +143,7 @@ def make_app(config: Config) -> web.Application:
     app[COORDINATOR] = coordinator
     app.router.add_get("/api/session", coordinator.session_handler)
     app.router.add_get("/api/worker", coordinator.worker_handler)
-    app.router.add_get("/api/status", coordinator.status_handler)
+    dashboard.setup(app, coordinator)      # "/" and "/api/status"
     app.on_shutdown.append(coordinator.on_shutdown)
     return app
 
@@ -135,6 +157,9 @@ class RunningCluster:
         self.coordinator = coordinator
 
     async def stop(self) -> None:
+        # Sessions first: their clients must hear that the cluster is stopping, not that
+        # the workers running their tasks crashed.
+        await self.coordinator.close_sessions()
         if self.coordinator.pool is not None:
             await self.coordinator.pool.stop()
         await self.runner.cleanup()
@@ -145,14 +170,17 @@ async def start_cluster(config: Config) -> RunningCluster:
     app = make_app(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    tls = server_context(config.certfile, config.keyfile) if config.certfile else None
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
     await site.start()
     host, port = runner.addresses[0][:2]
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/"
+    secure = "s" if tls is not None else ""
+    url = f"http{secure}://{shown}:{port}/"
     coordinator = app[COORDINATOR]
-    coordinator.pool = WorkerPool(config.workers, f"ws://{shown}:{port}/api/worker",
-                                  coordinator.worker_token)
+    coordinator.pool = WorkerPool(config.workers, f"ws{secure}://{shown}:{port}/api/worker",
+                                  coordinator.worker_token, certfile=config.certfile,
+                                  memory_limit=config.memory_limit)
     try:
         await coordinator.pool.start()
         await coordinator.wait_for_workers(config.workers)

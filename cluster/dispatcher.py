@@ -5,12 +5,18 @@ Each worker runs one task at a time. Results stay on the worker that computed th
 ones are also kept here, to ride along with the reply); the directory in ``store`` says
 where.
 
-Runs on the coordinator's event loop. Everything but ``object_bytes`` is synchronous, so
-the dispatcher's state changes only between awaits and needs no locks.
+A running task may hand parts of its work (*pieces*, automatic parallelism) to workers
+that are idle right now; a piece is refused rather than queued, so a task never waits for
+work that cannot start. Its result goes back inline to the worker that asked, and is not
+kept. While a session has tasks, it gets ``info`` pushes with ``cpus`` (busy workers).
+
+Runs on the coordinator's event loop. Everything but ``object_bytes`` and ``split`` is
+synchronous, so the dispatcher's state changes only between awaits and needs no locks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import itertools
@@ -33,6 +39,8 @@ class Task:
     oid: int
     worker: Any = None
     cancelled: bool = False
+    piece: bool = False             # part of another task, asked for by a worker
+    output: Any = None              # (session, request id) its printed output goes to
 
 
 def crash_error(message: str, worker: str | None = None) -> dict:
@@ -51,6 +59,8 @@ class Dispatcher:
         self._by_request: dict[tuple[Any, int], Task] = {}
         self._ids = itertools.count(1).__next__
         self.done = self.failed = 0
+        self.active: collections.Counter = collections.Counter()   # session -> open tasks
+        self._push_scheduled = False
 
     # -- from client sessions ---------------------------------------------------------
 
@@ -61,8 +71,10 @@ class Dispatcher:
             record.refs += 1
         task = Task(self._ids(), session, msg.id, msg.payload, list(msg.deps), msg.inline,
                     self.store.new_id())
+        task.output = (session, msg.id)
         self.tasks[task.tid] = task
         self._by_request[(session, msg.id)] = task
+        self.active[session] += 1
         failed = next((r for r in records if r.error is not None), None)
         if failed is not None:
             self._finish(task, p.Done(id=task.tid, oid=task.oid, size=0, type="",
@@ -130,6 +142,8 @@ class Dispatcher:
     def worker_lost(self, worker: Any, why: str) -> None:
         self.workers.pop(worker, None)
         self.idle.pop(worker, None)
+        for piece in [t for t in self.tasks.values() if t.session is worker]:
+            self.cancel(worker, piece.request_id)
         task, worker.task = worker.task, None
         if task is not None:
             self._finish(task, p.Done(id=task.tid, oid=task.oid, size=0, type="",
@@ -149,19 +163,54 @@ class Dispatcher:
 
     def task_output(self, msg: p.Output) -> None:
         task = self.tasks.get(msg.id)
-        if task is not None and not task.cancelled:
-            task.session.send(p.Output(id=task.request_id, stream=msg.stream, text=msg.text))
+        if task is not None and not task.cancelled and task.output is not None:
+            session, request_id = task.output
+            session.send(p.Output(id=request_id, stream=msg.stream, text=msg.text))
+
+    # -- pieces (from workers) --------------------------------------------------------
+
+    def piece(self, asker: Any, msg: p.Piece) -> None:
+        """Run a piece of ``asker``'s task on an idle worker now, or refuse it."""
+        if not self.idle or (asker, msg.id) in self._by_request:
+            asker.send(p.Error(id=msg.id, kind="PyforaUsageError", message="no idle worker"))
+            return
+        parent = asker.task
+        task = Task(self._ids(), asker, msg.id, msg.payload, [], p.MAX_FRAME - (1 << 16),
+                    self.store.new_id(), piece=True,
+                    output=parent.output if parent is not None else None)
+        self.tasks[task.tid] = task
+        self._by_request[(asker, msg.id)] = task
+        self._start(task, next(iter(self.idle)))
+
+    def idle_info(self) -> dict:
+        return {"idle": len(self.idle), "workers": len(self.workers)}
+
+    async def split(self, asker: Any, msg: p.Split) -> None:
+        """Relay a ``split`` to the worker running the piece; relay its answer."""
+        task = self._by_request.get((asker, msg.target))
+        info: dict = {}
+        if task is not None and task.piece and task.worker is not None and not task.cancelled:
+            try:
+                reply = await asyncio.wait_for(
+                    task.worker.request(p.Split(id=0, target=task.tid)), 30.0)
+                info = reply.info if isinstance(reply, p.Info) else {}
+            except (ConnectionError, asyncio.TimeoutError, PyforaUsageError):
+                info = {}
+        asker.send(p.Info(id=msg.id, info=info))
 
     # -- internals --------------------------------------------------------------------
 
     def schedule(self) -> None:
         while self.queue and self.idle:
             task = self.queue.popleft()
-            worker = self._pick(task)
-            del self.idle[worker]
-            task.worker, worker.task = worker, task
-            worker.send(p.Run(id=task.tid, oid=task.oid, payload=task.payload,
-                              deps=task.deps, inline=task.inline))
+            self._start(task, self._pick(task))
+
+    def _start(self, task: Task, worker: Any) -> None:
+        del self.idle[worker]
+        task.worker, worker.task = worker, task
+        worker.send(p.Run(id=task.tid, oid=task.oid, payload=task.payload,
+                          deps=task.deps, inline=task.inline))
+        self._status_changed()
 
     def _pick(self, task: Task) -> Any:
         if not task.deps:
@@ -171,6 +220,14 @@ class Dispatcher:
 
     def _finish(self, task: Task, msg: p.Done, holder: Any) -> None:
         self._forget(task)
+        self._status_changed()
+        if task.piece:          # the asker gets the value inline; nobody keeps it
+            if holder is not None and msg.error is None:
+                holder.send(p.Free(oids=[msg.oid]))
+            if not task.cancelled and not task.session.closed:
+                task.session.send(p.Done(id=task.request_id, oid=0, size=msg.size,
+                                         type=msg.type, value=msg.value, error=msg.error))
+            return
         if task.cancelled or task.session.closed:
             if holder is not None and msg.error is None:
                 holder.send(p.Free(oids=[msg.oid]))
@@ -189,8 +246,31 @@ class Dispatcher:
     def _forget(self, task: Task) -> None:
         self.tasks.pop(task.tid, None)
         self._by_request.pop((task.session, task.request_id), None)
+        if not task.piece:
+            self.active[task.session] -= 1
+            if self.active[task.session] <= 0:
+                del self.active[task.session]
         for oid in task.deps:
             self.store.decref(oid)
+
+    def _status_changed(self) -> None:
+        """Push the cluster's load to sessions with open tasks, at most every 20 ms."""
+        if self._push_scheduled or not self.active:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._push_scheduled = True
+        loop.call_later(0.02, self._push_status)
+
+    def _push_status(self) -> None:
+        self._push_scheduled = False
+        info = {"cpus": sum(1 for w in self.workers if w.task is not None),
+                "workers": len(self.workers), "queued": len(self.queue)}
+        for session in self.active:
+            if not session.closed:
+                session.send(p.Info(id=0, info=info))
 
     def _free(self, record: ObjectRecord) -> None:
         for holder in record.holders:

@@ -10,9 +10,7 @@ Runs on the coordinator's event loop.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import urllib.parse
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -20,26 +18,21 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from pyfora import protocol as p
 from pyfora.errors import ProtocolError, PyforaError
 
+from .auth import handshake_allowed, token_ok
+
 log = logging.getLogger("cluster")
 HANDSHAKE_TIMEOUT = 10.0
 
 
-def origin_allowed(request: web.Request) -> bool:
-    """A browser page may only talk to us from our own host: stops a foreign web page
-    from running code on a developer's cluster."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    host = urllib.parse.urlsplit(origin).hostname
-    own = (request.host or "").rsplit(":", 1)[0].strip("[]")
-    return host is not None and host in {own, "localhost", "127.0.0.1", "::1"} and (
-        own in {host, "localhost", "127.0.0.1", "::1"})
-
-
 async def accept(request: web.Request, role: str, token: str | None, max_frame: int,
-                 welcome: p.Welcome) -> tuple[web.WebSocketResponse, p.Hello] | None:
-    """Upgrade and check the ``hello``; on failure answer with an error, close, return None."""
-    if not origin_allowed(request):
+                 welcome: p.Welcome, loopback_bound: bool = False,
+                 ) -> tuple[web.WebSocketResponse, p.Hello] | None:
+    """Upgrade and check the ``hello``; on failure answer with an error, close, return None.
+
+    A handshake from a foreign web page (``auth.handshake_allowed``) is refused with 403
+    before the upgrade.
+    """
+    if not handshake_allowed(request, loopback_bound):
         raise web.HTTPForbidden(text="cross-origin websocket refused\n")
     ws = web.WebSocketResponse(max_msg_size=max_frame, heartbeat=30.0)
     await ws.prepare(request)
@@ -54,8 +47,7 @@ async def accept(request: web.Request, role: str, token: str | None, max_frame: 
                                 "the older side")
         if hello.role != role:
             raise ProtocolError(f"this endpoint is for {role}s, not {hello.role}s")
-        if token is not None and not hmac.compare_digest(
-                (hello.token or "").encode(), token.encode()):
+        if not token_ok(hello.token, token):
             await _refuse(ws, "AuthenticationError", "the cluster refused the token: pass "
                           "token= to connect() or set PYFORA_TOKEN", WSCloseCode.POLICY_VIOLATION)
             return None

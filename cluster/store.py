@@ -64,6 +64,10 @@ class ObjectStore:
                     lost.append(record)
         return lost
 
+    def records(self) -> list[ObjectRecord]:
+        """Every record, as a list (a snapshot: safe to keep while the store changes)."""
+        return list(self._objects.values())
+
     def __len__(self) -> int:
         return len(self._objects)
 

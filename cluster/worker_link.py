@@ -5,6 +5,8 @@ Runs on the coordinator's event loop.
 
 from __future__ import annotations
 
+import time
+
 from pyfora import protocol as p
 from pyfora.errors import ProtocolError, PyforaError
 
@@ -16,7 +18,9 @@ class WorkerLink(Link):
         super().__init__(ws, name)
         self.coordinator = coordinator
         self.dispatcher = coordinator.dispatcher
-        self.task = None
+        self._task = None
+        self.task_started = 0.0          # time.monotonic() when ``task`` was set
+        self.stats: p.Stats | None = None   # the worker's latest report of itself
 
     def handle(self, message: p.Message) -> None:
         match message:
@@ -28,6 +32,18 @@ class WorkerLink(Link):
                 self.reply(message)
             case p.Get():
                 self.spawn(self._get(message))
+            case p.Piece():
+                self.dispatcher.piece(self, message)
+            case p.Split():
+                self.spawn(self.dispatcher.split(self, message))
+            case p.Cancel():
+                self.dispatcher.cancel(self, message.target)
+            case p.Status():
+                self.send(p.Info(id=message.id, info=self.dispatcher.idle_info()))
+            case p.Info():
+                self.reply(message)
+            case p.Stats():
+                self.stats = message
             case _:
                 raise ProtocolError(f"a worker may not send {message.op!r}")
 
@@ -43,6 +59,23 @@ class WorkerLink(Link):
             record.holders.add(self)
         self.send(p.Value(id=message.id, data=data))
 
+    @property
+    def task(self):
+        """The task this worker runs now, or None."""
+        return self._task
+
+    @task.setter
+    def task(self, task) -> None:
+        self._task = task
+        self.task_started = time.monotonic()
+
     def describe(self) -> dict:
-        return {"name": self.name, "state": "busy" if self.task is not None else "idle",
-                "task": self.task.tid if self.task is not None else None}
+        """This worker for ``/api/status`` and the dashboard: ``rss`` (bytes) and ``cpu``
+        (percent of one core) are None until its first ``stats`` report."""
+        task = self._task
+        return {"name": self.name, "state": "busy" if task is not None else "idle",
+                "task": task.tid if task is not None else None,
+                "task_seconds": round(time.monotonic() - self.task_started, 2)
+                if task is not None else None,
+                "rss": self.stats.rss if self.stats is not None else None,
+                "cpu": self.stats.cpu if self.stats is not None else None}

@@ -17,6 +17,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import ssl
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,12 @@ from websockets.asyncio.client import connect
 
 from pyfora import protocol as p
 from pyfora import serialization
+from pyfora.aio.tls import client_context
 from pyfora.errors import ProtocolError
+from pyfora.parallel import _runtime as parallel_runtime
+
+from . import worker_stats
+from .worker_parallel import ParallelContext
 
 log = logging.getLogger("cluster.worker")
 
@@ -90,9 +96,15 @@ class Worker:
         self.pending: dict[int, asyncio.Future] = {}
         self.ids = p.RequestIds()
         self.running: tuple[int, int] | None = None      # (task id, thread ident)
+        # Tasks received but not started yet, and those of them cancelled meanwhile: a
+        # Cancel can overtake its task's start, and must not be lost when it does.
+        self.waiting: set[int] = set()
+        self.cancelled: set[int] = set()
         self.running_lock = threading.Lock()
         self.streams = [_CapturedStream("stdout", sys.stdout), _CapturedStream("stderr", sys.stderr)]
         sys.stdout, sys.stderr = self.streams
+        self.parallel = ParallelContext(self)
+        parallel_runtime.install(self.parallel)
 
     def send(self, message: p.Message) -> None:
         self.outbox.put_nowait(p.encode(message))
@@ -107,8 +119,12 @@ class Worker:
     async def serve(self) -> None:
         async for frame in self.ws:
             message = p.decode(frame)
+            if self.parallel.handle(message):
+                continue
             match message:
                 case p.Run():
+                    with self.running_lock:
+                        self.waiting.add(message.id)
                     asyncio.ensure_future(self.run(message))
                 case p.Fetch():
                     self.fetch(message)
@@ -128,6 +144,9 @@ class Worker:
         try:
             await asyncio.gather(*(self.get(oid) for oid in message.deps if oid not in self.store))
         except LookupError as exc:
+            with self.running_lock:
+                self.waiting.discard(message.id)
+                self.cancelled.discard(message.id)
             self.send(p.Done(id=message.id, oid=message.oid, size=0, type="",
                              error=serialization.describe_exception(exc, self.name)))
             return
@@ -158,6 +177,10 @@ class Worker:
         try:
             try:
                 with self.running_lock:
+                    self.waiting.discard(message.id)
+                    if message.id in self.cancelled:
+                        self.cancelled.discard(message.id)
+                        raise TaskCancelled()
                     self.running = (message.id, threading.get_ident())
                 fn, args, kwargs = serialization.loads(message.payload, self.resolve)
                 value = fn(*args, **kwargs)
@@ -189,17 +212,23 @@ class Worker:
             self.send(p.Value(id=message.id, data=entry.data))
 
     def cancel(self, task_id: int) -> None:
-        """Raise TaskCancelled in the task thread, if that task is still the one running."""
+        """Raise TaskCancelled in the task thread, if that task is still the one running;
+        mark it cancelled, if it has not started yet."""
         with self.running_lock:
+            if task_id in self.waiting:
+                self.cancelled.add(task_id)
+                return
             if self.running is None or self.running[0] != task_id:
                 return
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(self.running[1]), ctypes.py_object(TaskCancelled))
 
 
-async def run_worker(url: str, token: str | None, name: str) -> None:
+async def run_worker(url: str, token: str | None, name: str,
+                     ssl_context: ssl.SSLContext | None = None) -> None:
+    tls = {"ssl": ssl_context} if url.startswith("wss:") else {}
     async with connect(url, max_size=p.MAX_FRAME, compression=None,
-                       ping_interval=None) as ws:
+                       ping_interval=None, **tls) as ws:
         await ws.send(p.encode(p.Hello(version=p.VERSION, role="worker", token=token,
                                        name=name)))
         reply = p.decode(await ws.recv())
@@ -207,12 +236,14 @@ async def run_worker(url: str, token: str | None, name: str) -> None:
             raise SystemExit(f"pyfora-worker: {reply.message}")
         worker = Worker(ws, name)
         writer = asyncio.create_task(worker.writer())
+        stats = asyncio.create_task(worker_stats.report(worker.send))
         try:
             await worker.serve()
         except websockets.ConnectionClosed:
             pass
         finally:
             writer.cancel()
+            stats.cancel()
 
 
 def _exit_when_parent_dies() -> None:
@@ -233,7 +264,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="the cluster's token (default: $PYFORA_TOKEN)")
     parser.add_argument("--name", default=f"worker@{os.uname().nodename}-{os.getpid()}",
                         help="a name for this worker in the dashboard and in errors")
+    parser.add_argument("--cafile", default=None,
+                        help="with wss://: trust this certificate (or authority) instead of "
+                             "the system's")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="with wss://: do not verify the coordinator's certificate")
     parser.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
+    # --pin: --cafile is the coordinator's own certificate, host name unchecked (its pool).
+    parser.add_argument("--pin", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="WARNING",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
@@ -244,8 +282,13 @@ def main(argv: list[str] | None = None) -> None:
     url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     if not url.endswith("/api/worker"):
         url += "/api/worker"
+    if args.pin and args.cafile:
+        from .auth import pinned_context
+        context = pinned_context(args.cafile)
+    else:
+        context = client_context(args.cafile, verify=not args.no_verify)
     try:
-        asyncio.run(run_worker(url, args.token, args.name))
+        asyncio.run(run_worker(url, args.token, args.name, context))
     except KeyboardInterrupt:
         pass
 

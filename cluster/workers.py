@@ -3,6 +3,12 @@
 Each child gets a pipe on its stdin and exits when it closes, so workers die with the
 coordinator even when it is killed with SIGKILL (as dask's ``process.py`` does).
 
+With a memory limit, the pool samples each child's resident memory (psutil) every
+``MEMORY_INTERVAL`` seconds and kills one that is over it, remembering why, so the task it
+was running fails with a ``WorkerCrashedError`` that says so. The pool watches rather than
+the worker itself because a worker stuck in native code cannot watch anything, and an
+``RLIMIT_AS`` ceiling would count address space (numpy, thread stacks) rather than memory.
+
 Runs on the coordinator's event loop.
 """
 
@@ -16,27 +22,40 @@ import sys
 
 log = logging.getLogger("cluster")
 STOP_TIMEOUT = 5.0
+MEMORY_INTERVAL = 0.1
+_SIGNAL_HINTS = {
+    signal.SIGKILL: " (by hand, or by the kernel's out-of-memory killer)",
+    signal.SIGSEGV: " (a segmentation fault, in native code)",
+    signal.SIGBUS: " (a bus error, in native code)",
+    signal.SIGABRT: " (aborted, in native code)",
+}
 
 
 def describe_exit(returncode: int | None) -> str:
+    """Why a worker went away, from its exit status (None: it is still running, or it was
+    not ours)."""
     if returncode is None:
         return "the connection to the worker was lost"
     if returncode < 0:
         try:
-            name = signal.Signals(-returncode).name
+            sig = signal.Signals(-returncode)
         except ValueError:
-            name = f"signal {-returncode}"
-        return f"the worker process was killed by {name}"
+            return f"the worker process was killed by signal {-returncode}"
+        return f"the worker process was killed by {sig.name}{_SIGNAL_HINTS.get(sig, '')}"
     return f"the worker process exited with code {returncode}"
 
 
 class WorkerPool:
-    def __init__(self, count: int, url: str, token: str | None) -> None:
+    def __init__(self, count: int, url: str, token: str | None, certfile: str | None = None,
+                 memory_limit: int | None = None) -> None:
         self.count = count
         self.url = url
         self.token = token
+        self.certfile = certfile            # the coordinator's certificate, pinned by workers
+        self.memory_limit = memory_limit
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.exits: dict[str, int] = {}
+        self.reasons: dict[str, str] = {}   # why the pool killed a worker itself
         self._stopping = False
         self._serial = 0
         self._watchers: set[asyncio.Task] = set()
@@ -44,6 +63,12 @@ class WorkerPool:
     async def start(self) -> None:
         for _ in range(self.count):
             await self._spawn()
+        if self.memory_limit is not None:
+            self._keep(asyncio.create_task(self._watch_memory()))
+
+    def _keep(self, task: asyncio.Task) -> None:
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
 
     async def _spawn(self) -> None:
         self._serial += 1
@@ -51,13 +76,12 @@ class WorkerPool:
         env = dict(os.environ)
         if self.token is not None:
             env["PYFORA_TOKEN"] = self.token      # not on the command line, where ps shows it
+        tls = ["--cafile", self.certfile, "--pin"] if self.certfile else []
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "cluster.worker_main", self.url, "--name", name,
-            "--parent-pipe", stdin=asyncio.subprocess.PIPE, env=env)
+            "--parent-pipe", *tls, stdin=asyncio.subprocess.PIPE, env=env)
         self.procs[name] = proc
-        watcher = asyncio.create_task(self._watch(name, proc))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
+        self._keep(asyncio.create_task(self._watch(name, proc)))
 
     async def _watch(self, name: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
@@ -67,8 +91,26 @@ class WorkerPool:
             log.warning("%s: %s; starting a new one", name, describe_exit(code))
             await self._spawn()
 
+    async def _watch_memory(self) -> None:
+        import psutil
+        while not self._stopping:
+            for name, proc in list(self.procs.items()):
+                try:
+                    rss = psutil.Process(proc.pid).memory_info().rss
+                except psutil.Error:
+                    continue        # it is exiting: _watch will see it
+                if rss > self.memory_limit and proc.returncode is None:
+                    self.reasons[name] = (
+                        f"the worker went over its memory limit ({rss / 2**20:,.0f} MiB "
+                        f"resident, limit {self.memory_limit / 2**20:,.0f} MiB) and was killed")
+                    log.warning("%s: %s", name, self.reasons[name])
+                    proc.kill()
+            await asyncio.sleep(MEMORY_INTERVAL)
+
     async def exit_reason(self, name: str, wait: float = 1.0) -> str:
         """Why a worker went away, waiting briefly for its process to end."""
+        if name in self.reasons:
+            return self.reasons[name]
         if name in self.exits:
             return describe_exit(self.exits[name])
         proc = self.procs.get(name)
@@ -78,7 +120,7 @@ class WorkerPool:
             code = await asyncio.wait_for(asyncio.shield(proc.wait()), wait)
         except asyncio.TimeoutError:
             code = None
-        return describe_exit(code)
+        return self.reasons.get(name) or describe_exit(code)
 
     async def stop(self) -> None:
         self._stopping = True

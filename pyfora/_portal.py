@@ -76,6 +76,13 @@ class Portal:
     def submit(self, coro: Awaitable, wrap: Callable[[Any], Any] | None = None) -> Future:
         """Run ``coro`` on the loop; its result (passed through ``wrap``) lands in the
         returned Future. Cancelling the Future cancels the coroutine. Any thread."""
+        if os.getpid() != self.pid:
+            # The parent's loop thread does not exist here, and waking its loop would write
+            # to a self-pipe shared with the parent.
+            _discard(coro)
+            raise PyforaUsageError(
+                "this executor was created before os.fork(); call pyfora.connect() again "
+                "in the child process")
         future = Future(self)
         loop = self.loop
 

@@ -8,7 +8,8 @@ from .executor import Executor
 
 
 def connect(url: str | None = None, *, token: str | None = None,
-            workers: int | None = None) -> Executor:
+            workers: int | None = None, cafile: str | None = None,
+            verify: bool = True) -> Executor:
     """Connect to a cluster and return an ``Executor``.
 
     Args:
@@ -18,14 +19,21 @@ def connect(url: str | None = None, *, token: str | None = None,
             stops on ``close()`` or at interpreter exit.
         token: the cluster's token (default: from the URL, else ``$PYFORA_TOKEN``).
         workers: with no URL, how many workers to start.
+        cafile: with ``https``/``wss``: trust the certificates in this PEM file (the
+            cluster's own, if self-signed) instead of the system's authorities.
+        verify: with ``https``/``wss``: False skips certificate verification (anyone
+            answering at that address then gets the token).
 
     Raises:
-        ConnectionError: the cluster cannot be reached (``pyfora.ConnectionError``).
+        ConnectionError: the cluster cannot be reached, or its certificate cannot be
+            verified (``pyfora.ConnectionError``).
         AuthenticationError: the cluster refused the token.
 
     Blocks; any thread but pyfora's own event loop thread.
     """
     portal = get_portal()
-    executor = Executor(portal.call(aio.connect(url, token=token, workers=workers)), portal)
+    twin = portal.call(aio.connect(url, token=token, workers=workers, cafile=cafile,
+                                   verify=verify))
+    executor = Executor(twin, portal)
     portal.closeables.add(executor)
     return executor

@@ -7,7 +7,7 @@ right there and nothing is sent; the rest happens on the loop thread.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import aio
 from ._portal import Portal
@@ -40,6 +40,17 @@ class Executor:
         """
         call = self._aio.prepare(fn, args, kwargs)
         return self._portal.submit(self._aio.submitPrepared(call), self._proxy)
+
+    def map(self, fn: Callable, iterable: Any, /, timeout: float | None = None) -> Iterator:
+        """``fn`` applied to every item of ``iterable`` on the cluster, in parallel across
+        idle workers: an iterator of the results, in order. The call is sent now; iterating
+        waits for it (``timeout`` seconds at most, then ``PyforaTimeoutError``).
+
+        Raises (when iterated):
+            ComputationError: ``fn`` raised; the first failing item in order is reported.
+        """
+        future = self._portal.submit(self._aio.map(fn, iterable).list())
+        return _results(future, timeout)
 
     def define(self, obj: Any) -> Future:
         """Send ``obj`` to the cluster: a Future of a proxy of it."""
@@ -74,3 +85,7 @@ class Executor:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def _results(future: Future, timeout: float | None) -> Iterator:
+    yield from future.result(timeout)

@@ -177,6 +177,34 @@ class Get(Message):
     oid: int
 
 
+@_message("stats")
+class Stats(Message):
+    """A worker's periodic report of its own process, for the dashboard: resident memory
+    in bytes and CPU use in percent of one core since its previous report."""
+    rss: int
+    cpu: float
+
+
+# -- parallel pieces (worker to coordinator, see pyfora/parallel/_runtime.py) ----------
+
+@_message("piece")
+class Piece(Message):
+    """A worker hands part of its task to an idle worker: run ``payload`` (a pickled call)
+    now, or refuse at once with ``error`` if no worker is idle; pieces never queue. When it
+    ran, the reply is ``done`` with the result inline."""
+    id: int
+    payload: bytes
+
+
+@_message("split")
+class Split(Message):
+    """Ask the running piece ``target`` (the sender's request id; the task id when the
+    coordinator relays it) to give away the upper half of the range it has not started.
+    Answered by ``info``: ``{"start": ..., "stop": ...}``, or ``{}`` when it will not."""
+    id: int
+    target: int
+
+
 _FIELDS = {op: {f.name for f in dataclasses.fields(cls)} for op, cls in _OPS.items()}
 
 
@@ -228,7 +256,7 @@ def _decode_map(data: dict) -> Message:
     return message
 
 
-_INT_FIELDS = {"id", "oid", "size", "target", "version", "workers", "inline"}
+_INT_FIELDS = {"id", "oid", "size", "target", "version", "workers", "inline", "rss"}
 _BYTES_FIELDS = {"payload", "data"}
 
 
@@ -248,6 +276,8 @@ def _check_types(message: Message) -> None:
             ok = value is None or type(value) is str
         elif name == "value":
             ok = value is None or type(value) is bytes
+        elif name == "cpu":
+            ok = type(value) in (int, float)
         elif name in ("error", "info"):
             ok = value is None or type(value) is dict
         else:

@@ -221,6 +221,9 @@ def describe_exception(exc: BaseException, worker: str | None = None,
             continue
         line = linecache.getline(code.co_filename, lineno).strip() or None
         frames.append([code.co_filename, lineno, code.co_qualname, code.co_firstlineno, line])
+    # A parallel piece raised it on another worker and this task re-raised it there
+    # (pyfora.parallel): that worker's frames come after ours.
+    frames.extend(list(f) for f in getattr(exc, "_pyfora_frames", None) or ())
     try:
         pickled = cloudpickle.dumps(exc, protocol=PROTOCOL)
     except Exception:

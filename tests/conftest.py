@@ -83,6 +83,7 @@ def wait_until(predicate, timeout: float, what: str = "the condition", interval:
         if value:
             return value
         if time.monotonic() > deadline:
+            what = what() if callable(what) else what
             raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
         time.sleep(interval)
 
@@ -100,6 +101,14 @@ async def async_wait_until(predicate, timeout: float, what: str = "the condition
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie awaiting its parent's wait does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def is_idle(url: str) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .executor import Executor
 from .session import Session
+from .tls import client_context
 
 
 class connect:  # noqa: N801 - used like a function: `await connect()`, `async with connect()`
@@ -26,17 +27,25 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
         token: the cluster's token (default: from the URL, else ``$PYFORA_TOKEN``).
         workers: with no URL, how many workers the embedded cluster starts (default: one
             per core).
+        cafile: with ``https``/``wss``: trust the certificates in this PEM file (the
+            cluster's own, if self-signed) instead of the system's authorities.
+        verify: with ``https``/``wss``: False skips certificate verification (anyone
+            answering at that address then gets the token).
 
     Raises:
-        PyforaConnectionError: the cluster cannot be reached.
+        PyforaConnectionError: the cluster cannot be reached, or its certificate cannot
+            be verified.
         AuthenticationError: the cluster refused the token.
     """
 
     def __init__(self, url: str | None = None, *, token: str | None = None,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, cafile: str | None = None,
+                 verify: bool = True) -> None:
         self._url = url
         self._token = token
         self._workers = workers
+        self._cafile = cafile
+        self._verify = verify
         self._executor: Executor | None = None
 
     async def _open(self) -> Executor:
@@ -46,7 +55,10 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
             cluster = await _start_embedded(self._workers)
             url = cluster.url
         try:
-            session = await Session.open(url, self._token)
+            context = None
+            if self._cafile is not None or not self._verify:
+                context = client_context(self._cafile, self._verify)
+            session = await Session.open(url, self._token, ssl_context=context)
         except BaseException:
             if cluster is not None:
                 await cluster.stop()

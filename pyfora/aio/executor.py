@@ -10,14 +10,19 @@ methods documented as thread-safe.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from typing import Any, Callable
 
 from .. import protocol as p
 from .. import serialization
 from ..errors import ExecutorClosedError
+from ..parallel import is_user_function, rewrite_function
+from ..parallel._runtime import pmap
 from .remote import RemotePythonObject
 from .session import Session
+
+log = logging.getLogger("pyfora")
 
 
 def _identity(value: Any) -> Any:
@@ -44,11 +49,16 @@ class Executor:
         self._cluster = cluster        # the embedded cluster this executor owns, if any
         self._code_map = serialization.CodeMap()
         self._closed = False
+        self._status_callbacks: list[Callable[[dict], Any]] = []
 
     # -- remote operations ------------------------------------------------------------
 
-    def prepare(self, fn: Callable, args: tuple = (), kwargs: dict | None = None) -> PreparedCall:
+    def prepare(self, fn: Callable, args: tuple = (), kwargs: dict | None = None,
+                parallel: bool = True) -> PreparedCall:
         """Pickle a call. Thread-safe, does no I/O.
+
+        With ``parallel``, a function of the user's own whose source is available has its
+        comprehensions compiled for automatic parallelism (``pyfora.parallel``).
 
         Raises:
             PythonToForaConversionError: an argument cannot be pickled; it is named.
@@ -56,8 +66,43 @@ class Executor:
             ExecutorClosedError: this executor is closed.
         """
         self._check_open()
+        if parallel and is_user_function(fn):
+            fn = rewrite_function(fn)
         payload, deps = serialization.dumps_call(fn, args, kwargs or {}, self, self._code_map)
         return PreparedCall(payload, deps)
+
+    def map(self, fn: Callable, iterable: Any, /) -> MapResult:
+        """``fn`` applied to every item of ``iterable``, on the cluster, in parallel: the
+        task splits itself across idle workers as a comprehension would.
+
+        ``await ex.map(fn, items)`` is the list of results, in order; ``async for`` over
+        it yields them. The call is pickled here (errors raise at once); it runs when
+        first awaited or iterated. ``iterable`` may be a proxy of a list, tuple or range.
+
+        Raises (when awaited):
+            ComputationError: ``fn`` raised; the first failing item in order is reported.
+        """
+        if not isinstance(iterable, (range, list, tuple, RemotePythonObject)):
+            iterable = list(iterable)
+        if is_user_function(fn):
+            fn = rewrite_function(fn)
+        return MapResult(self, self.prepare(pmap, (fn, iterable), parallel=False))
+
+    def addStatusCallback(self, callback: Callable[[dict], Any]) -> Callable[[], None]:
+        """Call ``callback(status)`` on the event loop whenever the cluster reports its
+        load while this executor has tasks running (at most every 20 ms):
+        ``{"cpus": busy workers, "workers": workers, "queued": tasks waiting}``.
+
+        Returns a function that removes the callback. Thread-safe.
+        """
+        self._status_callbacks.append(callback)
+
+        def remove() -> None:
+            try:
+                self._status_callbacks.remove(callback)
+            except ValueError:
+                pass
+        return remove
 
     async def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> RemotePythonObject:
         """Run ``fn(*args, **kwargs)`` on the cluster.
@@ -122,6 +167,12 @@ class Executor:
             stream = sys.stderr if message.stream == "stderr" else sys.stdout
             stream.write(message.text)
             stream.flush()
+        elif isinstance(message, p.Info):
+            for callback in list(self._status_callbacks):
+                try:
+                    callback(message.info)
+                except Exception:
+                    log.exception("pyfora: a status callback raised")
 
     # -- lifetime ---------------------------------------------------------------------
 
@@ -148,3 +199,33 @@ class Executor:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.close()
+
+
+class MapResult:
+    """What ``Executor.map`` returns: awaitable (the list of results) and async-iterable.
+    Runs once, on first use."""
+
+    def __init__(self, executor: Executor, call: PreparedCall) -> None:
+        self._executor = executor
+        self._call = call
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> list:
+        proxy = await self._executor.submitPrepared(self._call)
+        return await proxy.toLocal()
+
+    def _started(self) -> asyncio.Task:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        return self._task
+
+    async def list(self) -> list:
+        """The results, in order."""
+        return await self._started()
+
+    def __await__(self):
+        return self._started().__await__()
+
+    async def __aiter__(self):
+        for value in await self._started():
+            yield value

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import urllib.parse
 from typing import Callable
 
@@ -23,9 +24,12 @@ from websockets.asyncio.client import connect as ws_connect
 from .. import protocol as p
 from ..errors import (AuthenticationError, ExecutorClosedError, PyforaConnectionError,
                       SessionClosedOK, SessionLost)
+from .tls import client_context
 
 log = logging.getLogger("pyfora")
 OPEN_TIMEOUT = 20.0
+#: Not a websocket close code: marks a session the client closed itself.
+CLOSED_BY_CLIENT = -1
 
 
 def session_url(url: str) -> tuple[str, str | None]:
@@ -45,6 +49,15 @@ def session_url(url: str) -> tuple[str, str | None]:
     return urllib.parse.urlunsplit((scheme, parts.netloc, path, rest, "")), token
 
 
+def redacted(url: str) -> str:
+    """``url`` with its ``?token=`` hidden, fit for error messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if "token" not in urllib.parse.parse_qs(parts.query):
+        return url
+    query = [(k, "***" if k == "token" else v) for k, v in urllib.parse.parse_qsl(parts.query)]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
 class Session:
     """The client's end of the websocket. Create it with ``await Session.open(...)``."""
 
@@ -61,24 +74,40 @@ class Session:
 
     @classmethod
     async def open(cls, url: str, token: str | None = None,
-                   on_push: Callable[[p.Message], None] = lambda m: None) -> Session:
+                   on_push: Callable[[p.Message], None] = lambda m: None,
+                   ssl_context: ssl.SSLContext | None = None) -> Session:
         """Connect and say hello.
 
+        Args:
+            url: the cluster's address (see ``session_url``).
+            token: the token (default: ``?token=`` in ``url``, else ``$PYFORA_TOKEN``).
+            on_push: called with each message pushed by the cluster.
+            ssl_context: for ``https``/``wss`` URLs (default: verify against the system's
+                authorities; see ``pyfora.aio.tls``).
+
         Raises:
-            PyforaConnectionError: the cluster cannot be reached.
+            PyforaConnectionError: the cluster cannot be reached, or its certificate
+                cannot be verified.
             AuthenticationError: it refused the token.
             ProtocolError: it speaks another protocol version.
         """
         ws_url, url_token = session_url(url)
         token = token or url_token or os.environ.get("PYFORA_TOKEN")
+        url = redacted(url)     # the token must not reach error messages or logs
+        tls = {"ssl": ssl_context or client_context()} if ws_url.startswith("wss:") else {}
         try:
             ws = await ws_connect(ws_url, max_size=p.MAX_FRAME, compression=None,
                                   open_timeout=OPEN_TIMEOUT, ping_interval=20, ping_timeout=60,
-                                  close_timeout=2)
+                                  close_timeout=2, **tls)
         except websockets.InvalidStatus as exc:
             code = exc.response.status_code
             cls_ = AuthenticationError if code in (401, 403) else PyforaConnectionError
             raise cls_(f"the cluster at {url} refused the connection (HTTP {code})") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise PyforaConnectionError(
+                f"the TLS certificate of the cluster at {url} could not be verified "
+                f"({exc.verify_message}): pass cafile= with the cluster's certificate or "
+                "its authority (or verify=False, which trusts anyone)") from None
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
             raise PyforaConnectionError(
                 f"cannot reach the cluster at {url}: {exc}; is it running? "
@@ -99,9 +128,15 @@ class Session:
         return self._closed is not None
 
     def check_open(self) -> None:
-        if self._closed is not None:
-            raise ExecutorClosedError(
-                f"this executor's session is closed ({self._closed}); connect again")
+        """Raise unless the session is open: ``ExecutorClosedError`` after ``close()``, else
+        the ``ConnectionError`` that ended it, so code that reconnects on
+        ``ConnectionError`` sees it on every later call too."""
+        failure = self._closed
+        if failure is None:
+            return
+        if failure.code == CLOSED_BY_CLIENT:
+            raise ExecutorClosedError("this executor is closed; connect again with connect()")
+        raise type(failure)(f"{failure}; connect again", failure.code, failure.reason)
 
     def next_id(self) -> int:
         return self._ids()
@@ -182,6 +217,6 @@ class Session:
 
     async def close(self) -> None:
         """Close the session; pending requests fail with ``SessionClosedOK``."""
-        self._shut(SessionClosedOK("the session was closed by the client", 1000))
+        self._shut(SessionClosedOK("the session was closed by the client", CLOSED_BY_CLIENT))
         await self._ws.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)

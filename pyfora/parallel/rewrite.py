@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import sys
 import textwrap
 import threading
 import types
@@ -140,7 +141,7 @@ def rewrite_function(fn: Any) -> Any:
 
     The result has ``fn``'s globals, closure cells, defaults, name and attributes.
     """
-    if type(fn) is not types.FunctionType:
+    if type(fn) is not types.FunctionType or getattr(fn, "__pyfora_sequential__", False):
         return fn
     with _cache_lock:
         cached = _cache.get(fn, None)
@@ -208,3 +209,24 @@ def _find_code(code: types.CodeType, name: str) -> types.CodeType | None:
         if isinstance(const, types.CodeType) and const.co_name == name:
             return const
     return None
+
+
+_installed: set[str] | None = None
+
+
+def is_user_function(fn: Any) -> bool:
+    """Whether ``fn`` is the user's own code (``__main__``, a script's sibling, a test
+    module), not the standard library's, an installed package's or pyfora's: only those
+    are rewritten on ``submit``."""
+    global _installed
+    if type(fn) is not types.FunctionType:
+        return False
+    module = getattr(fn, "__module__", None) or "__main__"
+    top = module.partition(".")[0]
+    if module == "__main__":
+        return True
+    if _installed is None:
+        import importlib.metadata
+        _installed = set(importlib.metadata.packages_distributions())
+    return not (top in _installed or top in sys.stdlib_module_names
+                or top in sys.builtin_module_names or top in ("pyfora", "cluster"))

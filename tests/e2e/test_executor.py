@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import UNIT, ClusterProcess, busy, http_status, wait_until
+from conftest import UNIT, ClusterProcess, alive, busy, http_status, wait_until
 
 import pyfora
 
@@ -342,12 +342,5 @@ def test_connection_drop_fails_pending_futures():
     finally:
         cluster.wait(T)
     # the workers notice that their coordinator is gone and exit
-    wait_until(lambda: not any(psutil_alive(pid) for pid in workers), T, "orphan workers")
+    wait_until(lambda: not any(alive(pid) for pid in workers), T, "orphan workers")
 
-
-def psutil_alive(pid):
-    import psutil
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False

@@ -1,0 +1,446 @@
+"""The parallel runtime that rewritten comprehensions call (see ``rewrite.py``).
+
+Outside a worker, or over an iterable that is not a ``range``, ``list`` or ``tuple``, a
+call runs the original comprehension at once: the machinery costs one function call.
+
+On a worker (``install`` was called with the worker's context), a comprehension runs its
+first elements in small, growing batches and times them. When the rest is worth splitting
+(``WORTH`` seconds at the measured rate) and the coordinator reports idle workers, the
+rest becomes an ``_Engine``:
+
+* **Splitting.** The remaining index range is cut into one segment per idle worker plus
+  one; the lowest stays local, the others are sent as *pieces*. The coordinator runs a
+  piece only on a worker that is idle right now, or refuses it (then it stays local):
+  pieces never queue, so nothing ever waits on work that cannot start, and a task that
+  waits for its pieces keeps computing (no deadlock with one worker, busy workers, or
+  nested parallel code).
+* **Stealing.** A piece runs its range in batches and can be split while it runs: the
+  coordinator relays ``Split`` to its worker, which gives away the upper half of what it
+  has not started. When a piece finishes (a worker became idle) or the coordinator reports
+  idle workers, the segment with the most work left (local or remote) is split and the
+  upper half is sent to the idle worker. When the local work is done, the root steals the
+  upper half of the largest running piece for itself, and waits only when nothing is
+  left to split.
+* **Ordering.** Segments are kept sorted by index; results are produced (and, for
+  generator expressions, yielded as soon as the prefix is complete) in index order. An
+  element that raises ends its segment; later segments are cancelled, earlier ones are
+  still completed, so the exception raised is the one first in iteration order, after
+  every result before it. A remote exception carries its worker-side frames
+  (``_pyfora_frames``) so the remote traceback shows them.
+
+Runs on the worker's task thread; ``_PieceState.split`` runs on the worker's loop thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import pickle
+import queue
+import threading
+from time import perf_counter
+from typing import Any, Callable
+
+#: Seconds of remaining work (at the measured rate) that are worth splitting.
+WORTH = 0.05
+#: The least work, in seconds, that goes to another worker as one piece.
+MIN_PIECE = 0.01
+#: The first batch; later batches grow geometrically, up to ``BATCH`` seconds.
+FIRST = 64
+BATCH = 0.02
+#: How often a task running alone asks again for idle workers.
+CHECK = 0.1
+
+_SIZED = (range, list, tuple)
+_context: Any = None
+
+
+def install(context: Any) -> None:
+    """Called once by the worker process; ``context`` talks to the coordinator (see
+    ``cluster/worker_parallel.py`` for the interface)."""
+    global _context
+    _context = context
+
+
+# -- entry points (the rewritten code calls these) ------------------------------------
+
+def listcomp(it: Any, gen_fn: Callable, fast_fn: Callable) -> list:
+    if _context is None or type(it) not in _SIZED:
+        return fast_fn(it)
+    return _collect(it, gen_fn, fast_fn, list.extend)
+
+
+def setcomp(it: Any, gen_fn: Callable, fast_fn: Callable) -> set:
+    if _context is None or type(it) not in _SIZED:
+        return fast_fn(it)
+    return _collect(it, gen_fn, fast_fn, set.update)
+
+
+def dictcomp(it: Any, gen_fn: Callable, fast_fn: Callable) -> dict:
+    if _context is None or type(it) not in _SIZED:
+        return fast_fn(it)
+    return _collect(it, gen_fn, fast_fn, dict.update)
+
+
+def genexp(it: Any, gen_fn: Callable) -> Any:
+    if _context is None or type(it) not in _SIZED:
+        return gen_fn(it)
+    return _generate(it, gen_fn, _context)
+
+
+def pmap(fn: Callable, items: Any) -> list:
+    """``list(map(fn, items))``, parallel on a worker (``Executor.map`` runs this)."""
+    if type(items) not in _SIZED:
+        items = list(items)
+    return listcomp(items, lambda it: map(fn, it), lambda it: list(map(fn, it)))
+
+
+# -- the sequential start: time the first elements ------------------------------------
+
+class _Probe:
+    """Batches over ``[pos, n)``: growing geometrically, at most ``BATCH`` seconds each
+    at the latest rate; says when the rest is worth splitting and workers are idle."""
+
+    def __init__(self, n: int, context: Any) -> None:
+        self.n = n
+        self.context = context
+        self.pos = 0
+        self.size = FIRST
+        self.rate = 0.0
+        self.next_check = perf_counter() + BATCH / 4
+        self.idle = 0
+
+    def measured(self, count: int, seconds: float) -> bool:
+        """Record a batch; True when the rest should go parallel (``self.idle`` workers)."""
+        self.pos += count
+        self.rate = seconds / count if count else self.rate
+        grow = max(FIRST, 3 * self.pos)
+        self.size = max(1, min(grow, int(BATCH / self.rate))) if self.rate > 0 else grow
+        if self.pos >= self.n or (self.n - self.pos) * self.rate < WORTH:
+            return False
+        now = perf_counter()
+        if now < self.next_check:
+            return False
+        self.next_check = now + CHECK
+        self.idle = self.context.idle()
+        return self.idle > 0
+
+    def batch(self) -> tuple[int, int]:
+        return self.pos, min(self.n, self.pos + self.size)
+
+
+def _collect(it: Any, gen_fn: Callable, fast_fn: Callable, combine: Callable) -> Any:
+    n = len(it)
+    if n <= FIRST:
+        return fast_fn(it)
+    probe = _Probe(n, _context)
+    acc = None
+    while probe.pos < n:
+        a, b = probe.batch()
+        t0 = perf_counter()
+        part = fast_fn(it[a:b])
+        if acc is None:
+            acc = part
+        else:
+            combine(acc, part)
+        if probe.measured(b - a, perf_counter() - t0):
+            combine(acc, _Engine(it, probe.pos, gen_fn, _context, probe.rate,
+                                 probe.idle).results())
+            break
+    return acc
+
+
+def _generate(it: Any, gen_fn: Callable, context: Any):
+    n = len(it)
+    probe = _Probe(n, context)
+    while probe.pos < n:
+        a, b = probe.batch()
+        t0 = perf_counter()
+        yield from gen_fn(it[a:b])
+        if probe.measured(b - a, perf_counter() - t0):
+            yield from _Engine(it, probe.pos, gen_fn, context, probe.rate,
+                               probe.idle).results()
+            return
+
+
+# -- the parallel part ----------------------------------------------------------------
+
+class _Segment:
+    __slots__ = ("start", "stop", "pos", "results", "yielded", "done", "error", "piece",
+                 "t0", "cancelled")
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start = start
+        self.stop = stop
+        self.pos = start            # next element to compute (local segments)
+        self.results: list = []
+        self.yielded = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self.piece: int | None = None    # request id while it runs on another worker
+        self.t0 = 0.0
+        self.cancelled = False
+
+    def __lt__(self, other: _Segment) -> bool:
+        return self.start < other.start
+
+
+class _Engine:
+    """Computes ``it[start:]`` through ``gen_fn`` on this worker and on idle ones."""
+
+    def __init__(self, it: Any, start: int, gen_fn: Callable, context: Any, rate: float,
+                 idle: int) -> None:
+        self.it = it
+        self.gen_fn = gen_fn
+        self.context = context
+        self.rate = max(rate, 1e-9)
+        self.idle = idle
+        self.segs: list[_Segment] = [_Segment(start, len(it))]
+        self.head = 0
+        self.remote: dict[int, _Segment] = {}
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.fn_bytes: bytes | None = None
+        self.next_check = perf_counter() + CHECK
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def results(self):
+        """The results in index order; raises the first exception in index order."""
+        try:
+            self._offer(self.idle)
+            while True:
+                while self.head < len(self.segs):
+                    seg = self.segs[self.head]
+                    if seg.yielded < len(seg.results):
+                        chunk = seg.results[seg.yielded:]
+                        seg.yielded = len(seg.results)
+                        yield from chunk
+                    if not seg.done:
+                        break
+                    if seg.error is not None:
+                        raise seg.error
+                    seg.results = []
+                    self.head += 1
+                if self.head >= len(self.segs):
+                    return
+                self._step()
+        finally:
+            self._cancel(s for s in self.segs if s.piece is not None and not s.done)
+
+    def _step(self) -> None:
+        if self._drain() or perf_counter() >= self.next_check:
+            self.next_check = perf_counter() + CHECK
+            self._offer(self.context.idle())
+        seg = next((s for s in self.segs[self.head:] if s.piece is None and not s.done), None)
+        if seg is not None:
+            self._run_batch(seg)
+            return
+        if self._steal_for_self():
+            return
+        try:
+            self._event(self.events.get(timeout=0.2))
+        except queue.Empty:
+            pass
+
+    def _run_batch(self, seg: _Segment) -> None:
+        a = seg.pos
+        b = min(seg.stop, a + max(1, int(BATCH / self.rate)))
+        t0 = perf_counter()
+        try:
+            seg.results.extend(self.gen_fn(self.it[a:b]))
+        except Exception as exc:
+            self._failed(seg, exc)
+            return
+        self.rate = max((perf_counter() - t0) / (b - a), 1e-9)
+        seg.pos = b
+        seg.done = b >= seg.stop
+
+    def _failed(self, seg: _Segment, exc: BaseException) -> None:
+        """An element of ``seg`` raised: later elements are never needed."""
+        seg.error, seg.done = exc, True
+        later = self.segs[self.segs.index(seg) + 1:]
+        del self.segs[self.segs.index(seg) + 1:]
+        self._cancel(s for s in later if s.piece is not None and not s.done)
+
+    # -- handing out work --------------------------------------------------------------
+
+    def _remaining(self, seg: _Segment, now: float) -> float:
+        if seg.piece is None:
+            return seg.stop - seg.pos
+        return seg.stop - seg.start - (now - seg.t0) / self.rate
+
+    def _candidates(self, remote_only: bool = False) -> list[_Segment]:
+        """Segments that may be split, most work left first. Running pieces always
+        qualify: only their worker knows how much they have left (cost varies)."""
+        now = perf_counter()
+        segs = [s for s in self.segs[self.head:] if not s.done and s.error is None and (
+            s.piece is not None or (not remote_only and
+                                    self._remaining(s, now) * self.rate >= 2 * MIN_PIECE))]
+        segs.sort(key=lambda s: self._remaining(s, now), reverse=True)
+        return segs
+
+    def _split(self, seg: _Segment) -> _Segment | None:
+        """Cut the upper half of what ``seg`` has not started into a new segment."""
+        if seg.piece is None:
+            left = seg.stop - seg.pos
+            if left * self.rate < 2 * MIN_PIECE:
+                return None
+            mid, stop = seg.pos + left // 2, seg.stop
+        else:
+            reply = self.context.split(seg.piece)
+            if not reply:
+                return None
+            mid, stop = reply
+        seg.stop = mid
+        new = _Segment(mid, stop)
+        self.segs.insert(self.segs.index(seg) + 1, new)
+        return new
+
+    def _offer(self, idle: int) -> None:
+        """Give work to ``idle`` idle workers: split what has the most left."""
+        if idle <= 0:
+            return
+        if len(self.segs) == 1 and self.segs[0].pos == self.segs[0].start:
+            self._initial_split(idle)
+            return
+        for _ in range(idle):
+            new = next(filter(None, map(self._split, self._candidates())), None)
+            if new is None:
+                return
+            self._send(new)
+
+    def _initial_split(self, idle: int) -> None:
+        seg = self.segs[0]
+        total = seg.stop - seg.start
+        parts = max(1, min(idle + 1, int(total * self.rate / MIN_PIECE)))
+        bounds = [seg.start + total * i // parts for i in range(parts + 1)]
+        seg.stop = bounds[1]
+        for a, b in zip(bounds[1:-1], bounds[2:]):
+            new = _Segment(a, b)
+            self.segs.append(new)
+            self._send(new)
+
+    def _steal_for_self(self) -> bool:
+        for seg in self._candidates(remote_only=True):
+            if self._split(seg) is not None:
+                return True
+        return False
+
+    def _send(self, seg: _Segment) -> None:
+        from .. import serialization
+        if self.fn_bytes is None:
+            self.fn_bytes, _ = serialization.dumps(self.gen_fn)
+        payload, _ = serialization.dumps(
+            (run_piece, (self.fn_bytes, self.it[seg.start:seg.stop], seg.start, self.rate), {}))
+        seg.t0 = perf_counter()
+        seg.piece = self.context.start_piece(payload, self.events.put)
+        self.remote[seg.piece] = seg
+
+    def _cancel(self, segs) -> None:
+        for seg in list(segs):
+            seg.cancelled = True
+            self.context.cancel(seg.piece)
+
+    # -- pieces finishing --------------------------------------------------------------
+
+    def _drain(self) -> bool:
+        got = False
+        while True:
+            try:
+                message = self.events.get_nowait()
+            except queue.Empty:
+                return got
+            got = self._event(message) or got
+
+    def _event(self, message: Any) -> bool:
+        """A piece finished, failed or was refused; True when a worker became free."""
+        seg = self.remote.pop(message.id, None)
+        if seg is None or seg.cancelled:
+            return False
+        seg.piece = None
+        value = getattr(message, "value", None)
+        if getattr(message, "error", None) is not None or value is None:
+            seg.pos = seg.start         # refused, lost or unpicklable: compute it here
+            seg.results = []
+            return message.op == "done"
+        results, error, stop = pickle.loads(value)
+        seg.results, seg.pos = results, stop
+        if stop < seg.stop:             # a split whose reply we never saw
+            self.segs.insert(self.segs.index(seg) + 1, _Segment(stop, seg.stop))
+            seg.stop = stop
+        seg.done = True
+        if error is not None:
+            self._failed(seg, _rebuild(error))
+        return True
+
+
+def _rebuild(error: dict) -> BaseException:
+    exc = None
+    if error.get("exc") is not None:
+        try:
+            exc = pickle.loads(error["exc"])
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RuntimeError(f"{error['type']}: {error.get('message', '')}")
+    try:
+        exc._pyfora_frames = list(error.get("frames") or ())
+    except Exception:
+        pass
+    return exc
+
+
+# -- a piece, on the worker that runs it ----------------------------------------------
+
+class _PieceState:
+    """The part of a piece not started yet, which the loop thread may split off."""
+
+    def __init__(self, base: int, n: int, rate: float) -> None:
+        self.base = base
+        self.pos = 0
+        self.limit = n
+        self.rate = max(rate, 1e-9)
+        self.finished = False
+        self.lock = threading.Lock()
+
+    def claim(self) -> tuple[int, int] | None:
+        with self.lock:
+            if self.pos >= self.limit:
+                self.finished = True
+                return None
+            a = self.pos
+            self.pos = min(self.limit, a + max(1, int(BATCH / self.rate)))
+            return a, self.pos
+
+    def split(self) -> tuple[int, int] | None:
+        """Loop thread: give away the upper half of what is not started (global indices)."""
+        with self.lock:
+            left = self.limit - self.pos
+            if self.finished or left < 2 or left * self.rate < 2 * MIN_PIECE:
+                return None
+            mid, stop = self.pos + left // 2, self.limit
+            self.limit = mid
+            return self.base + mid, self.base + stop
+
+
+def run_piece(fn_bytes: bytes, items: Any, base: int, rate: float) -> tuple:
+    """Compute ``items`` (indices ``base...`` of the root's iterable) through the function
+    pickled in ``fn_bytes``; return ``(results, error, stop)`` with ``stop`` the global
+    index where it ended (earlier than the end when it was split)."""
+    from .. import serialization
+    gen_fn = serialization.loads(fn_bytes)
+    state = _PieceState(base, len(items), rate)
+    context = _context
+    context.set_splittable(state)
+    results: list = []
+    try:
+        while (claim := state.claim()) is not None:
+            a, b = claim
+            t0 = perf_counter()
+            try:
+                results.extend(gen_fn(items[a:b]))
+            except Exception as exc:
+                return results, serialization.describe_exception(exc, context.name), base + b
+            state.rate = max((perf_counter() - t0) / (b - a), 1e-9)
+    finally:
+        context.set_splittable(None)
+    return results, None, base + state.limit
