@@ -69,11 +69,19 @@ def summarize(path: str, top: int = 25) -> None:
         for line in f:
             stack, _, count = line.rstrip("\n").rpartition(" ")
             frames = stack.split(";")
-            proc = frames[0][:60] if frames[0].startswith("process") else "?"
+            procs = [i for i, fr in enumerate(frames) if fr.startswith("process ")]
+            start = procs[-1] if procs else -1
+            name = frames[start] if procs else "?"
+            role = ("worker " + name.split("--name ")[1].split()[0] if "--name " in name
+                    else "client/coordinator " + name.split(":")[0])
+            rest = frames[start + 1:]
+            thread = next((fr for fr in rest if fr.startswith("thread")), "")
+            tname = thread.split(": ", 1)[1] if ": " in thread else thread
+            proc = f"{role} [{tname}]"
             n = int(count)
             totals[proc] += n
             funcs = [fr.split(" (")[0] + " " + fr.split("/")[-1].rstrip(")")
-                     for fr in frames[1:] if not fr.startswith("thread")]
+                     for fr in rest if not fr.startswith("thread")]
             if funcs:
                 self_c[proc][funcs[-1]] += n
             for fn in set(funcs):

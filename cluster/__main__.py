@@ -21,8 +21,16 @@ from .app import Config, start_cluster
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="pyfora-cluster",
-        description="Run a pyfora coordinator with worker subprocesses. Prints the URL to "
-                    "pass to pyfora.connect() once the workers have joined.")
+        description="Run a pyfora coordinator with worker subprocesses. Prints the URL to\n"
+                    "pass to pyfora.connect() once the workers have joined, then serves\n"
+                    "until SIGINT or SIGTERM. The same URL in a browser shows the\n"
+                    "dashboard; /api/status gives its numbers as JSON.",
+        epilog="examples:\n"
+               "  pyfora-cluster --port 8000 --workers 4\n"
+               "  pyfora-cluster --host 0.0.0.0 --token $(openssl rand -hex 16)\n"
+               "  pyfora-worker ws://this-host:8000 --token T    (more workers, other hosts)\n\n"
+               "environment: PYFORA_TOKEN (default --token)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; any other needs a token)")
     parser.add_argument("--port", type=int, default=8000,
@@ -43,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-frame", type=parse_size, default=None, metavar="SIZE",
                         help="largest websocket frame accepted (default 1GiB)")
     parser.add_argument("--log-level", default="WARNING",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="what the coordinator logs to stderr (default WARNING)")
     args = parser.parse_args(argv)
     if args.keyfile and not args.certfile:
         parser.error("--keyfile needs --certfile")

@@ -21,7 +21,7 @@ from aiohttp import WSCloseCode, web
 from pyfora import protocol as p
 
 from . import dashboard
-from .auth import is_loopback, new_token, server_context
+from .auth import AccessLogger, is_loopback, new_token, server_context
 from .dispatcher import Dispatcher
 from .link import accept
 from .session import ClientSession
@@ -117,6 +117,8 @@ class Coordinator:
         try:
             await worker.serve()
         finally:
+            # No new task for it while we wait to learn why it went.
+            self.dispatcher.idle.pop(worker, None)
             why = (await self.pool.exit_reason(worker.name)) if self.pool else "disconnected"
             self.dispatcher.worker_lost(worker, why)
         return ws
@@ -168,7 +170,8 @@ class RunningCluster:
 async def start_cluster(config: Config) -> RunningCluster:
     """Bind the coordinator, start ``config.workers`` workers and wait for them to join."""
     app = make_app(config)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
+                           access_log_class=AccessLogger)
     await runner.setup()
     tls = server_context(config.certfile, config.keyfile) if config.certfile else None
     site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import secrets
 import ssl
 import urllib.parse
 
-from aiohttp import web
+from aiohttp import abc, web
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -69,6 +70,19 @@ def handshake_allowed(request: web.Request, loopback_bound: bool) -> bool:
     if page is None:
         return False
     return page == own or (is_loopback(page) and is_loopback(own))
+
+
+class AccessLogger(abc.AbstractAccessLogger):
+    """aiohttp's access log without query strings: ``/api/status?token=...`` is how the
+    dashboard may pass the token, and the default format (``%r``) would log it."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s "%s %s" %s %.3fs', request.remote, request.method, request.path,
+                         response.status, time)
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
 
 
 def server_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:

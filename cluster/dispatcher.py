@@ -10,6 +10,10 @@ that are idle right now; a piece is refused rather than queued, so a task never 
 work that cannot start. Its result goes back inline to the worker that asked, and is not
 kept. While a session has tasks, it gets ``info`` pushes with ``cpus`` (busy workers).
 
+A task whose worker dies fails with a ``WorkerCrashedError`` saying why, or is queued
+again if it was submitted with ``retries``. Objects that die with their worker are
+computed again from their lineage when next needed (``lineage``).
+
 Runs on the coordinator's event loop. Everything but ``object_bytes`` and ``split`` is
 synchronous, so the dispatcher's state changes only between awaits and needs no locks.
 """
@@ -25,6 +29,7 @@ from typing import Any
 from pyfora import protocol as p
 from pyfora.errors import ForeignProxyError, PyforaUsageError
 
+from .lineage import Rebuilder, is_lost
 from .store import ObjectRecord, ObjectStore
 
 
@@ -41,6 +46,9 @@ class Task:
     cancelled: bool = False
     piece: bool = False             # part of another task, asked for by a worker
     output: Any = None              # (session, request id) its printed output goes to
+    retries: int = 0                # times left to run it again if its worker dies
+    rebuild: Any = None             # lineage.Rebuild, for a task that recomputes a lost object
+    waiting: Any = None             # lineage.Rebuild of a lost input it waits for
 
 
 def crash_error(message: str, worker: str | None = None) -> dict:
@@ -52,6 +60,8 @@ class Dispatcher:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         store.on_free = self._free
+        store.on_drop = self._dropped
+        self.lineage = Rebuilder(self)
         self.queue: collections.deque[Task] = collections.deque()
         self.idle: dict[Any, None] = {}     # an ordered set of idle WorkerLinks
         self.workers: dict[Any, None] = {}
@@ -70,7 +80,7 @@ class Dispatcher:
         for record in records:
             record.refs += 1
         task = Task(self._ids(), session, msg.id, msg.payload, list(msg.deps), msg.inline,
-                    self.store.new_id())
+                    self.store.new_id(), retries=msg.retries)
         task.output = (session, msg.id)
         self.tasks[task.tid] = task
         self._by_request[(session, msg.id)] = task
@@ -80,8 +90,27 @@ class Dispatcher:
             self._finish(task, p.Done(id=task.tid, oid=task.oid, size=0, type="",
                                       error=failed.error), holder=None)
             return
-        self.queue.append(task)
+        self.enqueue(task)
         self.schedule()
+
+    def new_task(self, session: Any, payload: bytes, deps: list, inline: int,
+                 oid: int) -> Task:
+        """A task of the cluster's own for ``session`` (no request of its waits for it)."""
+        task = Task(self._ids(), session, 0, payload, deps, inline, oid)
+        task.request_id = -task.tid
+        self.tasks[task.tid] = task
+        self._by_request[(session, task.request_id)] = task
+        self.active[session] += 1
+        return task
+
+    def enqueue(self, task: Task, front: bool = False) -> None:
+        """Queue ``task`` once its inputs all exist (see ``lineage.Rebuilder.ready``)."""
+        if self.lineage.ready(task):
+            (self.queue.appendleft if front else self.queue.append)(task)
+
+    def fail(self, task: Task, error: dict) -> None:
+        self._finish(task, p.Done(id=task.tid, oid=task.oid, size=0, type="", error=error),
+                     holder=None)
 
     def _dependency(self, session: Any, oid: int) -> ObjectRecord:
         record = self.store.get(oid)
@@ -97,8 +126,15 @@ class Dispatcher:
         if task is None:
             return
         if task.worker is None:
-            self.queue.remove(task)
+            if task.waiting is not None:
+                task.waiting.waiters.remove(task)
+                task.waiting = None
+            elif task in self.queue:
+                self.queue.remove(task)
+            task.cancelled = True
             self._forget(task)
+            if task.rebuild is not None:
+                self.lineage.abandon(task.rebuild)
         elif not task.cancelled:
             task.cancelled = True
             task.worker.send(p.Cancel(target=task.tid))
@@ -121,16 +157,29 @@ class Dispatcher:
         Raises:
             PyforaUsageError: unknown object, or (with ``session``) one it does not own.
         """
-        record = self._dependency(session, oid) if session is not None else self.store.get(oid)
-        if record is None:
-            raise PyforaUsageError(f"object {oid} is not on this cluster")
-        if record.data is not None:
-            return record.data
-        if record.error is not None or not record.holders:
-            raise PyforaUsageError(f"object {oid} holds no value (its computation failed)")
-        holder = next(iter(record.holders))
-        reply = await holder.request(p.Fetch(id=0, oid=oid))
-        return reply.data
+        for _ in range(8):      # each pass makes progress unless workers keep dying
+            record = (self._dependency(session, oid) if session is not None
+                      else self.store.get(oid))
+            if record is None:
+                raise PyforaUsageError(f"object {oid} is not on this cluster")
+            if record.data is not None:
+                return record.data
+            if record.holders:
+                holder = next(iter(record.holders))
+                try:
+                    reply = await holder.request(p.Fetch(id=0, oid=oid))
+                except ConnectionError:
+                    record.holders.discard(holder)     # it died meanwhile: try elsewhere
+                    continue
+                return reply.data
+            if not is_lost(record):
+                break
+            rebuild = self.lineage.start(record)
+            self.schedule()
+            if not await asyncio.shield(rebuild.done):
+                break
+        raise PyforaUsageError(f"object {oid} holds no value (its computation failed, or it "
+                               "was lost and could not be computed again)")
 
     # -- from workers -----------------------------------------------------------------
 
@@ -145,11 +194,20 @@ class Dispatcher:
         for piece in [t for t in self.tasks.values() if t.session is worker]:
             self.cancel(worker, piece.request_id)
         task, worker.task = worker.task, None
+        # Objects only it held are lost; they are computed again when next needed.
+        self.store.forget_holder(worker)
         if task is not None:
-            self._finish(task, p.Done(id=task.tid, oid=task.oid, size=0, type="",
-                                      error=crash_error(why, worker.name)), holder=None)
-        for record in self.store.forget_holder(worker):
-            record.error = crash_error(f"object {record.oid} was lost: {why}", worker.name)
+            task.worker = None
+            if task.rebuild is not None:
+                retried = self.lineage.retry(task)
+            elif task.retries > 0 and not task.cancelled:
+                task.retries -= 1
+                self.enqueue(task, front=True)
+                retried = True
+            else:
+                retried = False
+            if not retried:
+                self.fail(task, crash_error(why, worker.name))
         self.schedule()
 
     def task_done(self, worker: Any, msg: p.Done) -> None:
@@ -219,6 +277,22 @@ class Dispatcher:
         return max(self.idle, key=lambda w: sum(r.size for r in records if w in r.holders))
 
     def _finish(self, task: Task, msg: p.Done, holder: Any) -> None:
+        if self.tasks.get(task.tid) is not task:
+            return      # finished already (failed while it waited, then its worker ended)
+        if task.rebuild is not None:
+            self._forget(task)
+            self.lineage.finished(task, msg, holder)
+            self._status_changed()
+            return
+        record = None
+        if not task.piece and not task.cancelled and not task.session.closed:
+            record = ObjectRecord(
+                task.oid, task.session, msg.size, msg.type,
+                holders={holder} if holder is not None and msg.error is None else set(),
+                data=msg.value, error=msg.error)
+            if msg.error is None:
+                # Before _forget drops the task's references to its inputs.
+                self.lineage.remember(task, record)
         self._forget(task)
         self._status_changed()
         if task.piece:          # the asker gets the value inline; nobody keeps it
@@ -236,15 +310,13 @@ class Dispatcher:
             self.done += 1
         else:
             self.failed += 1
-        self.store.add(ObjectRecord(
-            task.oid, task.session, msg.size, msg.type,
-            holders={holder} if holder is not None and msg.error is None else set(),
-            data=msg.value, error=msg.error))
+        self.store.add(record)
         task.session.send(p.Done(id=task.request_id, oid=task.oid, size=msg.size,
                                  type=msg.type, value=msg.value, error=msg.error))
 
     def _forget(self, task: Task) -> None:
-        self.tasks.pop(task.tid, None)
+        if self.tasks.pop(task.tid, None) is None:
+            return      # already forgotten: its references were dropped then
         self._by_request.pop((task.session, task.request_id), None)
         if not task.piece:
             self.active[task.session] -= 1
@@ -276,6 +348,13 @@ class Dispatcher:
         for holder in record.holders:
             holder.send(p.Free(oids=[record.oid]))
 
+    def _dropped(self, record: ObjectRecord) -> None:
+        if record.rebuild is not None:
+            rebuild = record.rebuild
+            if rebuild.task.worker is None:
+                self.cancel(rebuild.task.session, rebuild.task.request_id)
+            self.lineage.abandon(rebuild)
+
     def status(self) -> dict:
         return {
             "workers": [w.describe() for w in self.workers],
@@ -283,4 +362,7 @@ class Dispatcher:
                       "running": sum(1 for w in self.workers if w.task is not None),
                       "done": self.done, "failed": self.failed},
             "objects": {"count": len(self.store), "bytes": self.store.total_bytes()},
+            # Records kept (dormant ones too, as inputs of recipes); objects recomputed.
+            "lineage": {"records": self.store.record_count(),
+                        "rebuilt": self.lineage.rebuilt},
         }

@@ -84,6 +84,8 @@ class Link:
         self.send(p.Error(id=request_id, kind=kind, message=str(exc)))
 
     async def request(self, message: Any) -> p.Message:
+        if self.closed:     # its reply would never come
+            raise ConnectionResetError(f"{self.name} went away")
         message.id = self._ids()
         future = asyncio.get_running_loop().create_future()
         self._pending[message.id] = future

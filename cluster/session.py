@@ -34,9 +34,7 @@ class ClientSession(Link):
                 self.spawn(self._fetch(message))
             case p.Release():
                 for oid in message.oids:
-                    record = self.dispatcher.store.get(oid)
-                    if record is not None and record.owner is self:
-                        self.dispatcher.store.decref(oid)
+                    self.dispatcher.store.release(oid, self)
             case p.Cancel():
                 self.dispatcher.cancel(self, message.target)
             case p.Status():

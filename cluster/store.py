@@ -1,5 +1,14 @@
 """The object directory: every object the cluster holds, by id, and who references it.
 
+A computed object keeps its *recipe* (``lineage.Recipe``: the task that made it), so it
+can be computed again if the worker holding it dies. A recipe keeps the records of its
+inputs (``children`` counts the recipes naming a record), not their values: once nobody
+references an input (``refs`` is 0) its value is freed on the workers, but its record
+stays, *dormant*, until no recipe names it. Dormant records are not counted as objects.
+A dormant input that had to be computed again (``keep``) keeps its value until then:
+inputs shared by several lost objects would otherwise be rebuilt once for each, and
+shared inputs of shared inputs once for each of those, exponentially.
+
 Runs on the coordinator's event loop; nothing here awaits.
 """
 
@@ -20,13 +29,19 @@ class ObjectRecord:
     data: bytes | None = None       # the coordinator's copy: defined values, small results
     error: dict | None = None       # set when the computation that made it raised
     refs: int = 1                   # the owner's proxy, plus one per task that uses it
+    held: bool = True               # the owner's proxy has not been released
+    recipe: Any = None              # lineage.Recipe: how to compute it again, if computed
+    children: int = 0               # recipes that name this record as an input
+    rebuild: Any = None             # lineage.Rebuild, while it is being computed again
+    keep: bool = False              # keep its value while dormant (it was computed again)
 
 
 class ObjectStore:
     def __init__(self) -> None:
         self._objects: dict[int, ObjectRecord] = {}
         self._ids = itertools.count(1).__next__
-        self.on_free = lambda record: None
+        self.on_free = lambda record: None     # tell the holders to drop their copies
+        self.on_drop = lambda record: None     # the record itself is gone
 
     def new_id(self) -> int:
         return self._ids()
@@ -42,17 +57,57 @@ class ObjectStore:
 
     def decref(self, oid: int) -> None:
         record = self._objects.get(oid)
-        if record is None:
+        if record is None or record.refs <= 0:
             return
         record.refs -= 1
-        if record.refs <= 0:
-            del self._objects[oid]
-            self.on_free(record)
+        if record.refs > 0:
+            return
+        if record.children <= 0:
+            self._drop(record)
+        elif not record.keep:
+            self._free_value(record)
+
+    def _free_value(self, record: ObjectRecord) -> None:
+        self.on_free(record)
+        record.holders.clear()
+        if record.recipe is not None:
+            record.data = None      # a defined value's copy here is its only recipe
+
+    def add_children(self, oids: list[int]) -> None:
+        """A new recipe names these records as its inputs."""
+        for oid in oids:
+            record = self._objects.get(oid)
+            if record is not None:
+                record.children += 1
+
+    def _drop(self, record: ObjectRecord) -> None:
+        """Delete a record nobody uses, and the dormant inputs only its recipe kept."""
+        stack = [record]
+        while stack:
+            record = stack.pop()
+            if self._objects.get(record.oid) is not record:
+                continue
+            del self._objects[record.oid]
+            self._free_value(record)
+            self.on_drop(record)
+            for oid in record.recipe.deps if record.recipe is not None else ():
+                dep = self._objects.get(oid)
+                if dep is not None:
+                    dep.children -= 1
+                    if dep.refs <= 0 and dep.children <= 0:
+                        stack.append(dep)
+
+    def release(self, oid: int, owner: Any) -> None:
+        """The owner's proxy died; a second release of the same object does nothing."""
+        record = self._objects.get(oid)
+        if record is not None and record.owner is owner and record.held:
+            record.held = False
+            self.decref(oid)
 
     def release_owned_by(self, owner: Any) -> None:
         """Drop the owner's reference to everything it made (its session ended)."""
         for record in [r for r in self._objects.values() if r.owner is owner]:
-            self.decref(record.oid)
+            self.release(record.oid, owner)
 
     def forget_holder(self, holder: Any) -> list[ObjectRecord]:
         """A worker is gone: remove it as a holder; return records left with no copy."""
@@ -65,11 +120,16 @@ class ObjectStore:
         return lost
 
     def records(self) -> list[ObjectRecord]:
-        """Every record, as a list (a snapshot: safe to keep while the store changes)."""
-        return list(self._objects.values())
+        """Every live record, as a list (a snapshot: safe to keep while the store changes)."""
+        return [r for r in self._objects.values() if r.refs > 0]
 
     def __len__(self) -> int:
-        return len(self._objects)
+        """Live objects (dormant records, kept only as recipes' inputs, do not count)."""
+        return sum(1 for r in self._objects.values() if r.refs > 0)
 
     def total_bytes(self) -> int:
-        return sum(r.size for r in self._objects.values())
+        return sum(r.size for r in self._objects.values() if r.refs > 0)
+
+    def record_count(self) -> int:
+        """Every record, dormant ones included."""
+        return len(self._objects)

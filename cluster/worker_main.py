@@ -258,7 +258,12 @@ def _exit_when_parent_dies() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="pyfora-worker",
-        description="Join a pyfora coordinator as a worker and run its tasks.")
+        description="Join a pyfora coordinator as a worker and run its tasks, one at a\n"
+                    "time, keeping their results in memory until no client needs them.\n"
+                    "Serves until the coordinator goes away or SIGINT.",
+        epilog="example:\n  pyfora-worker ws://coordinator:8000 --token T --name gpu-box-1\n\n"
+               "environment: PYFORA_TOKEN (default --token)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url", help="the coordinator, e.g. ws://host:8000 (or http://...)")
     parser.add_argument("--token", default=os.environ.get("PYFORA_TOKEN"),
                         help="the cluster's token (default: $PYFORA_TOKEN)")
@@ -273,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     # --pin: --cafile is the coordinator's own certificate, host name unchecked (its pool).
     parser.add_argument("--pin", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="WARNING",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="what the worker logs to stderr (default WARNING)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     if args.parent_pipe:

@@ -9,7 +9,7 @@ from .executor import Executor
 
 def connect(url: str | None = None, *, token: str | None = None,
             workers: int | None = None, cafile: str | None = None,
-            verify: bool = True) -> Executor:
+            verify: bool = True, progress: bool | None = None) -> Executor:
     """Connect to a cluster and return an ``Executor``.
 
     Args:
@@ -23,6 +23,11 @@ def connect(url: str | None = None, *, token: str | None = None,
             cluster's own, if self-signed) instead of the system's authorities.
         verify: with ``https``/``wss``: False skips certificate verification (anyone
             answering at that address then gets the token).
+        progress: show a progress line (busy cores, elapsed time) for with-blocks,
+            ``map`` and ``toLocal`` calls that run longer than a second. None (the
+            default): when stderr is a terminal or in Jupyter, unless
+            ``$PYFORA_PROGRESS=0``; ``$PYFORA_PROGRESS=1`` turns it on everywhere. True
+            or False decide regardless of the environment.
 
     Raises:
         ConnectionError: the cluster cannot be reached, or its certificate cannot be
@@ -33,7 +38,7 @@ def connect(url: str | None = None, *, token: str | None = None,
     """
     portal = get_portal()
     twin = portal.call(aio.connect(url, token=token, workers=workers, cafile=cafile,
-                                   verify=verify))
+                                   verify=verify, progress=progress))
     executor = Executor(twin, portal)
     portal.closeables.add(executor)
     return executor

@@ -27,8 +27,16 @@ class Executor:
         self._aio = twin
         self._portal = portal
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable, /, *args: Any, retries: int = 0,
+               timeout: float | None = None, **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` on the cluster.
+
+        Args:
+            retries: run it again, up to this many times, if its worker dies.
+            timeout: seconds from now until the result must be computed; past it the
+                computation is cancelled on the cluster and the Future fails with
+                ``PyforaTimeoutError``. (``future.result(timeout=...)`` only bounds one
+                wait: the computation goes on.) See ``pyfora.aio.Executor.submit``.
 
         Returns:
             A Future of a ``RemotePythonObject`` for the result (``toLocal()`` it).
@@ -39,7 +47,8 @@ class Executor:
             ExecutorClosedError: the executor is closed.
         """
         call = self._aio.prepare(fn, args, kwargs)
-        return self._portal.submit(self._aio.submitPrepared(call), self._proxy)
+        return self._portal.submit(
+            self._aio.submitPrepared(call, retries=retries, timeout=timeout), self._proxy)
 
     def map(self, fn: Callable, iterable: Any, /, timeout: float | None = None) -> Iterator:
         """``fn`` applied to every item of ``iterable`` on the cluster, in parallel across

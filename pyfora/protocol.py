@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, ClassVar
+from typing import Any, ClassVar, dataclass_transform
 
 import msgpack
 
@@ -36,6 +36,7 @@ class Message:
     op: ClassVar[str] = ""
 
 
+@dataclass_transform()     # tells type checkers these classes are dataclasses
 def _message(op: str):
     def wrap(cls):
         cls.op = op
@@ -117,11 +118,13 @@ class Info(Message):
 
 @_message("submit")
 class Submit(Message):
-    """Run ``payload`` (a pickled ``(fn, args, kwargs)``); ``deps`` are object ids it uses."""
+    """Run ``payload`` (a pickled ``(fn, args, kwargs)``); ``deps`` are object ids it uses.
+    ``retries``: how many times to run it again if the worker running it dies."""
     id: int
     payload: bytes
     deps: list = dataclasses.field(default_factory=list)
     inline: int = INLINE_LIMIT
+    retries: int = 0
 
 
 @_message("define")
@@ -256,7 +259,7 @@ def _decode_map(data: dict) -> Message:
     return message
 
 
-_INT_FIELDS = {"id", "oid", "size", "target", "version", "workers", "inline", "rss"}
+_INT_FIELDS = {"id", "oid", "size", "target", "version", "workers", "inline", "rss", "retries"}
 _BYTES_FIELDS = {"payload", "data"}
 
 

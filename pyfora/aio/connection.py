@@ -31,6 +31,11 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
             cluster's own, if self-signed) instead of the system's authorities.
         verify: with ``https``/``wss``: False skips certificate verification (anyone
             answering at that address then gets the token).
+        progress: show a progress line for with-blocks, ``map`` and ``toLocal`` calls
+            that run longer than a second: True, False (the default here: a service's
+            stderr is a log), or None for "when stderr is a terminal or a Jupyter cell"
+            (``$PYFORA_PROGRESS=0``/``1`` decides then, if set). See
+            ``pyfora.aio.progress``.
 
     Raises:
         PyforaConnectionError: the cluster cannot be reached, or its certificate cannot
@@ -40,8 +45,9 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
 
     def __init__(self, url: str | None = None, *, token: str | None = None,
                  workers: int | None = None, cafile: str | None = None,
-                 verify: bool = True) -> None:
+                 verify: bool = True, progress: bool | None = False) -> None:
         self._url = url
+        self._progress = progress
         self._token = token
         self._workers = workers
         self._cafile = cafile
@@ -63,7 +69,9 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
             if cluster is not None:
                 await cluster.stop()
             raise
-        return Executor(session, cluster)
+        executor = Executor(session, cluster)
+        executor.progress = self._progress
+        return executor
 
     def __await__(self):
         return self._open().__await__()
@@ -73,7 +81,8 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
         return self._executor
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        await self._executor.close()
+        if self._executor is not None:
+            await self._executor.close()
 
 
 async def _start_embedded(workers: int | None):

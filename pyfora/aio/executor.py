@@ -16,9 +16,10 @@ from typing import Any, Callable
 
 from .. import protocol as p
 from .. import serialization
-from ..errors import ExecutorClosedError
+from ..errors import ExecutorClosedError, PyforaTimeoutError
 from ..parallel import is_user_function, rewrite_function
 from ..parallel._runtime import pmap
+from . import progress
 from .remote import RemotePythonObject
 from .session import Session
 
@@ -50,6 +51,9 @@ class Executor:
         self._code_map = serialization.CodeMap()
         self._closed = False
         self._status_callbacks: list[Callable[[dict], Any]] = []
+        #: Show a progress line for long calls: True, False, or None for "when stderr is
+        #: a terminal or a Jupyter cell" (see ``pyfora.aio.progress``). Set by ``connect``.
+        self.progress: bool | None = False
 
     # -- remote operations ------------------------------------------------------------
 
@@ -104,25 +108,45 @@ class Executor:
                 pass
         return remove
 
-    async def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> RemotePythonObject:
+    async def submit(self, fn: Callable, /, *args: Any, retries: int = 0,
+                     timeout: float | None = None, **kwargs: Any) -> RemotePythonObject:
         """Run ``fn(*args, **kwargs)`` on the cluster.
+
+        Args:
+            retries: run it again, up to this many times, if the worker running it dies
+                (a crash, a kill, over its memory limit). Exceptions ``fn`` raises are
+                never retried.
+            timeout: seconds from now until the result must be computed, waiting in the
+                queue included; past it the computation is cancelled on the cluster and
+                ``PyforaTimeoutError`` is raised. (``retries`` and ``timeout`` are taken
+                by ``submit``: to pass arguments of those names to ``fn``, bind them with
+                ``functools.partial``.)
 
         Returns:
             A proxy of the result, once it is computed. If ``fn`` raised, the proxy's
-            ``toLocal()`` raises ``ComputationError``.
+            ``toLocal()`` raises ``ComputationError``; if its worker died (and no retry
+            was left), ``WorkerCrashedError`` saying how.
 
         Cancelling the awaiting task cancels the computation on the cluster.
         """
-        return await self.submitPrepared(self.prepare(fn, args, kwargs))
+        return await self.submitPrepared(self.prepare(fn, args, kwargs), retries=retries,
+                                         timeout=timeout)
 
-    async def submitPrepared(self, call: PreparedCall) -> RemotePythonObject:
+    async def submitPrepared(self, call: PreparedCall, retries: int = 0,
+                             timeout: float | None = None) -> RemotePythonObject:
         """Send a call made by ``prepare``; otherwise as ``submit``."""
-        message = p.Submit(id=self._session.next_id(), payload=call.payload, deps=call.deps)
+        message = p.Submit(id=self._session.next_id(), payload=call.payload, deps=call.deps,
+                           retries=retries)
         try:
-            done = await self._session.request(message)
+            async with asyncio.timeout(timeout):
+                done = await self._session.request(message)
         except asyncio.CancelledError:
             self._session.post(p.Cancel(target=message.id))
             raise
+        except TimeoutError:
+            self._session.post(p.Cancel(target=message.id))
+            raise PyforaTimeoutError(
+                f"the computation did not finish within {timeout} s; it was cancelled") from None
         return RemotePythonObject(self, done)
 
     async def define(self, obj: Any) -> RemotePythonObject:
@@ -154,8 +178,10 @@ class Executor:
             raise serialization.computation_error(proxy._error, self._code_map)
         if proxy._inline is not None:
             return serialization.loads(proxy._inline)
-        reply = await self._session.request(p.Fetch(id=self._session.next_id(), oid=proxy.oid))
-        return serialization.loads(reply.data)
+        async with progress.track(self, f"toLocal ({proxy.size:,} bytes)", poll=False):
+            reply = await self._session.request(
+                p.Fetch(id=self._session.next_id(), oid=proxy.oid))
+            return serialization.loads(reply.data)
 
     def _release(self, oid: int) -> None:
         """A proxy died: tell the cluster. Thread-safe; called from finalizers."""
@@ -163,7 +189,11 @@ class Executor:
             self._session.post_threadsafe(p.Release(oids=[oid]))
 
     def _on_push(self, message: p.Message) -> None:
-        if isinstance(message, p.Output):
+        if isinstance(message, p.Done):
+            # The result of a request given up on (cancelled, timed out) arrived anyway:
+            # no proxy will ever hold it, so release it at once.
+            self._session.post(p.Release(oids=[message.oid]))
+        elif isinstance(message, p.Output):
             stream = sys.stderr if message.stream == "stderr" else sys.stdout
             stream.write(message.text)
             stream.flush()
@@ -211,8 +241,9 @@ class MapResult:
         self._task: asyncio.Task | None = None
 
     async def _run(self) -> list:
-        proxy = await self._executor.submitPrepared(self._call)
-        return await proxy.toLocal()
+        async with progress.track(self._executor, "map"):
+            proxy = await self._executor.submitPrepared(self._call)
+            return await proxy.toLocal()
 
     def _started(self) -> asyncio.Task:
         if self._task is None:

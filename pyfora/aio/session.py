@@ -12,6 +12,7 @@ threads.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import ssl
@@ -55,7 +56,7 @@ def redacted(url: str) -> str:
     if "token" not in urllib.parse.parse_qs(parts.query):
         return url
     query = [(k, "***" if k == "token" else v) for k, v in urllib.parse.parse_qsl(parts.query)]
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, safe="*")))
 
 
 class Session:
@@ -66,6 +67,10 @@ class Session:
         self.welcome = welcome
         self.on_push = on_push
         self._pending: dict[int, asyncio.Future] = {}
+        # The context of each request's caller: output a task prints is written in it, so
+        # that in Jupyter (whose output streams route by a context variable) it lands in
+        # the cell that made the call, not in the cell that opened the session.
+        self._contexts: dict[int, contextvars.Context] = {}
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._ids = p.RequestIds()
         self._loop = asyncio.get_running_loop()
@@ -147,11 +152,13 @@ class Session:
         self.check_open()
         future = self._loop.create_future()
         self._pending[message.id] = future
+        self._contexts[message.id] = contextvars.copy_context()
         try:
             self._outbox.put_nowait(p.encode(message))
             return await future
         finally:
             self._pending.pop(message.id, None)
+            self._contexts.pop(message.id, None)
 
     def post(self, message: p.Message) -> None:
         """Send a message that wants no reply. Loop thread only."""
@@ -189,6 +196,9 @@ class Session:
 
     def _closed_error(self, cls: type[PyforaConnectionError]) -> PyforaConnectionError:
         code, reason = self._ws.close_code, self._ws.close_reason or ""
+        if code == 1009 and not reason:     # aiohttp sends MESSAGE_TOO_BIG without one
+            reason = ("the cluster refused a frame over its size limit (pyfora-cluster "
+                      "--max-frame): send large values as several smaller ones")
         what = "closed" if cls is SessionClosedOK else "lost"
         detail = f" ({reason})" if reason else ""
         return cls(f"the connection to the cluster was {what}{detail}", code, reason)
@@ -196,8 +206,11 @@ class Session:
     def _dispatch(self, message: p.Message) -> None:
         future = self._pending.get(getattr(message, "id", 0))
         if isinstance(message, p.Output) or future is None:
+            context = self._contexts.get(getattr(message, "id", 0))
             if isinstance(message, p.Error):
                 log.warning("pyfora: the cluster reported: %s", message.message)
+            elif isinstance(message, p.Output) and context is not None:
+                context.run(self.on_push, message)
             else:
                 self.on_push(message)
         elif not future.done():

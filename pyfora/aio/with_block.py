@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import serialization
 from ..errors import BadWithBlockError, CantGetSourceTextError
+from . import progress
 from .remote import RemotePythonObject  # noqa: F401 - the facade wraps these
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 BLOCK_NAME = "<with-block>"
 _OUT, _ASSIGNED = "__pyfora_out__", "__pyfora_assigned__"
-STATUS_INTERVAL = 0.25
 
 
 # -- compiling a block (client, any thread) ------------------------------------------
@@ -376,9 +376,13 @@ class Remotely:
 
         Cancelling it cancels the block on the cluster.
         """
-        status = None
+        async with progress.track(self.executor, "with-block"):
+            return await self._run(block, args)
+
+    async def _run(self, block: Block, args: tuple) -> tuple[dict, dict | None]:
+        remove = None
         if self.status_callback is not None:
-            status = asyncio.create_task(self._report_status())
+            remove = self.executor.addStatusCallback(self.status_callback)
         try:
             outcome = await self.executor.submit(run_block, block.function, args)
             if self.policy == "downloadAll":
@@ -394,16 +398,8 @@ class Remotely:
                         values[name] = await proxy.toLocal()
             return values, error
         finally:
-            if status is not None:
-                status.cancel()
-
-    async def _report_status(self) -> None:
-        while True:
-            info = await self.executor.status()
-            busy = sum(1 for w in info["workers"] if w["state"] == "busy")
-            self.status_callback({"cpus": busy, "workers": len(info["workers"]),
-                                  "queued": info["tasks"]["queued"]})
-            await asyncio.sleep(STATUS_INTERVAL)
+            if remove is not None:
+                remove()
 
 
 def remote_exception(error: dict, code_map: serialization.CodeMap) -> BaseException:

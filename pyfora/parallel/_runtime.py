@@ -45,7 +45,7 @@ WORTH = 0.05
 #: The least work, in seconds, that goes to another worker as one piece.
 MIN_PIECE = 0.01
 #: The first batch; later batches grow geometrically, up to ``BATCH`` seconds.
-FIRST = 64
+FIRST = 16
 BATCH = 0.02
 #: How often a task running alone asks again for idle workers.
 CHECK = 0.1
@@ -132,16 +132,24 @@ def _collect(it: Any, gen_fn: Callable, fast_fn: Callable, combine: Callable) ->
     n = len(it)
     if n <= FIRST:
         return fast_fn(it)
+    # The first batch: when even ten times its rate leaves the rest too small to split,
+    # finish in one go (two batches in all: the cost of small comprehensions).
+    t0 = perf_counter()
+    acc = fast_fn(it[:FIRST])
+    rate = (perf_counter() - t0) / FIRST
+    if (n - FIRST) * rate * 10 < WORTH:
+        rest = fast_fn(it[FIRST:])
+        if combine is list.extend:
+            rest[:0] = acc          # cheaper than extending the small list by the big one
+            return rest
+        combine(acc, rest)
+        return acc
     probe = _Probe(n, _context)
-    acc = None
+    probe.measured(FIRST, rate * FIRST)
     while probe.pos < n:
         a, b = probe.batch()
         t0 = perf_counter()
-        part = fast_fn(it[a:b])
-        if acc is None:
-            acc = part
-        else:
-            combine(acc, part)
+        combine(acc, fast_fn(it[a:b]))
         if probe.measured(b - a, perf_counter() - t0):
             combine(acc, _Engine(it, probe.pos, gen_fn, _context, probe.rate,
                                  probe.idle).results())
@@ -297,7 +305,7 @@ class _Engine:
 
     def _offer(self, idle: int) -> None:
         """Give work to ``idle`` idle workers: split what has the most left."""
-        if idle <= 0:
+        if idle <= 0 or self.fn_bytes == b"":      # b"": the function cannot be pickled
             return
         if len(self.segs) == 1 and self.segs[0].pos == self.segs[0].start:
             self._initial_split(idle)
@@ -326,11 +334,20 @@ class _Engine:
         return False
 
     def _send(self, seg: _Segment) -> None:
+        """Start ``seg`` on another worker; it stays local if it cannot be pickled."""
         from .. import serialization
         if self.fn_bytes is None:
-            self.fn_bytes, _ = serialization.dumps(self.gen_fn)
-        payload, _ = serialization.dumps(
-            (run_piece, (self.fn_bytes, self.it[seg.start:seg.stop], seg.start, self.rate), {}))
+            try:
+                self.fn_bytes, _ = serialization.dumps(self.gen_fn)
+            except Exception:
+                self.fn_bytes = b""
+        if not self.fn_bytes:
+            return
+        try:
+            payload, _ = serialization.dumps((run_piece, (
+                self.fn_bytes, self.it[seg.start:seg.stop], seg.start, self.rate), {}))
+        except Exception:
+            return
         seg.t0 = perf_counter()
         seg.piece = self.context.start_piece(payload, self.events.put)
         self.remote[seg.piece] = seg

@@ -30,11 +30,13 @@ async def raw_session(cluster_url):
 
 
 async def reply_to(ws, frame):
-    """Send a frame and return the next reply that is not pushed output."""
+    """Send a frame and return the next reply: not pushed output, not a pushed status
+    (an ``info`` with id 0)."""
     await ws.send(frame)
     while True:
         message = await recv(ws)
-        if not isinstance(message, p.Output):
+        if not isinstance(message, p.Output) and not (
+                isinstance(message, p.Info) and message.id == 0):
             return message
 
 

@@ -128,9 +128,9 @@ def test_float_sum_equals_the_sequential_sum(ufora):
 
 
 def test_set_dict_filters_and_inner_loops(ufora):
-    got = run(ufora, kinds, 1500)
-    assert got == kinds(1500)
-    assert list(got[0]) == list(kinds(1500)[0]), "dict insertion order"
+    got, expected = run(ufora, kinds, 1200), kinds(1200)
+    assert got == expected
+    assert list(got[0]) == list(expected[0]), "dict insertion order"
 
 
 def test_first_exception_in_iteration_order_with_remote_traceback(ufora):
@@ -156,6 +156,19 @@ def test_any_and_all_stop_early(ufora):
     assert run(ufora, all_stops, 20000, 1500) is False    # 40 s sequentially
     assert time.monotonic() - start < 20 * UNIT
     assert run(ufora, any_before_error, 4000) is True     # the error comes after the True
+
+
+def with_unpicklable_closure(n):
+    lock = threading.Lock()
+
+    def locked(x):
+        with lock:
+            return slow(x)
+    return [locked(x) for x in range(n)]
+
+
+def test_comprehension_that_cannot_be_shipped_runs_locally(ufora):
+    assert run(ufora, with_unpicklable_closure, 1000) == list(range(1000))
 
 
 # -- no deadlock --------------------------------------------------------------------------
@@ -258,3 +271,21 @@ async def test_async_map_awaited_and_iterated(aex):
     assert got == [1, 2, 3]
     proxy = await aex.define(list(range(50)))
     assert await aex.map(is_prime, proxy) == [is_prime(x) for x in range(50)]
+
+
+# -- cancellation -------------------------------------------------------------------------
+
+async def test_cancelling_a_parallel_task_stops_its_pieces(aex, cluster_url):
+    from conftest import async_wait_until, is_idle
+    seen: list[int] = []
+    remove = aex.addStatusCallback(lambda status: seen.append(status["cpus"]))
+    job = asyncio.ensure_future(aex.submit(sum_of_slow, 100_000))     # 100 s sequentially
+    try:
+        await async_wait_until(lambda: seen and seen[-1] == 2, 30 * UNIT, "both workers busy")
+    finally:
+        remove()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    await async_wait_until(lambda: asyncio.to_thread(is_idle, cluster_url), 30 * UNIT,
+                           "every worker idle again")

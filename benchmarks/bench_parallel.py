@@ -1,0 +1,170 @@
+"""Automatic parallelism: the seed's ``sum(isPrime(x) for x in range(N))`` on W workers,
+against local single-process CPython measured in the same run.
+
+    .venv/bin/python benchmarks/bench_parallel.py [--workers W] [--seconds 20] [--n N]
+
+1. N is sized so that the local sum takes about ``--seconds`` (unless ``--n`` is given).
+2. local: ``sum(isPrime(x) for x in range(N))`` in this process.
+3. pyfora: the same line in a ``with ufora.remotely.downloadAll():`` block, then
+   ``[x for x in range(N) if isPrime(x)]`` with ``remoteAll`` (local: the same list).
+4. overhead: a comprehension over 1,000 cheap elements, timed on a worker many times with
+   the parallel runtime and without it (``pyfora.parallel.sequential``), and a whole
+   with-block round trip with and without ``.sequential()``.
+
+Prints one line per measurement and the speedups (local time / pyfora time), and the CPU
+time the workers spent against the local CPU time (how much work the machinery adds, a
+figure that does not depend on what else the machine is running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import pyfora
+from pyfora.parallel import sequential
+
+
+def isPrime(p):
+    x = 2
+    while x*x <= p:
+        if p % x == 0:
+            return 0
+        x = x + 1
+    return 1
+
+
+def cheap_parallel(reps):
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        [x * x for x in range(1000)]
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@sequential
+def cheap_sequential(reps):
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        [x * x for x in range(1000)]
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def start_cluster(workers: int) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "cluster", "--port", "0", "--workers",
+                             str(workers)], stdout=subprocess.PIPE, text=True)
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(60)
+    if not line or not line[0].startswith("http"):
+        proc.kill()
+        raise SystemExit(f"the cluster did not start: {line!r}")
+    return proc, line[0].strip()
+
+
+def worker_cpu(proc: subprocess.Popen) -> float:
+    """CPU seconds used so far by the cluster's worker processes (psutil, if installed)."""
+    try:
+        import psutil
+    except ImportError:
+        return float("nan")
+    total = 0.0
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            times = child.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def size_n(seconds: float) -> int:
+    n0 = 100_000
+    t0 = time.perf_counter()
+    sum(isPrime(x) for x in range(n0))
+    t = time.perf_counter() - t0
+    return int(n0 * (seconds / t) ** (1 / 1.5))      # cost grows about as N ** 1.5
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--n", type=int, default=None)
+    args = parser.parse_args()
+    N = args.n or size_n(args.seconds)
+    W = args.workers
+    print(f"# {platform.node()} {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"load {os.getloadavg()[0]:.1f}; N={N:,}, W={W}", flush=True)
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    local_sum = sum(isPrime(x) for x in range(N))
+    local_sum_t, local_sum_cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"local  sum   {local_sum_t:7.2f} s", flush=True)
+
+    proc, url = start_cluster(W)
+    try:
+        with pyfora.connect(url) as ufora:
+            cpu0 = worker_cpu(proc)
+            t0 = time.perf_counter()
+            with ufora.remotely.downloadAll():
+                result = sum(isPrime(x) for x in range(N))
+            remote_sum_t = time.perf_counter() - t0
+            cpu = worker_cpu(proc) - cpu0
+            assert result == local_sum, (result, local_sum)
+            print(f"pyfora sum   {remote_sum_t:7.2f} s  speedup {local_sum_t / remote_sum_t:.2f}"
+                  f" (target {0.9 * W:.1f}); worker CPU {cpu:.2f} s = "
+                  f"{cpu / local_sum_cpu:.2f} x local CPU", flush=True)
+
+            t0 = time.perf_counter()
+            with ufora.remotely.remoteAll():
+                primes = [x for x in range(N) if isPrime(x)]
+            remote_list_t = time.perf_counter() - t0
+            count = len(primes.toLocal().result())
+            print(f"pyfora list  {remote_list_t:7.2f} s  ({count:,} primes, remoteAll)", flush=True)
+
+            t0 = time.perf_counter()
+            local_primes = [x for x in range(N) if isPrime(x)]
+            local_list_t = time.perf_counter() - t0
+            assert count == len(local_primes)
+            print(f"local  list  {local_list_t:7.2f} s  speedup "
+                  f"{local_list_t / remote_list_t:.2f} (target {0.9 * W:.1f})", flush=True)
+
+            reps = 2000
+            par = ufora.submit(cheap_parallel, reps).result().toLocal().result()
+            seq = ufora.submit(cheap_sequential, reps).result().toLocal().result()
+            print(f"1,000 cheap elements on a worker: {par * 1e6:.1f} us parallel runtime, "
+                  f"{seq * 1e6:.1f} us plain: {100 * (par / seq - 1):+.1f}%", flush=True)
+
+            def block_time(remotely, rounds=30):
+                times = []
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    with remotely().downloadAll():
+                        squares = [x * x for x in range(1000)]
+                    times.append(time.perf_counter() - t0)
+                assert squares[-1] == 999 * 999
+                return statistics.median(times)
+            block_par = block_time(lambda: ufora.remotely)
+            block_seq = block_time(lambda: ufora.remotely.sequential())
+            print(f"with-block over 1,000 cheap elements: {block_par * 1e3:.2f} ms parallel, "
+                  f"{block_seq * 1e3:.2f} ms sequential(): {100 * (block_par / block_seq - 1):+.1f}%",
+                  flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Faults injected with real processes: workers that ``os._exit``, segfault, get
+``kill -9`` or go over ``--memory-limit``; retries; objects lost with their worker and
+computed again from lineage; a chaos run killing workers at random; SIGTERM on the
+coordinator; timeouts; cancellation at every stage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+import pyfora
+from pyfora import aio
+
+from conftest import UNIT, ClusterProcess, alive, busy, http_status, wait_until
+
+T = 30 * UNIT
+BIG = 200_000          # bytes: over the inline limit, so only a worker holds the value
+SMALL = 70_000         # just over it
+
+
+# -- what tasks do ------------------------------------------------------------------
+
+def exit_now(code):
+    os._exit(code)
+
+
+def segfault():
+    import ctypes
+    ctypes.string_at(0)
+
+
+def hog(megabytes):
+    block = bytearray(megabytes << 20)
+    for i in range(0, len(block), 4096):     # touch every page: make it resident
+        block[i] = 1
+    time.sleep(30)
+    return len(block)
+
+
+def crash_once(marker):
+    """Dies the first time (per marker file), answers the second."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(7)
+    return "second time lucky"
+
+
+def make_blob(seed, size=BIG):
+    return bytes([seed % 256]) * size
+
+
+def blob_sum(blob, extra=0):
+    return sum(blob[:1000]) + len(blob) + extra
+
+
+def mix(a, b):
+    return bytes(x ^ y for x, y in zip(a, b))
+
+
+def square(x):
+    return x * x
+
+
+# -- helpers --------------------------------------------------------------------------
+
+def worker_pids(cluster: ClusterProcess) -> dict[str, int]:
+    """Live worker processes of ``cluster`` by name."""
+    found = {}
+    for child in psutil.Process(cluster.pid).children():
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:
+            continue
+        if "--name" in cmdline and alive(child.pid):
+            found[cmdline[cmdline.index("--name") + 1]] = child.pid
+    return found
+
+
+def full_strength(cluster: ClusterProcess, count: int) -> None:
+    wait_until(lambda: len(http_status(cluster.url)["workers"]) == count
+               and len(worker_pids(cluster)) == count, T, f"{count} workers")
+
+
+def kill_all_workers(cluster: ClusterProcess, count: int) -> None:
+    before = set(worker_pids(cluster).values())
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not before & set(worker_pids(cluster).values()), T, "the kills")
+    full_strength(cluster, count)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = ClusterProcess(2)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def ex(cluster):
+    full_strength(cluster, 2)
+    with pyfora.connect(cluster.url) as executor:
+        yield executor
+
+
+# -- a worker dies ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn, args, words", [
+    (exit_now, (3,), "exited with code 3"),
+    (segfault, (), "SIGSEGV"),
+])
+def test_a_dying_worker_fails_its_task_only_and_is_replaced(cluster, ex, fn, args, words):
+    slow = ex.submit(busy, 1.0)
+    crashed = ex.submit(fn, *args).result(T)
+    assert crashed.failed
+    with pytest.raises(pyfora.WorkerCrashedError, match=words):
+        crashed.toLocal().result(T)
+    assert slow.result(T).toLocal().result(T) == "finished"
+    full_strength(cluster, 2)
+    assert ex.submit(square, 9).result(T).toLocal().result(T) == 81
+
+
+def test_kill_9_of_a_running_task(cluster, ex):
+    future = ex.submit(busy, 20.0)
+    status = wait_until(lambda: (s := http_status(cluster.url))["tasks"]["running"] == 1 and s,
+                        T, "the task to start")
+    name = next(w["name"] for w in status["workers"] if w["state"] == "busy")
+    os.kill(worker_pids(cluster)[name], signal.SIGKILL)
+    with pytest.raises(pyfora.WorkerCrashedError, match="SIGKILL"):
+        future.result(T).toLocal().result(T)
+    full_strength(cluster, 2)
+
+
+def test_retries_run_it_again(cluster, ex, tmp_path):
+    assert ex.submit(crash_once, str(tmp_path / "m1"), retries=1).result(T).toLocal().result(
+        T) == "second time lucky"
+    with pytest.raises(pyfora.WorkerCrashedError, match="code 7"):
+        ex.submit(crash_once, str(tmp_path / "m2")).result(T).toLocal().result(T)
+    full_strength(cluster, 2)
+
+
+def test_lost_objects_are_recomputed_from_lineage(cluster, ex):
+    defined = ex.define(make_blob(5)).result(T)            # kept by the coordinator
+    first = ex.submit(make_blob, 1).result(T)
+    second = ex.submit(mix, first, defined).result(T)
+    del first      # dormant now: only second's recipe needs it
+    chained = ex.submit(blob_sum, second, 1).result(T)
+    expected_second = mix(make_blob(1), make_blob(5))
+    rebuilt = http_status(cluster.url)["lineage"]["rebuilt"]
+    kill_all_workers(cluster, 2)
+    # A task using the lost object: it is computed again first (and so is its input).
+    assert ex.submit(blob_sum, second).result(T).toLocal().result(T) == blob_sum(
+        expected_second)
+    assert second.toLocal().result(T) == expected_second
+    assert chained.toLocal().result(T) == blob_sum(expected_second, 1)   # inline: kept
+    assert ex.submit(len, defined).result(T).toLocal().result(T) == BIG
+    assert http_status(cluster.url)["lineage"]["rebuilt"] >= rebuilt + 2
+    # A download of a lost object rebuilds it too.
+    third = ex.submit(make_blob, 3).result(T)
+    kill_all_workers(cluster, 2)
+    assert third.toLocal().result(T) == make_blob(3)
+
+
+def test_lineage_records_go_when_the_proxies_do(cluster, ex):
+    wait_until(lambda: http_status(cluster.url)["objects"]["count"] == 0, T, "a clean start")
+    base = ex.submit(make_blob, 1).result(T)
+    chain = [base]
+    for i in range(5):
+        chain.append(ex.submit(mix, chain[-1], base).result(T))
+    del base
+    chain = chain[-1:]          # every step but the last is dormant: kept as lineage only
+    status = http_status(cluster.url)
+    assert status["objects"]["count"] == 1 and status["lineage"]["records"] == 6
+    chain.clear()
+    wait_until(lambda: http_status(cluster.url)["lineage"]["records"] == 0, T,
+               "every record to go")
+
+
+def test_memory_limit():
+    cluster = ClusterProcess(1, "--memory-limit", "150MiB")
+    try:
+        with pyfora.connect(cluster.url) as ex:
+            proxy = ex.submit(hog, 400).result(T)
+            with pytest.raises(pyfora.WorkerCrashedError, match="memory limit"):
+                proxy.toLocal().result(T)
+            full_strength(cluster, 1)
+            assert ex.submit(square, 4).result(T).toLocal().result(T) == 16
+    finally:
+        cluster.stop()
+
+
+def test_chaos_kill_9_at_random_while_200_tasks_pass_proxies(cluster):
+    """200 tasks in waves, each using proxies made by the wave before (then dropped, so
+    a lost object may need its whole history rebuilt), while a worker is killed (SIGKILL)
+    every 0.4 to 0.9 s. Every result is right or a WorkerCrashedError; nothing hangs; the
+    cluster ends with its two workers."""
+    full_strength(cluster, 2)
+    rng = random.Random(1234)
+    stop = threading.Event()
+    kills = []
+
+    def killer():
+        # A replacement takes about half a second to start on a small machine: killing
+        # faster than that would only ever kill workers that have not joined yet.
+        while not stop.wait(rng.uniform(0.4, 0.9)):
+            joined = {w["name"] for w in http_status(cluster.url)["workers"]}
+            pids = [pid for name, pid in worker_pids(cluster).items() if name in joined]
+            if pids:
+                pid = rng.choice(pids)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(pid)
+                except ProcessLookupError:
+                    pass
+
+    async def workload():
+        async with aio.connect(cluster.url) as ex:
+            wave = [await ex.submit(make_blob, i, SMALL, retries=3) for i in range(10)]
+            expected = [make_blob(i, SMALL) for i in range(10)]
+            results, crashed = 0, 0
+            while results + crashed < 190 or len(kills) < 5:    # 200 tasks at least
+                pairs = [(rng.randrange(len(wave)), rng.randrange(len(wave)))
+                         for _ in range(10)]
+                submitted = await asyncio.gather(*(
+                    ex.submit(mix, wave[a], wave[b], retries=3) for a, b in pairs))
+                new_wave, new_expected = [], []
+                for (a, b), proxy in zip(pairs, submitted):
+                    want = mix(expected[a], expected[b])
+                    try:
+                        value = await proxy.toLocal()
+                    except pyfora.WorkerCrashedError:
+                        crashed += 1
+                        continue
+                    assert value == want
+                    results += 1
+                    new_wave.append(proxy)
+                    new_expected.append(want)
+                if new_wave:
+                    wave, expected = new_wave, new_expected
+                await asyncio.sleep(0.05)
+            return results, crashed
+
+    thread = threading.Thread(target=killer, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    try:
+        results, crashed = asyncio.run(asyncio.wait_for(workload(), 60 * UNIT))
+    finally:
+        stop.set()
+        thread.join(T)
+    elapsed = time.monotonic() - started
+    print(f"chaos: {len(kills)} kills in {elapsed:.1f} s")
+    assert len(kills) >= 5, "the chaos did not happen"
+    assert results + crashed >= 190 and results > crashed
+    full_strength(cluster, 2)
+    print(f"chaos: {results} right, {crashed} WorkerCrashedError, {len(kills)} kills, "
+          f"{elapsed:.1f} s, rebuilt {http_status(cluster.url)['lineage']['rebuilt']}")
+
+
+# -- the coordinator stops; timeouts; cancellation -----------------------------------
+
+def test_sigterm_on_the_coordinator_fails_pending_futures_and_leaves_no_process():
+    cluster = ClusterProcess(2)
+    pids = [cluster.pid, *cluster.worker_pids()]
+    ex = pyfora.connect(cluster.url)
+    try:
+        pending = [ex.submit(busy, 30.0) for _ in range(3)]
+        wait_until(lambda: http_status(cluster.url)["tasks"]["running"] == 2, T, "running")
+        cluster.signal(signal.SIGTERM)
+        for future in pending:
+            with pytest.raises(ConnectionError):
+                future.result(T)
+        assert cluster.wait(T) == 0
+        wait_until(lambda: not any(alive(pid) for pid in pids), T, "no process left")
+    finally:
+        ex.close()
+        if cluster.proc.poll() is None:
+            cluster.proc.kill()
+
+
+def test_submit_timeout_cancels_on_the_cluster(cluster, ex):
+    started = time.monotonic()
+    with pytest.raises(pyfora.PyforaTimeoutError, match="cancelled"):
+        ex.submit(busy, 20.0, timeout=0.5).result(T)
+    assert time.monotonic() - started < 5 * UNIT
+    wait_until(lambda: http_status(cluster.url)["tasks"]["running"] == 0, T, "the cancel")
+
+
+def test_result_timeout_leaves_the_computation_running(ex):
+    future = ex.submit(busy, 1.0)
+    with pytest.raises(pyfora.PyforaTimeoutError):
+        future.result(timeout=0.1)
+    assert future.result(T).toLocal().result(T) == "finished"
+
+
+def test_cancel_queued_running_and_fetching_keeps_workers_and_directory_sound(one_worker_url):
+    def objects():
+        return http_status(one_worker_url)["objects"]["count"]
+
+    with pyfora.connect(one_worker_url) as ex:
+        wait_until(lambda: objects() == 0, T, "a clean start")
+        running = ex.submit(busy, 20.0)
+        wait_until(lambda: http_status(one_worker_url)["tasks"]["running"] == 1, T, "start")
+        queued = ex.submit(busy, 20.0)
+        wait_until(lambda: http_status(one_worker_url)["tasks"]["queued"] == 1, T, "queue")
+        assert queued.cancel() and running.cancel()
+        wait_until(lambda: http_status(one_worker_url)["tasks"] == {
+            **http_status(one_worker_url)["tasks"], "queued": 0, "running": 0}, T, "idle")
+        big = ex.submit(make_blob, 9).result(T)
+        fetching = big.toLocal()
+        fetching.cancel()
+        assert ex.submit(square, 3).result(T).toLocal().result(T) == 9   # worker usable
+        assert big.toLocal().result(T) == make_blob(9)
+        wait_until(lambda: objects() == 1, T, "one live object")   # the square's proxy died
+        del big
+        wait_until(lambda: objects() == 0, T, "everything released")
