@@ -85,6 +85,7 @@ class Portal:
                 "in the child process")
         future = Future(self)
         loop = self.loop
+        assert loop is not None, "the loop thread sets it before Portal() returns"
 
         def start() -> None:
             if future.cancelled():
@@ -112,7 +113,7 @@ class Portal:
         return self.submit(coro).result(timeout)
 
     def stop(self) -> None:
-        if self.loop is not None and self._thread.is_alive():
+        if self.loop is not None and self._stopped is not None and self._thread.is_alive():
             self.loop.call_soon_threadsafe(self._stopped.set)
             self._thread.join(EXIT_TIMEOUT)
         self.callbacks.shutdown(wait=False)

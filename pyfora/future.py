@@ -73,7 +73,7 @@ class Future(concurrent.futures.Future):
     def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
         """Call ``fn(future)`` on pyfora's callback thread once this is done."""
         callbacks = self._portal.callbacks
-        super().add_done_callback(lambda f: callbacks.submit(fn, f))
+        super().add_done_callback(lambda _: callbacks.submit(fn, self))
 
     def __await__(self):
         return asyncio.wrap_future(self).__await__()

@@ -208,7 +208,8 @@ class Split(Message):
     target: int
 
 
-_FIELDS = {op: {f.name for f in dataclasses.fields(cls)} for op, cls in _OPS.items()}
+_FIELDS = {op: {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+           for op, cls in _OPS.items()}
 
 
 def encode(message: Message) -> bytes:

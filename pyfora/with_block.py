@@ -16,6 +16,7 @@ Runs on the caller's thread; the block itself runs on the cluster.
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import inspect
 import sys
@@ -100,7 +101,7 @@ class WithBlock:
         else:                                     # a class body
             local_names = set(f_locals)
         with_node = core.find_with_node(code.co_filename, frame.f_lineno, f_globals)
-        rewrite = None
+        rewrite: Callable[[ast.Module], ast.Module] | None = None
         if self._aio.parallel:
             try:
                 from .parallel import rewrite_comprehensions as rewrite

@@ -17,14 +17,14 @@ import logging
 import os
 import ssl
 import urllib.parse
-from typing import Callable
+from typing import Any, Callable
 
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
 from .. import protocol as p
-from ..errors import (AuthenticationError, ExecutorClosedError, PyforaConnectionError,
-                      SessionClosedOK, SessionLost)
+from ..errors import (AuthenticationError, ExecutorClosedError, ProtocolError,
+                      PyforaConnectionError, SessionClosedOK, SessionLost)
 from .tls import client_context
 
 log = logging.getLogger("pyfora")
@@ -99,7 +99,7 @@ class Session:
         ws_url, url_token = session_url(url)
         token = token or url_token or os.environ.get("PYFORA_TOKEN")
         url = redacted(url)     # the token must not reach error messages or logs
-        tls = {"ssl": ssl_context or client_context()} if ws_url.startswith("wss:") else {}
+        tls: dict[str, Any] = {"ssl": ssl_context or client_context()} if ws_url.startswith("wss:") else {}
         try:
             ws = await ws_connect(ws_url, max_size=p.MAX_FRAME, compression=None,
                                   open_timeout=OPEN_TIMEOUT, ping_interval=20, ping_timeout=60,
@@ -126,6 +126,9 @@ class Session:
         if isinstance(reply, p.Error):
             await ws.close()
             raise p.error_for(reply)
+        if not isinstance(reply, p.Welcome):
+            await ws.close()
+            raise ProtocolError(f"the cluster answered hello with {reply.op!r}, not welcome")
         return cls(ws, reply, on_push)
 
     @property
@@ -146,7 +149,7 @@ class Session:
     def next_id(self) -> int:
         return self._ids()
 
-    async def request(self, message: p.Message) -> p.Message:
+    async def request(self, message: Any) -> Any:
         """Send a request and await its reply. Cancelling the caller stops the wait only:
         the caller decides whether the cluster must be told (``Cancel``)."""
         self.check_open()

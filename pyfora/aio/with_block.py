@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 BLOCK_NAME = "<with-block>"
 _OUT, _ASSIGNED = "__pyfora_out__", "__pyfora_assigned__"
+# FunctionDef gained type_params in 3.12; passing it on 3.11 would set a stray attribute.
+_TYPE_PARAMS: dict[str, Any] = {"type_params": []} if "type_params" in ast.FunctionDef._fields else {}
 
 
 # -- compiling a block (client, any thread) ------------------------------------------
@@ -217,7 +219,7 @@ class _Instrument:
                 out.extend(self._mark(self._bound(stmt), stmt))
         return out or [ast.copy_location(ast.Pass(), stmts[0])] if stmts else out
 
-    def _compound(self, node: ast.stmt) -> ast.stmt:
+    def _compound(self, node: Any) -> ast.stmt:
         header: set[str] = set()     # walrus targets in tests and iterables
         if isinstance(node, (ast.If, ast.While)):
             header = self._bound(node.test)
@@ -282,8 +284,7 @@ def compile_block(with_node: ast.With, filename: str, local_names: set[str],
         args=ast.arguments(posonlyargs=[], args=args, kwonlyargs=[], kw_defaults=[],
                            defaults=[]),
         body=[ast.Try(body=instrumented, handlers=[], orelse=[], finalbody=[collect])],
-        decorator_list=[], returns=None,
-        **({"type_params": []} if "type_params" in ast.FunctionDef._fields else {}))
+        decorator_list=[], returns=None, **_TYPE_PARAMS)
     module = ast.Module(body=[function], type_ignores=[])
     for node in ast.walk(module):
         if "lineno" in node._attributes and not hasattr(node, "lineno"):

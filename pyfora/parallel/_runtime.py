@@ -400,7 +400,7 @@ def _rebuild(error: dict) -> BaseException:
     if not isinstance(exc, BaseException):
         exc = RuntimeError(f"{error['type']}: {error.get('message', '')}")
     try:
-        exc._pyfora_frames = list(error.get("frames") or ())
+        setattr(exc, "_pyfora_frames", list(error.get("frames") or ()))
     except Exception:
         pass
     return exc

@@ -54,7 +54,7 @@ def _runtime_ref(node: ast.AST) -> ast.expr:
     return ref
 
 
-def _unsupported(node: ast.AST) -> bool:
+def _unsupported(node: Any) -> bool:
     for gen in node.generators:
         if gen.is_async:
             return True
@@ -64,7 +64,7 @@ def _unsupported(node: ast.AST) -> bool:
     return False
 
 
-def _with_iter(node: ast.AST, cls: type, iter_node: ast.expr) -> ast.expr:
+def _with_iter(node: Any, cls: type, iter_node: ast.expr) -> ast.expr:
     """A copy of comprehension ``node`` as ``cls``, its outermost loop over ``iter_node``."""
     first = node.generators[0]
     gens = [ast.comprehension(first.target, iter_node, first.ifs, 0)] + node.generators[1:]
@@ -187,7 +187,7 @@ def _recompile(fn: types.FunctionType) -> types.FunctionType | None:
     ast.fix_missing_locations(tree)
     module_code = compile(tree, code.co_filename, "exec", dont_inherit=True)
     new_code = _find_code(module_code, "_pyfora_outer" if freevars else code.co_name)
-    if freevars:
+    if freevars and new_code is not None:
         new_code = _find_code(new_code, code.co_name)
     if new_code is None or set(new_code.co_freevars) != set(freevars):
         return None
