@@ -24,8 +24,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=10_000)
     args = parser.parse_args()
     os.environ["PYFORA_FUZZ_EXAMPLES"] = str(args.examples)
-    from conftest import ClusterProcess, http_status
     import test_fuzz
+    from conftest import ClusterProcess, http_status
 
     cluster = ClusterProcess(1)
     try:
@@ -50,8 +50,8 @@ def main() -> None:
 
 
 def _fuzzer(prober, count):
-    from hypothesis import HealthCheck, given, settings
     import test_fuzz
+    from hypothesis import HealthCheck, given, settings
 
     @settings(max_examples=count, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))

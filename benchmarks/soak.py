@@ -35,8 +35,9 @@ def rss(pid: int) -> tuple[int, int]:
 
 
 async def run(url: str, total: int, pid: int) -> None:
-    from pyfora import aio
     from conftest import http_status
+
+    from pyfora import aio
     batch = 500
     async with aio.connect(url) as ex:
         base = await ex.define(b"base-value" * 10)

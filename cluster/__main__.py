@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 
+from . import loop_factory
 from .app import Config, start_cluster
 
 
@@ -114,14 +115,6 @@ def main(argv: list[str] | None = None) -> None:
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(serve(config))
 
-
-def loop_factory():
-    """uvloop where installed: it halves the coordinator's per-message cost."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

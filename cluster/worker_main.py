@@ -31,7 +31,7 @@ from pyfora.aio.tls import client_context
 from pyfora.errors import ProtocolError
 from pyfora.parallel import _runtime as parallel_runtime
 
-from . import worker_stats
+from . import loop_factory, worker_stats
 from .worker_parallel import ParallelContext
 
 log = logging.getLogger("cluster.worker")
@@ -142,7 +142,9 @@ class Worker:
 
     async def run(self, message: p.Run) -> None:
         try:
-            await asyncio.gather(*(self.get(oid) for oid in message.deps if oid not in self.store))
+            missing = [oid for oid in message.deps if oid not in self.store]
+            if missing:
+                await asyncio.gather(*map(self.get, missing))
         except LookupError as exc:
             with self.running_lock:
                 self.waiting.discard(message.id)
@@ -294,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         context = client_context(args.cafile, verify=not args.no_verify)
     try:
-        asyncio.run(run_worker(url, args.token, args.name, context))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(run_worker(url, args.token, args.name, context))
     except KeyboardInterrupt:
         pass
 

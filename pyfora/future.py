@@ -59,13 +59,14 @@ class Future(concurrent.futures.Future):
         self._portal.check_blocking_allowed()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while not self.done():
-                step = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
-                if step <= 0:
-                    raise PyforaTimeoutError(
-                        f"not done after {timeout} s; the operation goes on: cancel() the "
-                        "future to stop it")
-                concurrent.futures.wait([self], timeout=step)
+            with self._condition:   # notified on every state change; no waiter objects
+                while not self.done():
+                    step = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+                    if step <= 0:
+                        raise PyforaTimeoutError(
+                            f"not done after {timeout} s; the operation goes on: cancel() the "
+                            "future to stop it")
+                    self._condition.wait(step)
         except KeyboardInterrupt:
             self.cancel()
             raise

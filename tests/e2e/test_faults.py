@@ -14,11 +14,10 @@ import time
 
 import psutil
 import pytest
+from conftest import UNIT, ClusterProcess, alive, busy, http_status, wait_until
 
 import pyfora
 from pyfora import aio
-
-from conftest import UNIT, ClusterProcess, alive, busy, http_status, wait_until
 
 T = 30 * UNIT
 BIG = 200_000          # bytes: over the inline limit, so only a worker holds the value
@@ -176,6 +175,9 @@ def test_lineage_records_go_when_the_proxies_do(cluster, ex):
         chain.append(ex.submit(mix, chain[-1], base).result(T))
     del base
     chain = chain[-1:]          # every step but the last is dormant: kept as lineage only
+    # releases are messages: wait for the directory to settle, then check it exactly
+    wait_until(lambda: http_status(cluster.url)["objects"]["count"] == 1, T,
+               "the dropped proxies' releases")
     status = http_status(cluster.url)
     assert status["objects"]["count"] == 1 and status["lineage"]["records"] == 6
     chain.clear()

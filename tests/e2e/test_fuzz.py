@@ -14,6 +14,7 @@ import threading
 
 import msgpack
 import pytest
+from conftest import UNIT, ClusterProcess, http_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
@@ -22,8 +23,6 @@ from websockets.sync.client import connect
 import pyfora
 from pyfora import aio
 from pyfora import protocol as p
-
-from conftest import UNIT, ClusterProcess, http_status
 
 T = 10 * UNIT
 EXAMPLES = int(os.environ.get("PYFORA_FUZZ_EXAMPLES", "300"))

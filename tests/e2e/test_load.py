@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pyfora import aio
-
 from conftest import UNIT, http_status, wait_idle
+
+from pyfora import aio
 
 SESSIONS = 50
 TASKS = 200
