@@ -279,14 +279,21 @@ def format_remote_traceback(error: dict, code_map: CodeMap | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
+def remote_exception_object(error: dict) -> BaseException | None:
+    """The exception a ``done`` error payload carries, or None when it cannot be
+    unpickled here (its type is not importable on this side)."""
+    if error.get("exc") is None:
+        return None
+    try:
+        exc = pickle.loads(error["exc"])
+    except Exception:
+        return None
+    return exc if isinstance(exc, BaseException) else None
+
+
 def computation_error(error: dict, code_map: CodeMap | None = None) -> ComputationError:
     """Client side: the ``ComputationError`` for a ``done`` error payload."""
-    remote = None
-    if error.get("exc") is not None:
-        try:
-            remote = pickle.loads(error["exc"])
-        except Exception:
-            remote = None
+    remote = remote_exception_object(error)
     cls = WorkerCrashedError if error["type"] == "pyfora.WorkerCrashedError" else ComputationError
     return cls(remote, error["type"], error.get("message", ""),
                format_remote_traceback(error, code_map), error.get("worker"))

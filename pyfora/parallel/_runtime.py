@@ -391,13 +391,9 @@ class _Engine:
 
 
 def _rebuild(error: dict) -> BaseException:
-    exc = None
-    if error.get("exc") is not None:
-        try:
-            exc = pickle.loads(error["exc"])
-        except Exception:
-            exc = None
-    if not isinstance(exc, BaseException):
+    from .. import serialization
+    exc = serialization.remote_exception_object(error)
+    if exc is None:
         exc = RuntimeError(f"{error['type']}: {error.get('message', '')}")
     try:
         setattr(exc, "_pyfora_frames", list(error.get("frames") or ()))
