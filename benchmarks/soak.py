@@ -1,12 +1,14 @@
 """Soak: 100,000 tasks whose proxies are dropped at once; coordinator and worker memory
 must end within 10% of where they started (after a warm-up).
 
-    .venv/bin/python benchmarks/soak.py [--tasks 100000] [--workers 2]
+    .venv/bin/python benchmarks/soak.py [--tasks 100000] [--workers 2] [--every 10000]
 
 Starts ``python -m cluster``, submits tasks in batches of 500 from one aio session (each
 makes a 1 KB value, uses a defined value, and half of them use the previous batch's
 result), drops every proxy, and samples resident memory (psutil) of the coordinator and
-of its workers. Prints the figures recorded in docs/reliability.md.
+of its workers (also every ``--every`` tasks, to tell a leak, which keeps growing, from
+the allocator's high-water mark, which levels off). Prints the figures recorded in
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def rss(pid: int) -> tuple[int, int]:
     return process.memory_info().rss, workers
 
 
-async def run(url: str, total: int, pid: int) -> None:
+async def run(url: str, total: int, pid: int, every: int) -> None:
     from conftest import http_status
 
     from pyfora import aio
@@ -57,6 +59,11 @@ async def run(url: str, total: int, pid: int) -> None:
                 print(f"baseline after {done:,} tasks: coordinator "
                       f"{baseline[0] / 2**20:.1f} MiB, workers {baseline[1] / 2**20:.1f} MiB",
                       flush=True)
+            elif baseline is not None and done % every == 0:
+                now = rss(pid)
+                print(f"  {done:>9,} tasks: coordinator {now[0] / 2**20:.1f} MiB, "
+                      f"workers {now[1] / 2**20:.1f} MiB "
+                      f"({(now[1] / baseline[1] - 1) * 100:+.1f}%)", flush=True)
         del previous
         await asyncio.sleep(2)          # let the releases land
         end = rss(pid)
@@ -73,11 +80,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--every", type=int, default=10_000,
+                        help="print memory every this many tasks (a multiple of 500)")
     args = parser.parse_args()
     from conftest import ClusterProcess
     cluster = ClusterProcess(args.workers)
     try:
-        asyncio.run(run(cluster.url, args.tasks, cluster.pid))
+        asyncio.run(run(cluster.url, args.tasks, cluster.pid, args.every))
     finally:
         cluster.stop()
 

@@ -51,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "WorkerCrashedError")
     parser.add_argument("--max-frame", type=parse_size, default=None, metavar="SIZE",
                         help="largest websocket frame accepted (default 1GiB)")
+    parser.add_argument("--session-grace", type=float, default=30.0, metavar="SECONDS",
+                        help="how long a client whose connection broke has to reconnect "
+                             "and resume its session before everything it held is "
+                             "released (default 30; 0: release at once)")
     parser.add_argument("--log-level", default="WARNING",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="what the coordinator logs to stderr (default WARNING)")
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     config = Config(host=args.host, port=args.port, workers=args.workers, token=args.token,
                     certfile=args.certfile, keyfile=args.keyfile,
-                    memory_limit=args.memory_limit)
+                    memory_limit=args.memory_limit, session_grace=args.session_grace)
     if args.max_frame is not None:
         config.max_frame = args.max_frame
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

@@ -19,6 +19,7 @@ import uuid
 from aiohttp import WSCloseCode, web
 
 from pyfora import protocol as p
+from pyfora.errors import ProtocolError
 
 from . import dashboard
 from .auth import AccessLogger, is_loopback, new_token, server_context
@@ -41,6 +42,8 @@ class Config:
     loopback one always has a token, generated (``token_generated``) when none is given.
     ``certfile``/``keyfile`` serve https and wss. ``memory_limit`` (bytes) is each worker
     subprocess's resident memory ceiling: one that goes over it is killed and replaced.
+    ``session_grace`` is how many seconds a client session whose connection broke is kept
+    for the client to resume it (0: released at once; see ``cluster.session``).
     """
     host: str = "127.0.0.1"
     port: int = 8000
@@ -50,6 +53,7 @@ class Config:
     certfile: str | None = None
     keyfile: str | None = None
     memory_limit: int | None = None
+    session_grace: float = 30.0
     token_generated: bool = False
 
     def __post_init__(self) -> None:
@@ -71,7 +75,9 @@ class Coordinator:
         self.config = config
         self.cluster_id = uuid.uuid4().hex
         self.dispatcher = Dispatcher(ObjectStore())
-        self.sessions: set[ClientSession] = set()
+        self.sessions: set[ClientSession] = set()       # those with a socket connected
+        self.resumable: dict[str, ClientSession] = {}   # by resume secret, detached too
+        self.stopping = False
         self.worker_token = config.token or new_token()
         self.pool: WorkerPool | None = None
         self._joined = asyncio.Event()
@@ -92,18 +98,48 @@ class Coordinator:
                 await self._joined.wait()
 
     async def session_handler(self, request: web.Request) -> web.StreamResponse:
-        accepted = await accept(request, "client", self.config.token, self.config.max_frame,
-                                self.welcome(""), self.config.loopback)
+        sessions: list[ClientSession] = []
+
+        def welcome(ws: web.WebSocketResponse, hello: p.Hello) -> p.Welcome | p.Error:
+            if hello.resume is None:
+                session = ClientSession(ws, self)
+                self.resumable[session.resume_token] = session
+            else:
+                found = self.resumable.get(hello.resume)
+                if found is None or self.stopping:
+                    return p.Error(id=0, kind="SessionLost", message=(
+                        "the session could not be resumed: it ended (its grace period "
+                        "passed, or the cluster restarted)"))
+                try:
+                    found.resume(ws, hello.received)
+                except ProtocolError as exc:
+                    found.end()
+                    return p.Error(id=0, kind="SessionLost", message=str(exc))
+                session = found
+            sessions.append(session)
+            return session.welcome()
+
+        try:
+            accepted = await accept(request, "client", self.config.token,
+                                    self.config.max_frame, welcome, self.config.loopback)
+        except BaseException:
+            if sessions:        # the welcome could not be sent: as if it broke after
+                sessions[0].disconnected(sessions[0].ws)
+            raise
         if accepted is None:
             return web.Response()
-        session = ClientSession(accepted[0], self)
+        ws, session = accepted[0], sessions[0]
         self.sessions.add(session)
         try:
             await session.serve()
         finally:
-            self.sessions.discard(session)
-            self.dispatcher.session_closed(session)
-        return accepted[0]
+            if session.ws is ws:        # else a resume has replaced this socket
+                self.sessions.discard(session)
+        return ws
+
+    def session_ended(self, session: ClientSession) -> None:
+        self.sessions.discard(session)
+        self.resumable.pop(session.resume_token, None)
 
     async def worker_handler(self, request: web.Request) -> web.StreamResponse:
         accepted = await accept(request, "worker", self.worker_token, self.config.max_frame,
@@ -126,6 +162,10 @@ class Coordinator:
     async def close_sessions(self) -> None:
         """Tell every client the cluster is going away (their pending calls fail with
         ``SessionClosedOK``)."""
+        self.stopping = True
+        for session in list(self.resumable.values()):
+            if not session.attached:
+                session.end()
         await asyncio.gather(*(
             link.ws.close(code=WSCloseCode.GOING_AWAY, message=b"cluster shutting down")
             for link in list(self.sessions)), return_exceptions=True)

@@ -9,6 +9,8 @@ A running task may hand parts of its work (*pieces*, automatic parallelism) to w
 that are idle right now; a piece is refused rather than queued, so a task never waits for
 work that cannot start. Its result goes back inline to the worker that asked, and is not
 kept. While a session has tasks, it gets ``info`` pushes with ``cpus`` (busy workers).
+A ``map``'s counts of elements done (``progress``, from its task and from its running
+pieces) are summed here and forwarded to the session that submitted it.
 
 A task whose worker dies fails with a ``WorkerCrashedError`` saying why, or is queued
 again if it was submitted with ``retries``. Objects that die with their worker are
@@ -24,6 +26,7 @@ import asyncio
 import collections
 import dataclasses
 import itertools
+import time
 from typing import Any
 
 from pyfora import protocol as p
@@ -49,6 +52,14 @@ class Task:
     retries: int = 0                # times left to run it again if its worker dies
     rebuild: Any = None             # lineage.Rebuild, for a task that recomputes a lost object
     waiting: Any = None             # lineage.Rebuild of a lost input it waits for
+    parent: Any = None              # the task a piece is part of
+    total: int = 0                  # a map's elements, from its first ``progress``
+    counts: Any = None              # a map's elements done: {0: its own, piece tid: ...}
+    counted_at: float = 0.0         # time.monotonic() of the last ``progress`` forwarded
+
+
+#: Seconds between two counts of one map forwarded to its client.
+PROGRESS_EVERY = 0.2
 
 
 def crash_error(message: str, worker: str | None = None) -> dict:
@@ -225,6 +236,30 @@ class Dispatcher:
             session, request_id = task.output
             session.send(p.Output(id=request_id, stream=msg.stream, text=msg.text))
 
+    def task_progress(self, msg: p.Progress) -> None:
+        """Forward a map's count of elements done to the session that submitted it, at
+        most every ``PROGRESS_EVERY`` seconds. The root task counts its own elements and
+        those of the pieces that returned; each running piece counts its own, and is
+        dropped from the sum when it finishes (the root adds it when it sees the result,
+        later: the sum may lag, never count twice; the client keeps the highest)."""
+        task = self.tasks.get(msg.target)
+        root = task.parent if task is not None and task.piece else task
+        if (task is None or task.cancelled or root is None or root.piece or root.cancelled
+                or root.rebuild is not None or root.request_id <= 0
+                or self.tasks.get(root.tid) is not root):
+            return
+        if root is task:
+            root.total = msg.total
+        if root.counts is None:
+            root.counts = {}
+        root.counts[0 if root is task else task.tid] = msg.done
+        now = time.monotonic()
+        if not root.total or now - root.counted_at < PROGRESS_EVERY or root.session.closed:
+            return
+        root.counted_at = now
+        root.session.send(p.Progress(target=root.request_id, total=root.total,
+                                     done=min(root.total, sum(root.counts.values()))))
+
     # -- pieces (from workers) --------------------------------------------------------
 
     def piece(self, asker: Any, msg: p.Piece) -> None:
@@ -234,7 +269,7 @@ class Dispatcher:
             return
         parent = asker.task
         task = Task(self._ids(), asker, msg.id, msg.payload, [], p.MAX_FRAME - (1 << 16),
-                    self.store.new_id(), piece=True,
+                    self.store.new_id(), piece=True, parent=parent,
                     output=parent.output if parent is not None else None)
         self.tasks[task.tid] = task
         self._by_request[(asker, msg.id)] = task
@@ -296,6 +331,8 @@ class Dispatcher:
         self._forget(task)
         self._status_changed()
         if task.piece:          # the asker gets the value inline; nobody keeps it
+            if task.parent is not None and task.parent.counts:
+                task.parent.counts.pop(task.tid, None)      # the parent counts it now
             if holder is not None and msg.error is None:
                 holder.send(p.Free(oids=[msg.oid]))
             if not task.cancelled and not task.session.closed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -25,9 +26,13 @@ HANDSHAKE_TIMEOUT = 10.0
 
 
 async def accept(request: web.Request, role: str, token: str | None, max_frame: int,
-                 welcome: p.Welcome, loopback_bound: bool = False,
+                 welcome: p.Welcome | Callable[[web.WebSocketResponse, p.Hello], p.Welcome | p.Error],
+                 loopback_bound: bool = False,
                  ) -> tuple[web.WebSocketResponse, p.Hello] | None:
     """Upgrade and check the ``hello``; on failure answer with an error, close, return None.
+
+    ``welcome`` may be a function of the ``hello`` (a client resuming its session gets
+    that session's welcome); an ``Error`` it returns refuses the connection.
 
     A handshake from a foreign web page (``auth.handshake_allowed``) is refused with 403
     before the upgrade.
@@ -55,7 +60,11 @@ async def accept(request: web.Request, role: str, token: str | None, max_frame: 
         await _refuse(ws, "ProtocolError", str(exc) or "no hello in time",
                       WSCloseCode.PROTOCOL_ERROR)
         return None
-    await ws.send_bytes(p.encode(welcome))
+    reply = welcome(ws, hello) if callable(welcome) else welcome
+    if isinstance(reply, p.Error):
+        await _refuse(ws, reply.kind, reply.message, WSCloseCode.POLICY_VIOLATION)
+        return None
+    await ws.send_bytes(p.encode(reply))
     return ws, hello
 
 
@@ -108,9 +117,10 @@ class Link:
 
     async def serve(self) -> None:
         """Read frames until the peer goes away; ``handle`` each one."""
-        writer = asyncio.create_task(self._write())
+        ws, queue = self.ws, self._queue
+        writer = asyncio.create_task(self._write(ws, queue))
         try:
-            async for msg in self.ws:
+            async for msg in ws:
                 if msg.type != WSMsgType.BINARY:
                     if msg.type == WSMsgType.TEXT:
                         self.send(p.Error(id=0, kind="ProtocolError",
@@ -119,8 +129,10 @@ class Link:
                 try:
                     message = p.decode(msg.data)
                 except ProtocolError as exc:
+                    self.arrived(None, len(msg.data))
                     self.send_error(exc.request_id, exc)
                     continue
+                self.arrived(message, len(msg.data))
                 try:
                     self.handle(message)
                 except PyforaError as exc:
@@ -129,19 +141,27 @@ class Link:
                     log.exception("error handling %s from %s", message.op, self.name)
                     self.send_error(getattr(message, "id", 0), exc)
         finally:
-            self.closed = True
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(ConnectionResetError(f"{self.name} went away"))
-            self._queue.put_nowait(None)
+            queue.put_nowait(None)
+            self.disconnected(ws)
             await writer
 
-    async def _write(self) -> None:
+    def disconnected(self, ws: web.WebSocketResponse) -> None:
+        """The socket ``ws`` ended: nothing more can be sent or awaited on this link."""
+        self.closed = True
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionResetError(f"{self.name} went away"))
+
+    @staticmethod
+    async def _write(ws: web.WebSocketResponse, queue: asyncio.Queue[bytes | None]) -> None:
         try:
-            while (frame := await self._queue.get()) is not None:
-                await self.ws.send_bytes(frame)
+            while (frame := await queue.get()) is not None:
+                await ws.send_bytes(frame)
         except (ConnectionError, RuntimeError):
             pass   # the reader sees the close and cleans up
+
+    def arrived(self, message: p.Message | None, size: int) -> None:
+        """A frame of ``size`` bytes arrived (``message`` None: it could not be decoded)."""
 
     def handle(self, message: p.Message) -> None:
         raise NotImplementedError

@@ -1,28 +1,122 @@
 """The coordinator's handler for one client session (``/api/session``).
 
-When the session ends, for whatever reason, everything it queued or ran is cancelled and
-everything it held is released.
+A session outlives a broken connection by ``Config.session_grace`` seconds. The client
+closing it (a close frame), or the cluster shutting down, ends it at once: everything it
+queued or ran is cancelled and everything it held is released. A connection that breaks
+without a close frame (a network cut, a client that died) only *detaches* it: its tasks
+go on, its objects stay, and what the dispatcher sends it meanwhile is kept. A client
+that comes back within the grace period with the session's resume secret (given in
+``welcome``, sent nowhere else and never logged) gets it back, and both ends send again
+what the other missed (``pyfora.protocol.Replay``), so replies that finished meanwhile
+arrive and requests lost in the cut are handled once. Past the grace period the session
+ends as if closed.
+
+Why keep the session object itself rather than rebuild one on resume: it is the owner of
+its objects in the store and the session of its tasks in the dispatcher, so keeping it
+means neither needs to know about resuming; while detached it is not ``closed``, so
+results are recorded and their replies buffered exactly as if it were connected.
 
 Runs on the coordinator's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
+import secrets
+
+from aiohttp import WSCloseCode, web
 
 from pyfora import protocol as p
 from pyfora.errors import PyforaError
 
 from .link import Link
 
+log = logging.getLogger("cluster")
 _names = itertools.count(1)
 
 
 class ClientSession(Link):
-    def __init__(self, ws, coordinator) -> None:
+    def __init__(self, ws: web.WebSocketResponse, coordinator) -> None:
         super().__init__(ws, f"session-{next(_names)}")
         self.coordinator = coordinator
         self.dispatcher = coordinator.dispatcher
+        self.resume_token = secrets.token_urlsafe(32)
+        self.replay = p.Replay()
+        self.attached = True            # a socket is connected to it
+        self._expiry: asyncio.TimerHandle | None = None
+
+    def send(self, message: p.Message) -> None:
+        if self.closed:
+            return
+        if not self.attached and isinstance(message, p.Info) and message.id == 0:
+            return      # load pushes are stale by the time it resumes: not worth keeping
+        frame = p.encode(message)
+        self.replay.record(frame)
+        if self.attached:
+            self._queue.put_nowait(frame)
+
+    def arrived(self, message: p.Message | None, size: int) -> None:
+        if isinstance(message, p.Ack):
+            return
+        ack = self.replay.got(size)
+        if ack is not None and self.attached:
+            self._queue.put_nowait(p.encode(ack))       # acks are not counted nor kept
+
+    # -- connection and resumption ----------------------------------------------------
+
+    def welcome(self, received: int = 0) -> p.Welcome:
+        grace = self.coordinator.config.session_grace
+        return p.Welcome(session=self.name, workers=len(self.dispatcher.workers),
+                         cluster=self.coordinator.cluster_id,
+                         resume=self.resume_token if grace > 0 else None, grace=grace,
+                         received=self.replay.received)
+
+    def resume(self, ws: web.WebSocketResponse, received: int) -> None:
+        """Attach a new socket from a client that has ``received`` frames of this session.
+
+        Raises:
+            ProtocolError: ``received`` does not fit what was sent.
+        """
+        frames = self.replay.after(received)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        old, self.ws, self._queue = self.ws, ws, asyncio.Queue()
+        self.attached = True
+        for frame in frames:
+            self._queue.put_nowait(frame)
+        if not old.closed:      # a half-open socket the client has given up on
+            self.spawn(old.close(code=WSCloseCode.GOING_AWAY, message=b"session resumed"))
+        log.info("%s resumed; %d frames sent again", self.name, len(frames))
+
+    def disconnected(self, ws: web.WebSocketResponse) -> None:
+        if ws is not self.ws or self.closed:
+            return      # a socket replaced by a resume
+        self.attached = False
+        grace = self.coordinator.config.session_grace
+        # aiohttp reports a connection that ended without a close frame as 1006.
+        broken = ws.close_code in (None, WSCloseCode.ABNORMAL_CLOSURE)
+        if broken and grace > 0 and not self.coordinator.stopping:
+            log.info("%s lost its connection; kept %.3g s for it to resume", self.name, grace)
+            self._expiry = asyncio.get_running_loop().call_later(grace, self.end)
+        else:
+            self.end()
+
+    def end(self) -> None:
+        """Cancel everything the session queued or ran, release everything it held."""
+        if self.closed:
+            return
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self.closed = True
+        self.attached = False
+        self.coordinator.session_ended(self)
+        self.dispatcher.session_closed(self)
+
+    # -- requests ---------------------------------------------------------------------
 
     def handle(self, message: p.Message) -> None:
         match message:
@@ -39,6 +133,8 @@ class ClientSession(Link):
                 self.dispatcher.cancel(self, message.target)
             case p.Status():
                 self.send(p.Info(id=message.id, info=self.coordinator.status()))
+            case p.Ack():
+                self.replay.acked(message.count)
             case _:
                 raise _unexpected(message)
 

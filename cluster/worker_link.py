@@ -28,6 +28,8 @@ class WorkerLink(Link):
                 self.dispatcher.task_done(self, message)
             case p.Output():
                 self.dispatcher.task_output(message)
+            case p.Progress():
+                self.dispatcher.task_progress(message)
             case p.Value() | p.Error():
                 self.reply(message)
             case p.Get():

@@ -2,9 +2,10 @@
 
 ``ParallelContext`` is installed into the runtime when the worker starts. Its methods are
 called from the task thread (``idle``, ``start_piece``, ``split``, ``cancel``,
-``set_splittable``); the messages they cause are answered on the worker's event loop
-(``handle``), which keeps running while the task thread computes. A task waiting for its
-pieces never blocks the loop, so it can still be asked to split its own piece.
+``progress``, ``set_splittable``); the messages they cause are answered on the worker's
+event loop (``handle``), which keeps running while the task thread computes. A task
+waiting for its pieces never blocks the loop, so it can still be asked to split its own
+piece.
 
 Runs on both threads as documented per method.
 """
@@ -59,6 +60,13 @@ class ParallelContext:
             self.callbacks.pop(rid, None)
             self.worker.send(p.Cancel(target=rid))
         self.worker.loop.call_soon_threadsafe(send)
+
+    def progress(self, done: int, total: int) -> None:
+        """The running task's map has ``done`` of ``total`` elements; the coordinator
+        forwards it to the client that submitted the task. Does not wait."""
+        running = self.worker.running
+        if running is not None:
+            self.worker.send_threadsafe(p.Progress(target=running[0], done=done, total=total))
 
     def set_splittable(self, state: Any) -> None:
         """The running piece's splittable state, or None when it ends."""

@@ -13,6 +13,7 @@ Runs on any thread; imports neither asyncio nor websockets.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 from typing import Any, ClassVar, dataclass_transform
@@ -50,18 +51,37 @@ def _message(op: str):
 
 @_message("hello")
 class Hello(Message):
-    """First frame of every connection. ``role`` is ``client`` or ``worker``."""
+    """First frame of every connection. ``role`` is ``client`` or ``worker``.
+
+    A client resuming a session after its connection broke names it with ``resume`` (the
+    secret the coordinator gave in ``welcome``) and says how many frames of that session
+    it has received (``received``, see ``Replay``)."""
     version: int
     role: str
-    token: str | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)
     name: str | None = None
+    resume: str | None = dataclasses.field(default=None, repr=False)
+    received: int = 0
 
 
 @_message("welcome")
 class Welcome(Message):
+    """The answer to ``hello``. For a client: ``resume`` is the session's secret for
+    resuming it within ``grace`` seconds of a broken connection (None: it cannot be
+    resumed), and ``received`` how many frames of the session the coordinator has."""
     session: str
     workers: int
     cluster: str
+    resume: str | None = dataclasses.field(default=None, repr=False)
+    grace: float = 0.0
+    received: int = 0
+
+
+@_message("ack")
+class Ack(Message):
+    """Either end of a client session: ``count`` frames of it have arrived here, so the
+    other end may forget them (``Replay``). Not counted itself; wants no reply."""
+    count: int
 
 
 # -- replies --------------------------------------------------------------------------
@@ -112,6 +132,17 @@ class Output(Message):
 class Info(Message):
     id: int
     info: dict
+
+
+@_message("progress")
+class Progress(Message):
+    """How far a running ``map`` is: ``done`` of its ``total`` elements are computed.
+    ``target`` names the task (worker to coordinator: the task id; coordinator to client:
+    the submit id). It has no ``id``, so it never completes the request it reports on;
+    sent at most every ``pyfora.parallel._runtime.REPORT`` seconds, and wants no reply."""
+    target: int
+    done: int
+    total: int
 
 
 # -- requests -------------------------------------------------------------------------
@@ -260,7 +291,8 @@ def _decode_map(data: dict) -> Message:
     return message
 
 
-_INT_FIELDS = {"id", "oid", "size", "target", "version", "workers", "inline", "rss", "retries"}
+_INT_FIELDS = {"id", "oid", "size", "target", "version", "workers", "inline", "rss", "retries",
+               "done", "total", "received", "count"}
 _BYTES_FIELDS = {"payload", "data"}
 
 
@@ -276,11 +308,11 @@ def _check_types(message: Message) -> None:
             ok = type(value) is list and all(type(v) is int for v in value)
         elif name in ("stream", "text", "kind", "message", "role", "type"):
             ok = type(value) is str
-        elif name in ("token", "name"):
+        elif name in ("token", "name", "resume"):
             ok = value is None or type(value) is str
         elif name == "value":
             ok = value is None or type(value) is bytes
-        elif name == "cpu":
+        elif name in ("cpu", "grace"):
             ok = type(value) in (int, float)
         elif name in ("error", "info"):
             ok = value is None or type(value) is dict
@@ -288,6 +320,65 @@ def _check_types(message: Message) -> None:
             ok = True
         if not ok:
             raise ProtocolError(f"{message.op}: field {name!r} has type {type(value).__name__}")
+
+
+class Replay:
+    """Frames one end of a client session sent that the other may not have received yet,
+    so that a session whose connection broke can resume with nothing lost or repeated.
+
+    Each end counts the frames it sends (``record``) and receives (``got``), acks aside.
+    Every ``ACK_FRAMES`` frames or ``ACK_BYTES`` bytes received, it acks (sends ``Ack``
+    with its count) and the other end forgets what was acked. On resuming, each end tells
+    the other its count, and sends again the frames after the other's (``after``): TCP
+    delivers in order, so the frames lost in a cut are exactly a suffix of those sent.
+    This covers every message (``release``, ``cancel`` and pushed ``output`` as well as
+    requests and replies), which de-duplicating requests by id alone would not.
+    """
+
+    ACK_FRAMES = 64
+    ACK_BYTES = 1 << 20
+
+    def __init__(self) -> None:
+        self.sent = 0           # frames sent, counted
+        self.received = 0       # frames received, counted
+        self._unacked: collections.deque[bytes] = collections.deque()
+        self._since_ack = 0
+        self._bytes_since_ack = 0
+
+    def record(self, frame: bytes) -> None:
+        """A frame is being sent: keep it until the other end acks it."""
+        self.sent += 1
+        self._unacked.append(frame)
+
+    def got(self, size: int) -> Ack | None:
+        """A frame of ``size`` bytes arrived; return the ``Ack`` to send, when one is due."""
+        self.received += 1
+        self._since_ack += 1
+        self._bytes_since_ack += size
+        if self._since_ack < self.ACK_FRAMES and self._bytes_since_ack < self.ACK_BYTES:
+            return None
+        self._since_ack = self._bytes_since_ack = 0
+        return Ack(count=self.received)
+
+    def acked(self, count: int) -> None:
+        """The other end has the first ``count`` frames sent.
+
+        Raises:
+            ProtocolError: it claims frames never sent, or ones already forgotten.
+        """
+        first = self.sent - len(self._unacked)      # frames forgotten already
+        if not first <= count <= self.sent:
+            raise ProtocolError(f"ack of {count} frames: {first} to {self.sent} expected")
+        for _ in range(count - first):
+            self._unacked.popleft()
+
+    def after(self, count: int) -> list[bytes]:
+        """The frames to send again to an end that has received ``count`` of them."""
+        self.acked(count)
+        return list(self._unacked)
+
+    def __len__(self) -> int:
+        return len(self._unacked)
 
 
 class RequestIds:

@@ -48,6 +48,15 @@ def test_encode_decode_round_trip(message):
     assert p.decode(frame) == message
 
 
+def test_progress_round_trip_and_carries_no_request_id():
+    message = p.Progress(target=7, done=30, total=100)
+    assert p.decode(p.encode(message)) == message
+    # No ``id``: a client waiting on request 7 must not take it for the reply.
+    assert not hasattr(message, "id")
+    with pytest.raises(errors.ProtocolError, match="'done'"):
+        p.decode(msgpack.packb({"op": "progress", "target": 7, "done": "3", "total": 9}))
+
+
 def test_defaults_are_filled_in():
     frame = msgpack.packb({"op": "submit", "id": 1, "payload": b"x"})
     message = p.decode(frame)
@@ -137,3 +146,41 @@ def test_module_does_no_io():
     for name in ("asyncio", "websockets", "aiohttp", "socket"):
         assert f"import {name}" not in source
     assert "pyfora.protocol" in sys.modules
+
+
+def test_resume_fields_round_trip_and_stay_out_of_reprs():
+    hello = p.Hello(version=p.VERSION, role="client", token="t", resume="secret", received=7)
+    welcome = p.Welcome(session="s", workers=1, cluster="c", resume="secret", grace=2.5,
+                        received=3)
+    assert p.decode(p.encode(hello)) == hello
+    assert p.decode(p.encode(welcome)) == welcome
+    assert p.decode(p.encode(p.Ack(count=64))) == p.Ack(count=64)
+    assert "secret" not in repr(hello) + repr(welcome)
+    with pytest.raises(errors.ProtocolError, match="grace"):
+        p.decode(msgpack.packb({"op": "welcome", "session": "s", "workers": 1,
+                                "cluster": "c", "grace": "long"}))
+
+
+def test_replay_sends_again_exactly_what_the_other_end_missed():
+    sender, receiver = p.Replay(), p.Replay()
+    frames = [bytes([i]) * 10 for i in range(5)]
+    for frame in frames:
+        sender.record(frame)
+    for frame in frames[:3]:        # the last two were lost in the cut
+        receiver.got(len(frame))
+    assert sender.after(receiver.received) == frames[3:]
+    assert sender.after(receiver.received) == frames[3:]     # until acked, kept
+    sender.acked(5)
+    assert len(sender) == 0 and sender.after(5) == []
+    with pytest.raises(errors.ProtocolError):
+        sender.acked(4)             # frames forgotten already
+    with pytest.raises(errors.ProtocolError):
+        sender.acked(6)             # frames never sent
+
+
+def test_replay_acks_every_so_many_frames_or_bytes():
+    replay = p.Replay()
+    acks = [replay.got(10) for _ in range(p.Replay.ACK_FRAMES)]
+    assert acks[:-1] == [None] * (p.Replay.ACK_FRAMES - 1)
+    assert acks[-1] == p.Ack(count=p.Replay.ACK_FRAMES)
+    assert replay.got(p.Replay.ACK_BYTES) == p.Ack(count=p.Replay.ACK_FRAMES + 1)

@@ -51,6 +51,9 @@ class Executor:
         self._code_map = serialization.CodeMap()
         self._closed = False
         self._status_callbacks: list[Callable[[dict], Any]] = []
+        # Progress lines of running maps, by submit id: the cluster's ``progress`` pushes
+        # (elements done) go to the line of the request they name.
+        self._counted: dict[int, progress.Progress] = {}
         #: Show a progress line for long calls: True, False, or None for "when stderr is
         #: a terminal or a Jupyter cell" (see ``pyfora.aio.progress``). Set by ``connect``.
         self.progress: bool | None = False
@@ -90,7 +93,8 @@ class Executor:
             iterable = list(iterable)
         if is_user_function(fn):
             fn = rewrite_function(fn)
-        return MapResult(self, self.prepare(pmap, (fn, iterable), parallel=False))
+        total = None if isinstance(iterable, RemotePythonObject) else len(iterable)
+        return MapResult(self, self.prepare(pmap, (fn, iterable), parallel=False), total)
 
     def addStatusCallback(self, callback: Callable[[dict], Any]) -> Callable[[], None]:
         """Call ``callback(status)`` on the event loop whenever the cluster reports its
@@ -135,8 +139,17 @@ class Executor:
     async def submitPrepared(self, call: PreparedCall, retries: int = 0,
                              timeout: float | None = None) -> RemotePythonObject:
         """Send a call made by ``prepare``; otherwise as ``submit``."""
+        return await self._submit(call, retries, timeout)
+
+    async def _submit(self, call: PreparedCall, retries: int = 0,
+                      timeout: float | None = None,
+                      line: progress.Progress | None = None) -> RemotePythonObject:
+        """``submitPrepared``; with ``line``, counts the cluster reports for this request
+        (a ``map``'s elements done) feed that progress line while it runs."""
         message = p.Submit(id=self._session.next_id(), payload=call.payload, deps=call.deps,
                            retries=retries)
+        if line is not None:
+            self._counted[message.id] = line
         try:
             async with asyncio.timeout(timeout):
                 done = await self._session.request(message)
@@ -147,6 +160,8 @@ class Executor:
             self._session.post(p.Cancel(target=message.id))
             raise PyforaTimeoutError(
                 f"the computation did not finish within {timeout} s; it was cancelled") from None
+        finally:
+            self._counted.pop(message.id, None)
         return RemotePythonObject(self, done)
 
     async def define(self, obj: Any) -> RemotePythonObject:
@@ -197,6 +212,10 @@ class Executor:
             stream = sys.stderr if message.stream == "stderr" else sys.stdout
             stream.write(message.text)
             stream.flush()
+        elif isinstance(message, p.Progress):
+            line = self._counted.get(message.target)
+            if line is not None:
+                line.count(message.done, message.total)
         elif isinstance(message, p.Info):
             for callback in list(self._status_callbacks):
                 try:
@@ -235,14 +254,15 @@ class MapResult:
     """What ``Executor.map`` returns: awaitable (the list of results) and async-iterable.
     Runs once, on first use."""
 
-    def __init__(self, executor: Executor, call: PreparedCall) -> None:
+    def __init__(self, executor: Executor, call: PreparedCall, total: int | None) -> None:
         self._executor = executor
         self._call = call
+        self._total = total         # None over a proxy: the cluster's first count says it
         self._task: asyncio.Task | None = None
 
     async def _run(self) -> list:
-        async with progress.track(self._executor, "map"):
-            proxy = await self._executor.submitPrepared(self._call)
+        async with progress.track(self._executor, "map", self._total) as line:
+            proxy = await self._executor._submit(self._call, line=line)
             return await proxy.toLocal()
 
     def _started(self) -> asyncio.Task:

@@ -98,8 +98,8 @@ def _make_bar(what: str, total: int | None, file: TextIO | None) -> Any:
 
 
 class Progress:
-    """One progress line. ``report(info)`` and ``advance(n)`` feed it; ``run`` draws it
-    after ``DELAY`` until cancelled, then removes it."""
+    """One progress line. ``report(info)`` and ``advance(n)`` or ``count(done, total)``
+    feed it; ``run`` draws it after ``DELAY`` until cancelled, then removes it."""
 
     def __init__(self, what: str, total: int | None = None,
                  poll: Callable[[], Awaitable[dict]] | None = None,
@@ -121,6 +121,16 @@ class Progress:
     def advance(self, n: int = 1) -> None:
         """``n`` more elements are done."""
         self.done += n
+
+    def count(self, done: int, total: int) -> None:
+        """The cluster's count: ``done`` of ``total`` elements. A line that did not know
+        its total (a map over a proxy) learns it; drawn already, it is redrawn with a bar."""
+        if self.total != total:
+            self.total = total
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+        self.done = max(self.done, done)    # the latest count; a late, older one is ignored
 
     def draw(self) -> None:
         if self.bar is None:

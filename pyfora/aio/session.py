@@ -5,6 +5,16 @@ pushed messages (task output) to a callback, an ordered send queue, and close se
 when the connection ends, every pending request fails with ``SessionClosedOK`` or
 ``SessionLost``, so no future ever hangs.
 
+A connection that breaks without a close frame (a network cut: not ``close()``, not the
+cluster shutting down with GOING_AWAY) is not the end of the session: the coordinator
+keeps it for the grace period it announced in ``welcome``, and the reader reconnects with
+backoff within it, presenting the session's resume secret. Pending requests stay pending;
+both ends send again what the other missed (``pyfora.protocol.Replay``), so a reply that
+came while the client was away arrives, and a request lost in the cut is handled once.
+A refused TCP connection means nothing listens there any more (the cluster is gone), so
+it ends the attempt at once; so does the coordinator saying the session has ended. Only
+then, or past the grace period, do pending requests fail with ``SessionLost``.
+
 Runs on the event loop that opened it; only ``post_threadsafe`` may be called from other
 threads.
 """
@@ -13,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import os
 import ssl
 import urllib.parse
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import websockets
 from websockets.asyncio.client import connect as ws_connect
@@ -62,10 +73,16 @@ def redacted(url: str) -> str:
 class Session:
     """The client's end of the websocket. Create it with ``await Session.open(...)``."""
 
-    def __init__(self, ws, welcome: p.Welcome, on_push: Callable[[p.Message], None]) -> None:
+    def __init__(self, ws, welcome: p.Welcome, on_push: Callable[[p.Message], None],
+                 reconnect: Callable[[], Awaitable[Any]] | None = None,
+                 token: str | None = None) -> None:
         self._ws = ws
         self.welcome = welcome
         self.on_push = on_push
+        self._reconnect = reconnect     # opens a new websocket to the same endpoint
+        self._token = token
+        self._replay = p.Replay()
+        self._resuming = False
         self._pending: dict[int, asyncio.Future] = {}
         # The context of each request's caller: output a task prints is written in it, so
         # that in Jupyter (whose output streams route by a context variable) it lands in
@@ -75,7 +92,8 @@ class Session:
         self._ids = p.RequestIds()
         self._loop = asyncio.get_running_loop()
         self._closed: PyforaConnectionError | None = None
-        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._write())]
+        self._writer = asyncio.create_task(self._write(ws, self._outbox))
+        self._reader = asyncio.create_task(self._read())
 
     @classmethod
     async def open(cls, url: str, token: str | None = None,
@@ -100,10 +118,11 @@ class Session:
         token = token or url_token or os.environ.get("PYFORA_TOKEN")
         url = redacted(url)     # the token must not reach error messages or logs
         tls: dict[str, Any] = {"ssl": ssl_context or client_context()} if ws_url.startswith("wss:") else {}
+        reconnect = functools.partial(ws_connect, ws_url, max_size=p.MAX_FRAME,
+                                      compression=None, open_timeout=OPEN_TIMEOUT,
+                                      ping_interval=20, ping_timeout=60, close_timeout=2, **tls)
         try:
-            ws = await ws_connect(ws_url, max_size=p.MAX_FRAME, compression=None,
-                                  open_timeout=OPEN_TIMEOUT, ping_interval=20, ping_timeout=60,
-                                  close_timeout=2, **tls)
+            ws = await reconnect()
         except websockets.InvalidStatus as exc:
             code = exc.response.status_code
             cls_ = AuthenticationError if code in (401, 403) else PyforaConnectionError
@@ -129,7 +148,7 @@ class Session:
         if not isinstance(reply, p.Welcome):
             await ws.close()
             raise ProtocolError(f"the cluster answered hello with {reply.op!r}, not welcome")
-        return cls(ws, reply, on_push)
+        return cls(ws, reply, on_push, reconnect, token)
 
     @property
     def closed(self) -> bool:
@@ -157,7 +176,7 @@ class Session:
         self._pending[message.id] = future
         self._contexts[message.id] = contextvars.copy_context()
         try:
-            self._outbox.put_nowait(p.encode(message))
+            self._send(p.encode(message))
             return await future
         finally:
             self._pending.pop(message.id, None)
@@ -166,7 +185,7 @@ class Session:
     def post(self, message: p.Message) -> None:
         """Send a message that wants no reply. Loop thread only."""
         if self._closed is None:
-            self._outbox.put_nowait(p.encode(message))
+            self._send(p.encode(message))
 
     def post_threadsafe(self, message: p.Message) -> None:
         """``post`` from any thread, finalizers included; a no-op once the loop is gone."""
@@ -175,30 +194,112 @@ class Session:
         except RuntimeError:
             pass
 
-    async def _write(self) -> None:
+    def _send(self, frame: bytes) -> None:
+        self._replay.record(frame)      # kept until acked: sent again on resuming
+        self._outbox.put_nowait(frame)
+
+    @staticmethod
+    async def _write(ws, outbox: asyncio.Queue[bytes | None]) -> None:
         try:
-            while (frame := await self._outbox.get()) is not None:
-                await self._ws.send(frame)
+            while (frame := await outbox.get()) is not None:
+                await ws.send(frame)
         except websockets.ConnectionClosed:
             pass
 
     async def _read(self) -> None:
-        failure: PyforaConnectionError
-        try:
-            async for frame in self._ws:
-                self._dispatch(p.decode(frame))
-            failure = self._closed_error(SessionClosedOK)
-        except websockets.ConnectionClosedOK:
-            failure = self._closed_error(SessionClosedOK)
-        except websockets.ConnectionClosed:
-            failure = self._closed_error(SessionLost)
-        except Exception as exc:   # a protocol bug: fail loudly, never hang
-            log.exception("pyfora session reader failed")
-            failure = SessionLost(f"session failed: {exc!r}")
+        while True:
+            failure, broken = await self._read_socket(self._ws)
+            if not broken or self._closed is not None or not self.welcome.resume:
+                break
+            try:
+                resumed = await self._resume()
+            except Exception:       # a bug, or garbage in answer: fail, never hang
+                log.exception("pyfora: resuming the session failed")
+                resumed = False
+            if not resumed:
+                failure = SessionLost(
+                    f"{failure}, and the session could not be resumed within "
+                    f"{self.welcome.grace:g} s", failure.code, failure.reason)
+                break
         self._shut(failure)
 
-    def _closed_error(self, cls: type[PyforaConnectionError]) -> PyforaConnectionError:
-        code, reason = self._ws.close_code, self._ws.close_reason or ""
+    async def _read_socket(self, ws) -> tuple[PyforaConnectionError, bool]:
+        """Read ``ws`` until it ends; return the failure it ends with, and whether it
+        broke without a close frame (the session may be resumed)."""
+        try:
+            async for frame in ws:
+                self._arrived(frame)
+            return self._closed_error(ws, SessionClosedOK), False
+        except websockets.ConnectionClosedOK:
+            return self._closed_error(ws, SessionClosedOK), False
+        except websockets.ConnectionClosed as exc:
+            return self._closed_error(ws, SessionLost), exc.rcvd is None
+        except Exception as exc:   # a protocol bug: fail loudly, never hang
+            log.exception("pyfora session reader failed")
+            return SessionLost(f"session failed: {exc!r}"), False
+
+    def _arrived(self, frame: bytes) -> None:
+        message = p.decode(frame)
+        if isinstance(message, p.Ack):
+            self._replay.acked(message.count)
+            return
+        ack = self._replay.got(len(frame))
+        if ack is not None:
+            self._outbox.put_nowait(p.encode(ack))      # acks are neither counted nor kept
+        self._dispatch(message)
+
+    async def _resume(self) -> bool:
+        """Reconnect with backoff until the grace period ends; True once resumed."""
+        assert self._reconnect is not None
+        log.warning("pyfora: the connection to the cluster broke; resuming the session")
+        self._resuming = True
+        deadline = self._loop.time() + self.welcome.grace
+        delay = 0.05
+        try:
+            while self._closed is None and (left := deadline - self._loop.time()) > 0:
+                try:
+                    async with asyncio.timeout(left):
+                        ws = await self._reconnect()
+                        reply = await self._hello_again(ws)
+                except ConnectionRefusedError:
+                    return False        # nothing listens there: the cluster is gone
+                except (OSError, TimeoutError, websockets.WebSocketException):
+                    await asyncio.sleep(min(delay, max(0.0, deadline - self._loop.time())))
+                    delay = min(2 * delay, 1.0)
+                    continue
+                if not isinstance(reply, p.Welcome):
+                    await ws.close()
+                    if isinstance(reply, p.Error):
+                        log.warning("pyfora: %s", reply.message)
+                    return False
+                try:
+                    frames = self._replay.after(reply.received)
+                except ProtocolError:
+                    await ws.close()
+                    return False
+                self._outbox.put_nowait(None)           # ends the old writer
+                self._ws, self._outbox, self.welcome = ws, asyncio.Queue(), reply
+                for frame in frames:
+                    self._outbox.put_nowait(frame)
+                self._writer = asyncio.create_task(self._write(ws, self._outbox))
+                log.warning("pyfora: the session was resumed")
+                return True
+            return False
+        finally:
+            self._resuming = False
+
+    async def _hello_again(self, ws) -> p.Message:
+        try:
+            await ws.send(p.encode(p.Hello(
+                version=p.VERSION, role="client", token=self._token,
+                resume=self.welcome.resume, received=self._replay.received)))
+            return p.decode(await ws.recv())
+        except BaseException:
+            await ws.close()
+            raise
+
+    def _closed_error(self, ws, cls: type[PyforaConnectionError]) -> PyforaConnectionError:
+        code, reason = ws.close_code, ws.close_reason or ""
         if code == 1009 and not reason:     # aiohttp sends MESSAGE_TOO_BIG without one
             reason = ("the cluster refused a frame over its size limit (pyfora-cluster "
                       "--max-frame): send large values as several smaller ones")
@@ -234,5 +335,7 @@ class Session:
     async def close(self) -> None:
         """Close the session; pending requests fail with ``SessionClosedOK``."""
         self._shut(SessionClosedOK("the session was closed by the client", CLOSED_BY_CLIENT))
+        if self._resuming:
+            self._reader.cancel()       # no socket to close: stop reconnecting
         await self._ws.close()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(self._reader, self._writer, return_exceptions=True)

@@ -27,6 +27,16 @@ rest becomes an ``_Engine``:
   still completed, so the exception raised is the one first in iteration order, after
   every result before it. A remote exception carries its worker-side frames
   (``_pyfora_frames``) so the remote traceback shows them.
+* **Progress.** ``pmap`` (the root of ``Executor.map``) counts its elements done, as its
+  own batches and its pieces finish, and reports the count through the context (``_Report``)
+  for the client's progress line. Only ``pmap`` reports: the client shows a count for a
+  map, whose total it knows; a comprehension inside user code is one step of something
+  larger, and its count would mislead. Its pieces report their own counts too (else half
+  of a map on two workers would show only when it returns); the coordinator adds those of
+  running pieces to the root's, which includes the pieces that returned (see
+  ``Dispatcher.task_progress``). A map that never splits (one worker, a busy cluster)
+  still reports: that is when its caller waits longest, and the cost is one clock reading
+  per batch.
 
 Runs on the worker's task thread; ``_PieceState.split`` runs on the worker's loop thread.
 """
@@ -49,6 +59,10 @@ FIRST = 16
 BATCH = 0.02
 #: How often a task running alone asks again for idle workers.
 CHECK = 0.1
+#: A map's first count is sent this long after it starts (a shorter map sends none: the
+#: client's progress line appears only after a second), later ones at most this often.
+REPORT_DELAY = 0.5
+REPORT = 0.2
 
 _SIZED = (range, list, tuple)
 _context: Any = None
@@ -88,10 +102,38 @@ def genexp(it: Any, gen_fn: Callable) -> Any:
 
 
 def pmap(fn: Callable, items: Any) -> list:
-    """``list(map(fn, items))``, parallel on a worker (``Executor.map`` runs this)."""
+    """``list(map(fn, items))``, parallel on a worker (``Executor.map`` runs this); it
+    reports its elements done to the client (see **Progress** above)."""
     if type(items) not in _SIZED:
         items = list(items)
-    return listcomp(items, lambda it: map(fn, it), lambda it: list(map(fn, it)))
+
+    def fast_fn(it: Any) -> list:
+        return list(map(fn, it))
+    if _context is None:
+        return fast_fn(items)
+    return _collect(items, lambda it: map(fn, it), fast_fn, list.extend,
+                    _Report(len(items), _context))
+
+
+class _Report:
+    """Elements done of a map, sent through ``context.progress(done, total)`` no earlier
+    than ``REPORT_DELAY`` after the start and at most every ``REPORT`` seconds; checked
+    only when a count is added, so a map that makes no progress sends nothing."""
+
+    __slots__ = ("context", "done", "due", "total")
+
+    def __init__(self, total: int, context: Any) -> None:
+        self.total = total
+        self.done = 0
+        self.context = context
+        self.due = perf_counter() + REPORT_DELAY
+
+    def add(self, count: int) -> None:
+        self.done += count
+        now = perf_counter()
+        if now >= self.due:
+            self.due = now + REPORT
+            self.context.progress(self.done, self.total)
 
 
 # -- the sequential start: time the first elements ------------------------------------
@@ -128,7 +170,8 @@ class _Probe:
         return self.pos, min(self.n, self.pos + self.size)
 
 
-def _collect(it: Any, gen_fn: Callable, fast_fn: Callable, combine: Callable) -> Any:
+def _collect(it: Any, gen_fn: Callable, fast_fn: Callable, combine: Callable,
+             report: _Report | None = None) -> Any:
     n = len(it)
     if n <= FIRST:
         return fast_fn(it)
@@ -146,13 +189,17 @@ def _collect(it: Any, gen_fn: Callable, fast_fn: Callable, combine: Callable) ->
         return acc
     probe = _Probe(n, _context)
     probe.measured(FIRST, rate * FIRST)
+    if report is not None:
+        report.add(FIRST)
     while probe.pos < n:
         a, b = probe.batch()
         t0 = perf_counter()
         combine(acc, fast_fn(it[a:b]))
+        if report is not None:
+            report.add(b - a)
         if probe.measured(b - a, perf_counter() - t0):
             combine(acc, _Engine(it, probe.pos, gen_fn, _context, probe.rate,
-                                 probe.idle).results())
+                                 probe.idle, report).results())
             break
     return acc
 
@@ -196,8 +243,9 @@ class _Engine:
     """Computes ``it[start:]`` through ``gen_fn`` on this worker and on idle ones."""
 
     def __init__(self, it: Any, start: int, gen_fn: Callable, context: Any, rate: float,
-                 idle: int) -> None:
+                 idle: int, report: _Report | None = None) -> None:
         self.it = it
+        self.report = report        # counts elements as batches and pieces finish
         self.gen_fn = gen_fn
         self.context = context
         self.rate = max(rate, 1e-9)
@@ -261,6 +309,8 @@ class _Engine:
         self.rate = max((perf_counter() - t0) / (b - a), 1e-9)
         seg.pos = b
         seg.done = b >= seg.stop
+        if self.report is not None:
+            self.report.add(b - a)
 
     def _failed(self, seg: _Segment, exc: BaseException) -> None:
         """An element of ``seg`` raised: later elements are never needed."""
@@ -345,7 +395,8 @@ class _Engine:
             return
         try:
             payload, _ = serialization.dumps((run_piece, (
-                self.fn_bytes, self.it[seg.start:seg.stop], seg.start, self.rate), {}))
+                self.fn_bytes, self.it[seg.start:seg.stop], seg.start, self.rate,
+                self.report is not None), {}))
         except Exception:
             return
         seg.t0 = perf_counter()
@@ -381,6 +432,8 @@ class _Engine:
             return message.op == "done"
         results, error, stop = pickle.loads(value)
         seg.results, seg.pos = results, stop
+        if self.report is not None:
+            self.report.add(len(results))
         if stop < seg.stop:             # a split whose reply we never saw
             self.segs.insert(self.segs.index(seg) + 1, _Segment(stop, seg.stop))
             seg.stop = stop
@@ -435,14 +488,17 @@ class _PieceState:
             return self.base + mid, self.base + stop
 
 
-def run_piece(fn_bytes: bytes, items: Any, base: int, rate: float) -> tuple:
+def run_piece(fn_bytes: bytes, items: Any, base: int, rate: float,
+              count: bool = False) -> tuple:
     """Compute ``items`` (indices ``base...`` of the root's iterable) through the function
     pickled in ``fn_bytes``; return ``(results, error, stop)`` with ``stop`` the global
-    index where it ended (earlier than the end when it was split)."""
+    index where it ended (earlier than the end when it was split). With ``count`` (a piece
+    of a ``pmap``), report its elements done."""
     from .. import serialization
     gen_fn = serialization.loads(fn_bytes)
     state = _PieceState(base, len(items), rate)
     context = _context
+    report = _Report(len(items), context) if count else None
     context.set_splittable(state)
     results: list = []
     try:
@@ -454,6 +510,8 @@ def run_piece(fn_bytes: bytes, items: Any, base: int, rate: float) -> tuple:
             except Exception as exc:
                 return results, serialization.describe_exception(exc, context.name), base + b
             state.rate = max((perf_counter() - t0) / (b - a), 1e-9)
+            if report is not None:
+                report.add(b - a)
     finally:
         context.set_splittable(None)
     return results, None, base + state.limit
