@@ -98,8 +98,7 @@ class Dispatcher:
         self.active[session] += 1
         failed = next((r for r in records if r.error is not None), None)
         if failed is not None:
-            self._finish(task, p.Done(id=task.tid, oid=task.oid, size=0, type="",
-                                      error=failed.error), holder=None)
+            self.fail(task, failed.error)
             return
         self.enqueue(task)
         self.schedule()
