@@ -286,10 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     if args.parent_pipe:
         _exit_when_parent_dies()
-    url = args.url.rstrip("/")
-    url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-    if not url.endswith("/api/worker"):
-        url += "/api/worker"
+    url, url_token = p.endpoint_url(args.url, "/api/worker")
+    token = args.token or url_token
     if args.pin and args.cafile:
         from .auth import pinned_context
         context = pinned_context(args.cafile)
@@ -297,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         context = client_context(args.cafile, verify=not args.no_verify)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(run_worker(url, args.token, args.name, context))
+            runner.run(run_worker(url, token, args.name, context))
     except KeyboardInterrupt:
         pass
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import urllib.parse
 from typing import Any, ClassVar, dataclass_transform
 
 import msgpack
@@ -379,6 +380,29 @@ class Replay:
 
     def __len__(self) -> int:
         return len(self._unacked)
+
+
+def endpoint_url(url: str, path: str) -> tuple[str, str | None]:
+    """Normalize ``http(s)://`` and ``ws(s)://`` addresses of a coordinator, with or without
+    a trailing slash or the endpoint's path, to the websocket URL of ``path``
+    (``/api/session`` or ``/api/worker``); return it and the token given as ``?token=``.
+
+    Raises:
+        PyforaConnectionError: not such an address.
+    """
+    from .errors import PyforaConnectionError
+    parts = urllib.parse.urlsplit(url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise PyforaConnectionError(
+            f"cannot connect to {url!r}: expected a URL like http://host:8000/ or ws://host:8000")
+    query = urllib.parse.parse_qs(parts.query)
+    token = query.pop("token", [None])[0]
+    base = parts.path.rstrip("/")
+    if not base.endswith(path):
+        base += path
+    rest = urllib.parse.urlencode(query, doseq=True)
+    return urllib.parse.urlunsplit((scheme, parts.netloc, base, rest, "")), token
 
 
 class RequestIds:

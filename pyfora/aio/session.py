@@ -44,23 +44,6 @@ OPEN_TIMEOUT = 20.0
 CLOSED_BY_CLIENT = -1
 
 
-def session_url(url: str) -> tuple[str, str | None]:
-    """Normalize ``http(s)://`` and ``ws(s)://`` URLs to the session endpoint; return it and
-    the token given as ``?token=``, if any."""
-    parts = urllib.parse.urlsplit(url)
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
-    if scheme is None or not parts.netloc:
-        raise PyforaConnectionError(
-            f"cannot connect to {url!r}: expected a URL like http://host:8000/ or ws://host:8000")
-    query = urllib.parse.parse_qs(parts.query)
-    token = query.pop("token", [None])[0]
-    path = parts.path.rstrip("/")
-    if not path.endswith("/api/session"):
-        path += "/api/session"
-    rest = urllib.parse.urlencode(query, doseq=True)
-    return urllib.parse.urlunsplit((scheme, parts.netloc, path, rest, "")), token
-
-
 def redacted(url: str) -> str:
     """``url`` with its ``?token=`` hidden, fit for error messages and logs."""
     parts = urllib.parse.urlsplit(url)
@@ -102,7 +85,7 @@ class Session:
         """Connect and say hello.
 
         Args:
-            url: the cluster's address (see ``session_url``).
+            url: the cluster's address (see ``protocol.endpoint_url``).
             token: the token (default: ``?token=`` in ``url``, else ``$PYFORA_TOKEN``).
             on_push: called with each message pushed by the cluster.
             ssl_context: for ``https``/``wss`` URLs (default: verify against the system's
@@ -114,7 +97,7 @@ class Session:
             AuthenticationError: it refused the token.
             ProtocolError: it speaks another protocol version.
         """
-        ws_url, url_token = session_url(url)
+        ws_url, url_token = p.endpoint_url(url, "/api/session")
         token = token or url_token or os.environ.get("PYFORA_TOKEN")
         url = redacted(url)     # the token must not reach error messages or logs
         tls: dict[str, Any] = {"ssl": ssl_context or client_context()} if ws_url.startswith("wss:") else {}
