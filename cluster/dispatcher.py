@@ -30,9 +30,9 @@ import time
 from typing import Any
 
 from pyfora import protocol as p
-from pyfora.errors import ForeignProxyError, PyforaUsageError
+from pyfora.errors import ForeignProxyError, PyforaUsageError, WorkerCrashedError
 
-from .lineage import Rebuilder, is_lost
+from .lineage import CRASHED, Rebuilder, crash_error, is_lost
 from .store import ObjectRecord, ObjectStore
 
 
@@ -60,11 +60,6 @@ class Task:
 
 #: Seconds between two counts of one map forwarded to its client.
 PROGRESS_EVERY = 0.2
-
-
-def crash_error(message: str, worker: str | None = None) -> dict:
-    return {"type": "pyfora.WorkerCrashedError", "message": message, "frames": [],
-            "exc": None, "worker": worker}
 
 
 class Dispatcher:
@@ -122,6 +117,22 @@ class Dispatcher:
         self._finish(task, p.Done(id=task.tid, oid=task.oid, size=0, type="", error=error),
                      holder=None)
 
+    def crashed(self, task: Task, error: dict) -> None:
+        """``task`` could not finish because a worker died (``error`` says which): queue
+        it again while it has tries left (``retries``; a rebuild's own attempts), else
+        fail it with ``error``."""
+        task.worker = None
+        if task.rebuild is not None:
+            retried = self.lineage.retry(task)
+        elif task.retries > 0 and not task.cancelled:
+            task.retries -= 1
+            self.enqueue(task, front=True)
+            retried = True
+        else:
+            retried = False
+        if not retried:
+            self.fail(task, error)
+
     def _dependency(self, session: Any, oid: int) -> ObjectRecord:
         record = self.store.get(oid)
         if record is None:
@@ -161,11 +172,16 @@ class Dispatcher:
         return p.Done(id=msg.id, oid=record.oid, size=record.size, type=record.type,
                       value=msg.payload if record.size <= p.INLINE_LIMIT else None)
 
-    async def object_bytes(self, oid: int, session: Any = None) -> bytes:
+    async def object_bytes(self, oid: int, session: Any = None, rebuild: bool = True) -> bytes:
         """The pickle of an object, from the coordinator's copy or from a worker holding it.
+        A lost object is computed again first, unless ``rebuild`` is false (a worker asks:
+        it must not wait for a rebuild that may need it; its task waits in the queue).
 
         Raises:
-            PyforaUsageError: unknown object, or (with ``session``) one it does not own.
+            PyforaUsageError: unknown object, one (with ``session``) it does not own, or
+                one whose computation failed.
+            WorkerCrashedError: it was lost with its worker and workers kept dying while
+                it was computed again.
         """
         for _ in range(8):      # each pass makes progress unless workers keep dying
             record = (self._dependency(session, oid) if session is not None
@@ -182,14 +198,15 @@ class Dispatcher:
                     record.holders.discard(holder)     # it died meanwhile: try elsewhere
                     continue
                 return reply.data
-            if not is_lost(record):
+            if not is_lost(record) or not rebuild:
                 break
-            rebuild = self.lineage.start(record)
+            started = self.lineage.start(record)
             self.schedule()
-            if not await asyncio.shield(rebuild.done):
-                break
-        raise PyforaUsageError(f"object {oid} holds no value (its computation failed, or it "
-                               "was lost and could not be computed again)")
+            await asyncio.shield(started.done)
+        if record.error is not None:
+            raise PyforaUsageError(f"object {oid} holds no value: its computation failed")
+        raise WorkerCrashedError(None, CRASHED, f"object {oid} was lost with its worker" + (
+            ", and workers kept dying while it was computed again" if rebuild else ""))
 
     # -- from workers -----------------------------------------------------------------
 
@@ -207,17 +224,7 @@ class Dispatcher:
         # Objects only it held are lost; they are computed again when next needed.
         self.store.forget_holder(worker)
         if task is not None:
-            task.worker = None
-            if task.rebuild is not None:
-                retried = self.lineage.retry(task)
-            elif task.retries > 0 and not task.cancelled:
-                task.retries -= 1
-                self.enqueue(task, front=True)
-                retried = True
-            else:
-                retried = False
-            if not retried:
-                self.fail(task, crash_error(why, worker.name))
+            self.crashed(task, crash_error(why, worker.name))
         self.schedule()
 
     def task_done(self, worker: Any, msg: p.Done) -> None:
@@ -226,7 +233,13 @@ class Dispatcher:
             return
         worker.task = None
         self.idle[worker] = None
-        self._finish(task, msg, holder=worker)
+        if msg.error is not None and msg.error["type"] == CRASHED:
+            # An input was lost with another worker: the task waits for it to be computed
+            # again (see lineage.ready), at no cost to its retries.
+            task.worker = None
+            self.enqueue(task, front=True)
+        else:
+            self._finish(task, msg, holder=worker)
         self.schedule()
 
     def task_output(self, msg: p.Output) -> None:

@@ -30,6 +30,14 @@ from .store import ObjectRecord
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher, Task
 
+#: The error type of a task that could not finish because a worker died: its own, or the
+#: one holding an input that could not be computed again.
+CRASHED = "pyfora.WorkerCrashedError"
+
+
+def crash_error(message: str, worker: str | None = None) -> dict:
+    return {"type": CRASHED, "message": message, "frames": [], "exc": None, "worker": worker}
+
 MAX_ATTEMPTS = 3
 
 
@@ -130,6 +138,11 @@ class Rebuilder:
                 holder.send(p.Free(oids=[record.oid]))
             self.abandon(rebuild)
             return
+        if msg.error is not None and msg.error["type"] == CRASHED:
+            # Workers died, not the code: it stays lost, to be tried again when next needed.
+            for waiter in rebuild.settle(False):
+                d.crashed(waiter, msg.error)
+            return
         if msg.error is not None:
             record.error = msg.error
             for waiter in rebuild.settle(False):
@@ -146,7 +159,6 @@ class Rebuilder:
         """Nobody needs it any more (its session ended, or the record was dropped)."""
         for waiter in rebuild.settle(False):
             if not waiter.cancelled:
-                self.d.fail(waiter, {"type": "pyfora.PyforaUsageError", "frames": [],
-                                     "message": f"input object {rebuild.record.oid} was lost "
-                                                "and could not be computed again",
-                                     "exc": None, "worker": None})
+                self.d.crashed(waiter, crash_error(
+                    f"input object {rebuild.record.oid} was lost with its worker and could "
+                    "not be computed again"))

@@ -52,7 +52,7 @@ class WorkerLink(Link):
     async def _get(self, message: p.Get) -> None:
         """Relay an object this worker needs; it keeps a copy, so it becomes a holder."""
         try:
-            data = await self.dispatcher.object_bytes(message.oid)
+            data = await self.dispatcher.object_bytes(message.oid, rebuild=False)
         except (PyforaError, ConnectionError) as exc:
             self.send_error(message.id, exc)
             return

@@ -42,6 +42,15 @@ class TaskCancelled(BaseException):
     ``except Exception`` does not swallow it)."""
 
 
+class InputUnavailable(LookupError):
+    """An input of a task could not be fetched. ``kind`` is the coordinator's error kind:
+    ``WorkerCrashedError`` when it was lost with a worker (the task may run again)."""
+
+    def __init__(self, oid: int, reply: p.Error) -> None:
+        super().__init__(f"input object {oid} is unavailable: {reply.message}")
+        self.kind = reply.kind
+
+
 class _Entry:
     __slots__ = ("value", "data")
 
@@ -145,12 +154,14 @@ class Worker:
             missing = [oid for oid in message.deps if oid not in self.store]
             if missing:
                 await asyncio.gather(*map(self.get, missing))
-        except LookupError as exc:
+        except InputUnavailable as exc:
             with self.running_lock:
                 self.waiting.discard(message.id)
                 self.cancelled.discard(message.id)
-            self.send(p.Done(id=message.id, oid=message.oid, size=0, type="",
-                             error=serialization.describe_exception(exc, self.name)))
+            error = serialization.describe_exception(exc, self.name)
+            if exc.kind == "WorkerCrashedError":
+                error["type"] = "pyfora.WorkerCrashedError"     # queued again to wait for it
+            self.send(p.Done(id=message.id, oid=message.oid, size=0, type="", error=error))
             return
         done = await self.loop.run_in_executor(self.pool, self.execute, message)
         self.send(done)
@@ -163,7 +174,7 @@ class Worker:
         self.send(p.Get(id=request_id, oid=oid))
         reply = await future
         if isinstance(reply, p.Error):
-            raise LookupError(f"input object {oid} is unavailable: {reply.message}")
+            raise InputUnavailable(oid, reply)
         self.store[oid] = _Entry(serialization.loads(reply.data, self.resolve), reply.data)
 
     def resolve(self, oid: int):

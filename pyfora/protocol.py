@@ -419,6 +419,8 @@ def error_for(message: Error) -> Exception:
     """The exception an ``error`` reply stands for, from ``pyfora.errors`` by name."""
     from . import errors
     cls: Any = getattr(errors, message.kind, None)
+    if cls is errors.WorkerCrashedError:     # an object lost with workers that kept dying
+        return cls(None, "pyfora.WorkerCrashedError", message.message)
     if not (isinstance(cls, type) and issubclass(cls, errors.PyforaError)) or issubclass(
             cls, errors.ComputationError):
         cls = errors.InternalError

@@ -128,7 +128,8 @@ def test_request_ids_are_positive_and_increasing():
     ("ExecutorClosedError", errors.ExecutorClosedError),
     # ComputationError needs the remote details, which an error reply does not carry
     ("ComputationError", errors.InternalError),
-    ("WorkerCrashedError", errors.InternalError),
+    # ... but a download of an object lost with workers that kept dying has none to carry
+    ("WorkerCrashedError", errors.WorkerCrashedError),
     ("NoSuchError", errors.InternalError),
     ("PyforaError", errors.PyforaError),
     ("os", errors.InternalError),       # a module attribute that is no exception class
