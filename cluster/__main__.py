@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000,
                         help="port to bind; 0 picks a free one (default 8000)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="worker subprocesses to start (default: one per core)")
+                        help="worker subprocesses to start (default: one per core; 0: "
+                             "none, only workers that join with pyfora-worker)")
     parser.add_argument("--token", default=None,
                         help="token clients must present (default: $PYFORA_TOKEN; one is "
                              "generated and printed when binding a non-loopback address)")
@@ -61,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.keyfile and not args.certfile:
         parser.error("--keyfile needs --certfile")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers must be 0 or more, not {args.workers}")
     return args
 
 

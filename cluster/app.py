@@ -155,7 +155,11 @@ class Coordinator:
         finally:
             # No new task for it while we wait to learn why it went.
             self.dispatcher.idle.pop(worker, None)
-            why = (await self.pool.exit_reason(worker.name)) if self.pool else "disconnected"
+            if self.pool is not None and self.pool.started(worker.name):
+                why = await self.pool.exit_reason(worker.name)
+            else:   # a pyfora-worker started by hand: its exit status is not ours to see
+                why = ("the worker disconnected: its process ended, or the network between "
+                       "it and the coordinator failed")
             self.dispatcher.worker_lost(worker, why)
         return ws
 

@@ -53,8 +53,9 @@ async def accept(request: web.Request, role: str, token: str | None, max_frame: 
         if hello.role != role:
             raise ProtocolError(f"this endpoint is for {role}s, not {hello.role}s")
         if not token_ok(hello.token, token):
-            await _refuse(ws, "AuthenticationError", "the cluster refused the token: pass "
-                          "token= to connect() or set PYFORA_TOKEN", WSCloseCode.POLICY_VIOLATION)
+            how = "--token" if role == "worker" else "token= to connect()"
+            await _refuse(ws, "AuthenticationError", f"the cluster refused the token: pass "
+                          f"{how} or set PYFORA_TOKEN", WSCloseCode.POLICY_VIOLATION)
             return None
     except (ProtocolError, asyncio.TimeoutError) as exc:
         await _refuse(ws, "ProtocolError", str(exc) or "no hello in time",

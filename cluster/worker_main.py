@@ -28,7 +28,7 @@ from websockets.asyncio.client import connect
 from pyfora import protocol as p
 from pyfora import serialization
 from pyfora.aio.tls import client_context
-from pyfora.errors import ProtocolError
+from pyfora.errors import ProtocolError, PyforaConnectionError
 from pyfora.parallel import _runtime as parallel_runtime
 
 from . import loop_factory, worker_stats
@@ -240,8 +240,15 @@ class Worker:
 async def run_worker(url: str, token: str | None, name: str,
                      ssl_context: ssl.SSLContext | None = None) -> None:
     tls = {"ssl": ssl_context} if url.startswith("wss:") else {}
-    async with connect(url, max_size=p.MAX_FRAME, compression=None,
-                       ping_interval=None, **tls) as ws:
+    try:
+        connection = await connect(url, max_size=p.MAX_FRAME, compression=None,
+                                   ping_interval=None, **tls)
+    except (OSError, websockets.InvalidHandshake) as exc:
+        # On another host this is the usual first failure (a firewall, a wrong address,
+        # the coordinator bound to 127.0.0.1, a certificate): one line, not a traceback.
+        raise SystemExit(f"pyfora-worker: cannot reach the coordinator at {url}: "
+                         f"{exc}") from None
+    async with connection as ws:
         await ws.send(p.encode(p.Hello(version=p.VERSION, role="worker", token=token,
                                        name=name)))
         reply = p.decode(await ws.recv())
@@ -297,7 +304,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     if args.parent_pipe:
         _exit_when_parent_dies()
-    url, url_token = p.endpoint_url(args.url, "/api/worker")
+    try:
+        url, url_token = p.endpoint_url(args.url, "/api/worker")
+    except PyforaConnectionError as exc:
+        parser.error(str(exc))
     token = args.token or url_token
     if args.pin and args.cafile:
         from .auth import pinned_context

@@ -107,6 +107,10 @@ class WorkerPool:
                     proc.kill()
             await asyncio.sleep(MEMORY_INTERVAL)
 
+    def started(self, name: str) -> bool:
+        """Whether the worker called ``name`` is one of this pool's processes."""
+        return name in self.procs or name in self.exits
+
     async def exit_reason(self, name: str, wait: float = 1.0) -> str:
         """Why a worker went away, waiting briefly for its process to end."""
         if name in self.reasons:

@@ -139,6 +139,17 @@ def test_explicit_port_and_help():
     assert helped.returncode == 0 and "--workers" in helped.stdout
 
 
+def test_bad_arguments_are_refused_clearly():
+    negative = subprocess.run([SCRIPT, "--workers", "-1"], capture_output=True, text=True,
+                              timeout=T)
+    assert negative.returncode == 2 and "--workers must be 0 or more" in negative.stderr
+    worker = os.path.join(os.path.dirname(sys.executable), "pyfora-worker")
+    not_a_url = subprocess.run([worker, "coordinator:8000"], capture_output=True, text=True,
+                               timeout=T)
+    assert not_a_url.returncode == 2 and "expected a URL like" in not_a_url.stderr
+    assert "Traceback" not in not_a_url.stderr
+
+
 def test_sigterm_while_starting_stops_cleanly():
     import psutil
     port = free_port()
