@@ -174,7 +174,8 @@ def test_a_map_counts_each_element_once(monkeypatch, idle):
 def test_no_count_for_a_short_map_or_a_comprehension(monkeypatch):
     context = CountingContext(0)
     monkeypatch.setattr(_runtime, "_context", context)
-    assert _runtime.pmap(slow_square, range(400)) == [x * x for x in range(400)]  # < 0.5 s
+    monkeypatch.setattr(_runtime, "REPORT_DELAY", 60.0)    # a map shorter than that
+    assert _runtime.pmap(slow_square, range(400)) == [x * x for x in range(400)]
     monkeypatch.setattr(_runtime, "REPORT_DELAY", 0.0)
     assert _runtime.listcomp(range(400), lambda it: map(slow_square, it),
                              lambda it: list(map(slow_square, it)))[-1] == 399 ** 2
