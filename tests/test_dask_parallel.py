@@ -86,6 +86,20 @@ def first_failure(n, bad):
     return [boom(x, bad) for x in range(n)]
 
 
+def fail_early_log_late(n, fail_at, log):
+    """Fails at ``fail_at`` in the root's part; elements of the upper half are slow and
+    append themselves to ``log``, so the test can count what ran after the failure."""
+    def element(x):
+        if x == fail_at:
+            raise ValueError(f"element {x}")
+        if 2 * x < n:
+            return slow(x)
+        with open(log, "a") as f:
+            f.write(f"{x}\n")
+        return slow(x, 0.004)
+    return [element(x) for x in range(n)]
+
+
 def nested(n, step):
     def inner(k):
         return sum(slow(is_prime(y), 0.0005) for y in range(k, k + step))
@@ -187,6 +201,20 @@ def test_first_exception_in_order_is_raised(dask2):
     future = submit(dask2, first_failure, 2000, {1300, 1700, 1900})
     with pytest.raises(ValueError, match=r"^element 1300$"):
         future.result(timeout=TIMEOUT)
+
+
+def test_a_failure_stops_the_running_pieces_after_it(dask2, tmp_path):
+    log = tmp_path / "upper.txt"
+    future = submit(dask2, fail_early_log_late, 1000, 400, str(log))
+    with pytest.raises(ValueError, match=r"^element 400$"):
+        future.result(timeout=TIMEOUT)
+    # a cancelled Dask task keeps its worker's thread until it returns: these run after
+    for worker in dask2.scheduler_info()["workers"]:
+        dask2.submit(time.time, workers=[worker], pure=False).result(timeout=TIMEOUT)
+    # the upper half (~500 elements, 2 s) started on the other worker; once the root
+    # failed at 400 (after ~0.4 s), that piece stops at its next batch
+    ran = log.read_text().split() if log.exists() else []
+    assert 0 < len(ran) < 250
 
 
 def test_float_sum_equals_sequential_sum(dask2):
