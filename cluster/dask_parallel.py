@@ -107,7 +107,7 @@ def install_parallel_context() -> DaskParallelContext:
 @contextlib.contextmanager
 def current_task(tid: Any) -> Iterator[None]:
     """Run the backend's task ``tid`` (an int or str) on this thread: its map progress is
-    logged under ``tid`` (see **Progress**). Call ``install_parallel_context()`` first."""
+    logged under ``tid`` (see **Progress**). Installs the context if needed."""
     context = install_parallel_context()
     previous = getattr(context.local, "task", None)
     context.local.task = tid
@@ -133,7 +133,9 @@ class _Sent:
 class DaskParallelContext:
     def __init__(self, worker: Any) -> None:
         self.worker = worker
-        self.name = worker.address
+        self.address = worker.address       # where other workers reach this context
+        # How errors name this worker (``run_piece`` reads it), as the backend names it.
+        self.name = f"worker-{worker.name if worker.name is not None else worker.address}"
         self.local = threading.local()      # .task: backend task id; .piece: (root, rid)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -169,7 +171,7 @@ class DaskParallelContext:
         with self._lock:
             self._sent[rid] = sent
         try:
-            future = self._client.submit(_piece_task, payload, self.name, rid,
+            future = self._client.submit(_piece_task, payload, self.address, rid,
                                          getattr(self.local, "task", None),
                                          pure=False, priority=PRIORITY)
         except Exception as exc:        # the scheduler is gone: the runtime computes it
@@ -203,7 +205,7 @@ class DaskParallelContext:
                                   message="piece taken back before it started"))
             return None
         try:
-            given = self._wait(self._call(worker, action="split", root=self.name, rid=rid))
+            given = self._wait(self._call(worker, action="split", root=self.address, rid=rid))
         except Exception:
             return None
         return (int(given[0]), int(given[1])) if given else None
@@ -238,7 +240,7 @@ class DaskParallelContext:
         ``(value bytes, None)`` or ``(None, error dict)``; None if it was taken back."""
         try:
             if not self._wait(self._call(root, action="claim", root=root, rid=rid,
-                                         worker=self.name)):
+                                         worker=self.address)):
                 return None
         except Exception:
             return None     # the root's worker is gone: nobody waits for this piece
@@ -267,7 +269,7 @@ class DaskParallelContext:
         if action == "claim":
             with self._lock:
                 sent = self._sent.get(rid)
-                if root != self.name or sent is None or sent.state != "queued":
+                if root != self.address or sent is None or sent.state != "queued":
                     return False
                 sent.state, sent.worker = "running", worker
             return True
@@ -312,7 +314,7 @@ class DaskParallelContext:
             sent.future.cancel()
         if sent.worker:
             asyncio.run_coroutine_threadsafe(
-                self._call(sent.worker, action="stop", root=self.name, rid=rid),
+                self._call(sent.worker, action="stop", root=self.address, rid=rid),
                 self.worker.loop.asyncio_loop)
 
     async def _call(self, address: str, **msg: Any) -> Any:
