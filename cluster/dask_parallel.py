@@ -25,6 +25,8 @@ call split across idle Dask workers:
   loses returns at once without computing. A task thread therefore only ever waits for
   pieces that are running on another thread, which wait only for pieces running on
   still other threads: no cycle, so everything finishes, and nothing secedes.
+  The price: a root whose pieces all sit queued waits up to ``TAKE_BACK`` plus the
+  runtime's 0.2 s poll before it computes them itself.
   ``secede()``/``rejoin()`` were not used: a seceded root frees its worker's slot, so its
   own pieces (and other roots) would run in the same process, competing for the GIL with
   the root, and ``rejoin`` would block a finished root until a slot frees up.
@@ -45,6 +47,8 @@ call split across idle Dask workers:
   (the root's count includes pieces that returned), as ``Dispatcher.task_progress`` does;
   a piece's ``finished`` reaches the scheduler before its result, so nothing counts twice.
   Outside ``current_task`` nothing is logged.
+* Not done here: what a piece prints goes to its Dask worker's own streams, not to the
+  client (the backend's task function captures only its own task's thread).
 
 One Dask worker per process (the default of ``dask worker`` and ``LocalCluster(processes
 =True)``): the runtime has one context per process. Context methods run on the task
@@ -164,13 +168,13 @@ class DaskParallelContext:
 
     def start_piece(self, payload: bytes, on_reply: Callable[[p.Message], None]) -> int:
         """Submit a piece to Dask; ``on_reply`` gets its ``p.Done`` or ``p.Error`` later."""
-        if self._client is None:
-            self._client = get_client()
         rid = next(self._ids)
         sent = _Sent(on_reply)
         with self._lock:
             self._sent[rid] = sent
         try:
+            if self._client is None:
+                self._client = get_client()
             future = self._client.submit(_piece_task, payload, self.address, rid,
                                          getattr(self.local, "task", None),
                                          pure=False, priority=PRIORITY)
