@@ -39,14 +39,18 @@ call split across idle Dask workers:
   is idle), minus this process's own pieces that the scheduler has not yet placed. Two
   small RPCs to the scheduler, about a millisecond; the answer is reused for ``IDLE_CACHE``
   seconds because a root whose pieces finish often asks after each one.
-* **Progress** of a map (``_runtime.pmap``) is logged as Dask events on topic ``TOPIC``:
-  ``{"task": tid, "piece": None | "<root address>/<rid>", "done": n, "total": m}``, with
-  ``tid`` the backend's id from ``current_task`` (pieces inherit their root's), and
-  ``{"task": tid, "piece": id, "finished": True}`` when a piece that counted ends. The
-  backend sums, per task, the root's latest ``done`` and those of its unfinished pieces
-  (the root's count includes pieces that returned), as ``Dispatcher.task_progress`` does;
-  a piece's ``finished`` reaches the scheduler before its result, so nothing counts twice.
-  Outside ``current_task`` nothing is logged.
+* **Events** for the backend, which does not see pieces, are Dask events on topic
+  ``TOPIC`` (``Client.subscribe_topic``), with ``tid`` the backend's task id given to
+  ``current_task`` (pieces inherit their root's; None outside it) and ``piece`` the id
+  ``"<root address>/<rid>"``:
+  ``{"kind": "piece", "task": tid, "piece": id, "worker": address, "running": bool}``
+  when a piece starts and ends (for the count of busy workers), and
+  ``{"kind": "progress", "task": tid, "piece": None | id, "done": n, "total": m}`` for
+  a map's elements done (``_runtime.pmap``, only inside ``current_task``). The backend
+  sums, per task, the root's latest ``done`` and those of its running pieces (the
+  root's count includes pieces that returned), as ``Dispatcher.task_progress`` does. A
+  piece's end event leaves its worker before its result, on the same stream, so the
+  scheduler sees it first and nothing counts twice.
 * Not done here: what a piece prints goes to its Dask worker's own streams, not to the
   client (the backend's task function captures only its own task's thread).
 
@@ -81,7 +85,7 @@ IDLE_CACHE = 0.02
 PRIORITY = 10
 #: The handler this module adds to each Dask worker, and the progress event topic.
 HANDLER = "pyfora_parallel"
-TOPIC = "pyfora-progress"
+TOPIC = "pyfora-parallel"
 
 _install_lock = threading.Lock()
 _installed: DaskParallelContext | None = None
@@ -223,9 +227,9 @@ class DaskParallelContext:
     def progress(self, done: int, total: int) -> None:
         task = getattr(self.local, "task", None)
         if task is not None:
-            self.local.counted = True
-            self.worker.log_event(TOPIC, {"task": task, "piece": self._piece_id(),
-                                          "done": done, "total": total})
+            self.worker.log_event(TOPIC, {"kind": "progress", "task": task,
+                                          "piece": self._piece_id(), "done": done,
+                                          "total": total})
 
     def set_splittable(self, state: Any) -> None:
         piece = getattr(self.local, "piece", None)
@@ -248,7 +252,8 @@ class DaskParallelContext:
                 return None
         except Exception:
             return None     # the root's worker is gone: nobody waits for this piece
-        self.local.piece, self.local.task, self.local.counted = (root, rid), task, False
+        self.local.piece, self.local.task = (root, rid), task
+        self._log_piece(True)
         try:
             fn, args, kwargs = serialization.loads(payload)
             data, _ = serialization.dumps(fn(*args, **kwargs))
@@ -256,10 +261,13 @@ class DaskParallelContext:
         except BaseException as exc:   # noqa: B036 - as a pool worker reports it
             return None, serialization.describe_exception(exc, self.name)
         finally:
-            if self.local.counted and task is not None:
-                self.worker.log_event(TOPIC, {"task": task, "piece": self._piece_id(),
-                                              "finished": True})
+            self._log_piece(False)
             self.local.piece, self.local.task = None, None
+
+    def _log_piece(self, running: bool) -> None:
+        self.worker.log_event(TOPIC, {"kind": "piece", "task": self.local.task,
+                                      "piece": self._piece_id(), "worker": self.address,
+                                      "running": running})
 
     def _piece_id(self) -> str | None:
         piece = getattr(self.local, "piece", None)

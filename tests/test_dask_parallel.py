@@ -252,7 +252,7 @@ def test_one_worker_takes_back_its_queued_pieces(dask1):
     assert (early, late, reply, same) == (None, None, "Error", True)
 
 
-def test_map_progress_is_logged_under_the_task_id(dask2):
+def test_map_progress_and_pieces_are_logged_under_the_task_id(dask2):
     def pmap_task(n):
         install_parallel_context()
         with current_task("task-7"):
@@ -260,12 +260,18 @@ def test_map_progress_is_logged_under_the_task_id(dask2):
     assert dask2.submit(pmap_task, 1000, pure=False).result(timeout=TIMEOUT) == [
         x * x for x in range(1000)]
     events = [msg for _, msg in dask2.get_events(TOPIC) if msg["task"] == "task-7"]
-    roots = [e for e in events if e["piece"] is None]
+    roots = [e for e in events if e["kind"] == "progress" and e["piece"] is None]
     assert roots and all(e["total"] == 1000 for e in roots)
     assert [e["done"] for e in roots] == sorted(e["done"] for e in roots)
-    pieces = {e["piece"] for e in events if e["piece"] is not None}
-    finished = {e["piece"] for e in events if e.get("finished")}
-    assert pieces and finished == pieces
+    counted = {e["piece"] for e in events if e["kind"] == "progress" and e["piece"]}
+    started = [e["piece"] for e in events if e["kind"] == "piece" and e["running"]]
+    ended = [e["piece"] for e in events if e["kind"] == "piece" and not e["running"]]
+    assert counted and counted <= set(started) and sorted(started) == sorted(ended)
+    # a piece's events are in order: started, its counts, ended
+    for piece in counted:
+        mine = [e for e in events if e["piece"] == piece]
+        assert mine[0]["kind"] == "piece" and mine[0]["running"]
+        assert mine[-1]["kind"] == "piece" and not mine[-1]["running"]
 
 
 def slow_square(x):
