@@ -29,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="examples:\n"
                "  pyfora-cluster --port 8000 --workers 4\n"
                "  pyfora-cluster --host 0.0.0.0 --token $(openssl rand -hex 16)\n"
-               "  pyfora-worker ws://this-host:8000 --token T    (more workers, other hosts)\n\n"
+               "  pyfora-worker ws://this-host:8000 --token T    (more workers, other hosts)\n"
+               "  pyfora-cluster --backend dask --scheduler tcp://dask-scheduler:8786\n\n"
                "environment: PYFORA_TOKEN (default --token)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1",
@@ -39,6 +40,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=None,
                         help="worker subprocesses to start (default: one per core; 0: "
                              "none, only workers that join with pyfora-worker)")
+    parser.add_argument("--backend", choices=["pool", "dask"], default="pool",
+                        help="what runs the tasks: pool, worker subprocesses of this "
+                             "coordinator (default), or dask, a Dask distributed cluster "
+                             "(needs pip install 'pyfora[dask]')")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="with --backend dask: the Dask scheduler to use, e.g. "
+                             "tcp://host:8786 (default: start a local Dask cluster of "
+                             "--workers processes)")
     parser.add_argument("--token", default=None,
                         help="token clients must present (default: $PYFORA_TOKEN; one is "
                              "generated and printed when binding a non-loopback address)")
@@ -64,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--keyfile needs --certfile")
     if args.workers is not None and args.workers < 0:
         parser.error(f"--workers must be 0 or more, not {args.workers}")
+    if args.scheduler and args.backend != "dask":
+        parser.error("--scheduler is the Dask scheduler: use it with --backend dask")
+    if args.backend == "dask" and not args.scheduler and args.workers == 0:
+        parser.error("--backend dask without --scheduler starts a local Dask cluster: "
+                     "--workers must be 1 or more")
     return args
 
 
@@ -116,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     config = Config(host=args.host, port=args.port, workers=args.workers, token=args.token,
                     certfile=args.certfile, keyfile=args.keyfile,
-                    memory_limit=args.memory_limit, session_grace=args.session_grace)
+                    memory_limit=args.memory_limit, session_grace=args.session_grace,
+                    backend=args.backend, scheduler=args.scheduler)
     if args.max_frame is not None:
         config.max_frame = args.max_frame
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

@@ -19,10 +19,11 @@ import uuid
 from aiohttp import WSCloseCode, web
 
 from pyfora import protocol as p
-from pyfora.errors import ProtocolError
+from pyfora.errors import ProtocolError, PyforaUsageError
 
 from . import dashboard
 from .auth import AccessLogger, is_loopback, new_token, server_context
+from .backend import Backend
 from .dispatcher import Dispatcher
 from .link import accept
 from .session import ClientSession
@@ -44,6 +45,9 @@ class Config:
     subprocess's resident memory ceiling: one that goes over it is killed and replaced.
     ``session_grace`` is how many seconds a client session whose connection broke is kept
     for the client to resume it (0: released at once; see ``cluster.session``).
+    ``backend`` is what runs the tasks: ``"pool"``, worker subprocesses of the
+    coordinator's own, or ``"dask"``, the Dask cluster whose scheduler is at
+    ``scheduler`` (a local one of ``workers`` processes when None; ``dask_backend``).
     """
     host: str = "127.0.0.1"
     port: int = 8000
@@ -55,6 +59,8 @@ class Config:
     memory_limit: int | None = None
     session_grace: float = 30.0
     token_generated: bool = False
+    backend: str = "pool"
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         if self.workers is None:
@@ -71,10 +77,11 @@ class Config:
 class Coordinator:
     """The state one coordinator keeps: sessions, workers, tasks and objects."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, backend: Backend | None = None) -> None:
         self.config = config
         self.cluster_id = uuid.uuid4().hex
-        self.dispatcher = Dispatcher(ObjectStore())
+        # The name predates the Dask backend: whatever runs the tasks (``backend``).
+        self.dispatcher = backend or Dispatcher(ObjectStore())
         self.sessions: set[ClientSession] = set()       # those with a socket connected
         self.resumable: dict[str, ClientSession] = {}   # by resume secret, detached too
         self.stopping = False
@@ -142,8 +149,15 @@ class Coordinator:
         self.resumable.pop(session.resume_token, None)
 
     async def worker_handler(self, request: web.Request) -> web.StreamResponse:
+        def welcome(ws: web.WebSocketResponse, hello: p.Hello) -> p.Welcome | p.Error:
+            if isinstance(self.dispatcher, Dispatcher):
+                return self.welcome("")
+            return p.Error(id=0, kind="PyforaUsageError", message=(
+                "this coordinator runs its tasks on Dask: add Dask workers to its "
+                "scheduler (dask worker tcp://SCHEDULER:8786), not pyfora-workers"))
+
         accepted = await accept(request, "worker", self.worker_token, self.config.max_frame,
-                                self.welcome(""), self.config.loopback)
+                                welcome, self.config.loopback)
         if accepted is None:
             return web.Response()
         ws, hello = accepted
@@ -176,6 +190,8 @@ class Coordinator:
 
     async def on_shutdown(self, app: web.Application) -> None:
         await self.close_sessions()
+        if not isinstance(self.dispatcher, Dispatcher):
+            return
         for link in list(self.dispatcher.workers):
             await link.ws.close(code=WSCloseCode.GOING_AWAY, message=b"cluster shutting down")
 
@@ -183,9 +199,9 @@ class Coordinator:
 COORDINATOR = web.AppKey("coordinator", Coordinator)
 
 
-def make_app(config: Config) -> web.Application:
+def make_app(config: Config, backend: Backend | None = None) -> web.Application:
     app = web.Application()
-    coordinator = Coordinator(config)
+    coordinator = Coordinator(config, backend)
     app[COORDINATOR] = coordinator
     app.router.add_get("/api/session", coordinator.session_handler)
     app.router.add_get("/api/worker", coordinator.worker_handler)
@@ -209,11 +225,31 @@ class RunningCluster:
         if self.coordinator.pool is not None:
             await self.coordinator.pool.stop()
         await self.runner.cleanup()
+        if not isinstance(self.coordinator.dispatcher, Dispatcher):
+            await self.coordinator.dispatcher.close()
 
 
 async def start_cluster(config: Config) -> RunningCluster:
-    """Bind the coordinator, start ``config.workers`` workers and wait for them to join."""
-    app = make_app(config)
+    """Bind the coordinator, start ``config.workers`` workers and wait for them to join
+    (with the Dask backend: connect to Dask, or start a local Dask cluster, first)."""
+    backend = None
+    if config.backend == "dask":
+        try:
+            from .dask_backend import DaskBackend
+        except ImportError as exc:
+            raise PyforaUsageError("the Dask backend needs dask[distributed]: pip install "
+                                   f"'pyfora[dask]' ({exc})") from None
+        backend = await DaskBackend.start(config.scheduler, config.workers)
+    try:
+        return await _bind(config, backend)
+    except BaseException:
+        if backend is not None:
+            await backend.close()
+        raise
+
+
+async def _bind(config: Config, backend: Backend | None) -> RunningCluster:
+    app = make_app(config, backend)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
                            access_log_class=AccessLogger)
     await runner.setup()
@@ -225,6 +261,8 @@ async def start_cluster(config: Config) -> RunningCluster:
     secure = "s" if tls is not None else ""
     url = f"http{secure}://{shown}:{port}/"
     coordinator = app[COORDINATOR]
+    if backend is not None:
+        return RunningCluster(runner, url, coordinator)
     coordinator.pool = WorkerPool(config.workers, f"ws{secure}://{shown}:{port}/api/worker",
                                   coordinator.worker_token, certfile=config.certfile,
                                   memory_limit=config.memory_limit)

@@ -25,13 +25,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import itertools
-import time
 from typing import Any
 
 from pyfora import protocol as p
-from pyfora.errors import ForeignProxyError, PyforaUsageError, WorkerCrashedError
+from pyfora.errors import PyforaUsageError, WorkerCrashedError
 
+from .backend import Backend
 from .lineage import CRASHED, Rebuilder, crash_error, is_lost
 from .store import ObjectRecord, ObjectStore
 
@@ -54,29 +53,23 @@ class Task:
     waiting: Any = None             # lineage.Rebuild of a lost input it waits for
     parent: Any = None              # the task a piece is part of
     total: int = 0                  # a map's elements, from its first ``progress``
-    counts: Any = None              # a map's elements done: {0: its own, piece tid: ...}
+    counts: dict = dataclasses.field(default_factory=dict)   # a map's elements done:
+                                                             # {0: its own, piece tid: ...}
     counted_at: float = 0.0         # time.monotonic() of the last ``progress`` forwarded
 
 
-#: Seconds between two counts of one map forwarded to its client.
-PROGRESS_EVERY = 0.2
+class Dispatcher(Backend):
+    """The built-in backend: worker subprocesses (and ``pyfora-worker``s) linked to the
+    coordinator by websockets."""
 
-
-class Dispatcher:
     def __init__(self, store: ObjectStore) -> None:
-        self.store = store
+        super().__init__(store)
         store.on_free = self._free
         store.on_drop = self._dropped
         self.lineage = Rebuilder(self)
         self.queue: collections.deque[Task] = collections.deque()
         self.idle: dict[Any, None] = {}     # an ordered set of idle WorkerLinks
         self.workers: dict[Any, None] = {}
-        self.tasks: dict[int, Task] = {}
-        self._by_request: dict[tuple[Any, int], Task] = {}
-        self._ids = itertools.count(1).__next__
-        self.done = self.failed = 0
-        self.active: collections.Counter = collections.Counter()   # session -> open tasks
-        self._push_scheduled = False
 
     # -- from client sessions ---------------------------------------------------------
 
@@ -133,15 +126,6 @@ class Dispatcher:
         if not retried:
             self.fail(task, error)
 
-    def _dependency(self, session: Any, oid: int) -> ObjectRecord:
-        record = self.store.get(oid)
-        if record is None:
-            raise PyforaUsageError(f"object {oid} is not on this cluster (released, or made "
-                                   "by another cluster)")
-        if record.owner is not session:
-            raise ForeignProxyError(f"object {oid} belongs to another session")
-        return record
-
     def cancel(self, session: Any, request_id: int) -> None:
         task = self._by_request.get((session, request_id))
         if task is None:
@@ -164,13 +148,6 @@ class Dispatcher:
         for task in [t for t in self.tasks.values() if t.session is session]:
             self.cancel(session, task.request_id)
         self.store.release_owned_by(session)
-
-    def define(self, session: Any, msg: p.Define) -> p.Done:
-        record = ObjectRecord(self.store.new_id(), session, len(msg.payload), msg.type,
-                              data=msg.payload)
-        self.store.add(record)
-        return p.Done(id=msg.id, oid=record.oid, size=record.size, type=record.type,
-                      value=msg.payload if record.size <= p.INLINE_LIMIT else None)
 
     async def object_bytes(self, oid: int, session: Any = None, rebuild: bool = True) -> bytes:
         """The pickle of an object, from the coordinator's copy or from a worker holding it.
@@ -249,11 +226,8 @@ class Dispatcher:
             session.send(p.Output(id=request_id, stream=msg.stream, text=msg.text))
 
     def task_progress(self, msg: p.Progress) -> None:
-        """Forward a map's count of elements done to the session that submitted it, at
-        most every ``PROGRESS_EVERY`` seconds. The root task counts its own elements and
-        those of the pieces that returned; each running piece counts its own, and is
-        dropped from the sum when it finishes (the root adds it when it sees the result,
-        later: the sum may lag, never count twice; the client keeps the highest)."""
+        """A map's count of elements done, from its task or from one of its pieces (see
+        ``Backend._count``)."""
         task = self.tasks.get(msg.target)
         root = task.parent if task is not None and task.piece else task
         if (task is None or task.cancelled or root is None or root.piece or root.cancelled
@@ -262,15 +236,7 @@ class Dispatcher:
             return
         if root is task:
             root.total = msg.total
-        if root.counts is None:
-            root.counts = {}
-        root.counts[0 if root is task else task.tid] = msg.done
-        now = time.monotonic()
-        if not root.total or now - root.counted_at < PROGRESS_EVERY or root.session.closed:
-            return
-        root.counted_at = now
-        root.session.send(p.Progress(target=root.request_id, total=root.total,
-                                     done=min(root.total, sum(root.counts.values()))))
+        self._count(root, 0 if root is task else task.tid, msg.done)
 
     # -- pieces (from workers) --------------------------------------------------------
 
@@ -343,7 +309,7 @@ class Dispatcher:
         self._forget(task)
         self._status_changed()
         if task.piece:          # the asker gets the value inline; nobody keeps it
-            if task.parent is not None and task.parent.counts:
+            if task.parent is not None:
                 task.parent.counts.pop(task.tid, None)      # the parent counts it now
             if holder is not None and msg.error is None:
                 holder.send(p.Free(oids=[msg.oid]))
@@ -374,24 +340,9 @@ class Dispatcher:
         for oid in task.deps:
             self.store.decref(oid)
 
-    def _status_changed(self) -> None:
-        """Push the cluster's load to sessions with open tasks, at most every 20 ms."""
-        if self._push_scheduled or not self.active:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._push_scheduled = True
-        loop.call_later(0.02, self._push_status)
-
-    def _push_status(self) -> None:
-        self._push_scheduled = False
-        info = {"cpus": sum(1 for w in self.workers if w.task is not None),
+    def load(self) -> dict:
+        return {"cpus": sum(1 for w in self.workers if w.task is not None),
                 "workers": len(self.workers), "queued": len(self.queue)}
-        for session in self.active:
-            if not session.closed:
-                session.send(p.Info(id=0, info=info))
 
     def _free(self, record: ObjectRecord) -> None:
         for holder in record.holders:

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import logging
 import os
 import ssl
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,14 +30,10 @@ from pyfora.errors import ProtocolError, PyforaConnectionError
 from pyfora.parallel import _runtime as parallel_runtime
 
 from . import loop_factory, worker_stats
+from .task_thread import TaskCancelled, capture_streams, interrupt
 from .worker_parallel import ParallelContext
 
 log = logging.getLogger("cluster.worker")
-
-
-class TaskCancelled(BaseException):
-    """Raised inside a running task to stop it (a BaseException so user code's
-    ``except Exception`` does not swallow it)."""
 
 
 class InputUnavailable(LookupError):
@@ -59,41 +53,6 @@ class _Entry:
         self.data = data
 
 
-class _CapturedStream:
-    """Replaces sys.stdout/stderr: the task thread's writes go to its client, whole lines
-    at a time; every other thread writes to the real stream."""
-
-    def __init__(self, name: str, real) -> None:
-        self.name = name
-        self.real = real
-        self.local = threading.local()
-
-    def write(self, text: str) -> int:
-        sink = getattr(self.local, "sink", None)
-        if sink is None:
-            return self.real.write(text)
-        self.local.buffer += text
-        if "\n" in self.local.buffer:
-            whole, _, self.local.buffer = self.local.buffer.rpartition("\n")
-            sink(self.name, whole + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        if getattr(self.local, "sink", None) is None:
-            self.real.flush()
-
-    def start(self, sink) -> None:
-        self.local.sink, self.local.buffer = sink, ""
-
-    def stop(self) -> None:
-        if self.local.buffer:
-            self.local.sink(self.name, self.local.buffer)
-        self.local.sink = None
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
-
 class Worker:
     def __init__(self, ws, name: str) -> None:
         self.ws = ws
@@ -110,8 +69,7 @@ class Worker:
         self.waiting: set[int] = set()
         self.cancelled: set[int] = set()
         self.running_lock = threading.Lock()
-        self.streams = [_CapturedStream("stdout", sys.stdout), _CapturedStream("stderr", sys.stderr)]
-        sys.stdout, sys.stderr = self.streams
+        self.streams = capture_streams()
         self.parallel = ParallelContext(self)
         parallel_runtime.install(self.parallel)
 
@@ -233,8 +191,7 @@ class Worker:
                 return
             if self.running is None or self.running[0] != task_id:
                 return
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self.running[1]), ctypes.py_object(TaskCancelled))
+            interrupt(self.running[1])
 
 
 async def run_worker(url: str, token: str | None, name: str,

@@ -2,8 +2,11 @@
 
 ``cluster_url`` is session-scoped and sync (``python -m cluster --port 0``), so sync and
 async tests share it; ``one_worker_url`` is a second, one-worker cluster for tests that
-must know which worker runs what (cancellation). Every wait here has a timeout built from
-``UNIT``; conditions are polled against a deadline, never slept on.
+must know which worker runs what (cancellation). Both run once per backend (``backend``:
+the built-in pool, and Dask when ``distributed`` is installed), so every test that uses
+them runs on both; a test about the pool's own workers is marked ``pool_only``. Every
+wait here has a timeout built from ``UNIT``; conditions are polled against a deadline,
+never slept on.
 """
 
 from __future__ import annotations
@@ -23,6 +26,24 @@ import pytest
 
 #: One scaled time unit for every timeout in the tests (raise PYFORA_TEST_UNIT on slow CI).
 UNIT = float(os.environ.get("PYFORA_TEST_UNIT", "1.0"))
+
+try:
+    import distributed  # noqa: F401
+    BACKENDS = ["pool", "dask"]
+except ImportError:
+    BACKENDS = ["pool"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """A ``pool_only`` test does not run on the Dask backend."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_dask = params is not None and params.params.get("backend") == "dask"
+        (dropped if on_dask and item.get_closest_marker("pool_only") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 class ClusterProcess:
@@ -130,9 +151,15 @@ def busy(seconds: float) -> str:
     return "finished"
 
 
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request):
+    """What runs the shared clusters' tasks: ``"pool"`` or ``"dask"``."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def cluster_process():
-    cluster = ClusterProcess(2)
+def cluster_process(backend):
+    cluster = ClusterProcess(2, "--backend", backend)
     yield cluster
     assert cluster.stop() == 0
 
@@ -143,9 +170,9 @@ def cluster_url(cluster_process):
 
 
 @pytest.fixture(scope="session")
-def one_worker():
+def one_worker(backend):
     """A one-worker cluster: whatever runs there blocks everything after it."""
-    cluster = ClusterProcess(1)
+    cluster = ClusterProcess(1, "--backend", backend)
     yield cluster
     assert cluster.stop() == 0
 

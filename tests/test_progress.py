@@ -196,9 +196,9 @@ class Peer:
 
 
 def test_coordinator_adds_running_pieces_to_the_roots_count(monkeypatch):
-    from cluster import dispatcher
+    from cluster import backend, dispatcher
     from cluster.store import ObjectStore
-    monkeypatch.setattr(dispatcher, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(backend, "PROGRESS_EVERY", 0.0)
     coordinator = dispatcher.Dispatcher(ObjectStore())
     client, a, b = Peer("client"), Peer("a"), Peer("b")
     coordinator.worker_joined(a)

@@ -145,7 +145,7 @@ def test_remote_exception(ufora):
     assert isinstance(error.remoteException, ValueError)
     assert error.remoteException.args == ("remote boom",)
     assert error.remoteTypeName == "ValueError"
-    assert error.workerId and error.workerId.startswith("worker-")
+    assert error.workerId and error.workerId.startswith(("worker-", "dask-worker@"))
     assert 'raise ValueError(message)' in error.remoteTraceback
     assert __file__ in error.remoteTraceback and "in fail" in error.remoteTraceback
     assert "cluster" + os.sep not in error.remoteTraceback      # internal frames trimmed

@@ -22,7 +22,7 @@ import pyfora
 from pyfora import aio
 from pyfora.parallel import sequential
 
-from conftest import UNIT, ClusterProcess, wait_until
+from conftest import UNIT, wait_until
 
 TIMEOUT = 60 * UNIT
 
@@ -177,15 +177,8 @@ def test_comprehension_that_cannot_be_shipped_runs_locally(ufora):
 
 # -- no deadlock --------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def one_worker_cluster():
-    cluster = ClusterProcess(1)
-    yield cluster
-    assert cluster.stop() == 0
-
-
-def test_one_worker_runs_everything_itself(one_worker_cluster):
-    with pyfora.connect(one_worker_cluster.url) as ex:
+def test_one_worker_runs_everything_itself(one_worker):
+    with pyfora.connect(one_worker.url) as ex:
         result = run(ex, primes_with_pids, 1000)
         assert [x for x, _ in result] == [x for x in range(1000) if is_prime(x)]
         assert len({pid for _, pid in result}) == 1

@@ -184,7 +184,7 @@ def test_user_module_is_shipped_by_value(ufora, tmp_path, monkeypatch):
 
 
 def test_ipython_cells(ufora):
-    IPython = pytest.importorskip("IPython")
+    pytest.importorskip("IPython")
     from IPython.core.interactiveshell import InteractiveShell
     shell = InteractiveShell.instance()
     try:

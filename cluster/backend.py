@@ -1,0 +1,94 @@
+"""What runs the tasks behind a coordinator: the part both backends share.
+
+The coordinator's sessions and dashboard speak to a backend (``Coordinator.dispatcher``):
+``submit``, ``define``, ``cancel``, ``session_closed``, ``object_bytes``, ``status``,
+``store`` (the object directory) and ``workers`` / ``tasks`` (for the dashboard). Two
+implement it: ``dispatcher.Dispatcher``, the built-in worker pool (the default), and
+``dask_backend.DaskBackend``, a Dask distributed cluster. What they have in common is
+here: who may use which object, ``define``, and the load pushed to sessions while they
+have tasks (``info`` with ``cpus``).
+
+Runs on the coordinator's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import time
+from typing import Any
+
+from pyfora import protocol as p
+from pyfora.errors import ForeignProxyError, PyforaUsageError
+
+from .store import ObjectRecord, ObjectStore
+
+#: Seconds between two counts of one map forwarded to its client.
+PROGRESS_EVERY = 0.2
+#: Seconds between two load pushes (``info``) to a session.
+PUSH_EVERY = 0.02
+
+
+class Backend:
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.tasks: dict[int, Any] = {}
+        self._by_request: dict[tuple[Any, int], Any] = {}
+        self._ids = itertools.count(1).__next__
+        self.done = self.failed = 0
+        self.active: collections.Counter = collections.Counter()   # session -> open tasks
+        self._push_scheduled = False
+
+    def define(self, session: Any, msg: p.Define) -> p.Done:
+        record = ObjectRecord(self.store.new_id(), session, len(msg.payload), msg.type,
+                              data=msg.payload)
+        self.store.add(record)
+        return p.Done(id=msg.id, oid=record.oid, size=record.size, type=record.type,
+                      value=msg.payload if record.size <= p.INLINE_LIMIT else None)
+
+    def _dependency(self, session: Any, oid: int) -> ObjectRecord:
+        record = self.store.get(oid)
+        if record is None:
+            raise PyforaUsageError(f"object {oid} is not on this cluster (released, or made "
+                                   "by another cluster)")
+        if record.owner is not session:
+            raise ForeignProxyError(f"object {oid} belongs to another session")
+        return record
+
+    def load(self) -> dict:
+        """``{"cpus": busy workers, "workers": n, "queued": tasks waiting}``."""
+        raise NotImplementedError
+
+    def _status_changed(self) -> None:
+        """Push the cluster's load to sessions with open tasks, at most every
+        ``PUSH_EVERY`` seconds."""
+        if self._push_scheduled or not self.active:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._push_scheduled = True
+        loop.call_later(PUSH_EVERY, self._push_status)
+
+    def _push_status(self) -> None:
+        self._push_scheduled = False
+        info = self.load()
+        for session in self.active:
+            if not session.closed:
+                session.send(p.Info(id=0, info=info))
+
+    def _count(self, root: Any, key: Any, done: int) -> None:
+        """A map's elements done, as counted by its task (``key`` 0) or by one of its
+        running pieces: forward the sum to the session that submitted it, at most every
+        ``PROGRESS_EVERY`` seconds. The task's own count includes the pieces that
+        returned; a piece's count is dropped when it ends (the sum may lag, never count
+        twice; the client keeps the highest)."""
+        root.counts[key] = done
+        now = time.monotonic()
+        if not root.total or now - root.counted_at < PROGRESS_EVERY or root.session.closed:
+            return
+        root.counted_at = now
+        root.session.send(p.Progress(target=root.request_id, total=root.total,
+                                     done=min(root.total, sum(root.counts.values()))))

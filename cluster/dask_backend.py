@@ -1,0 +1,366 @@
+"""The Dask backend: pyfora's coordinator in front of a Dask distributed cluster
+(``pyfora-cluster --backend dask [--scheduler tcp://host:8786]``).
+
+Sessions, the wire and the object directory (``store``) are the coordinator's, as with
+the built-in pool; what runs tasks and holds their results is Dask:
+
+* A task is a Dask task (``dask_tasks.run``) whose inputs are the Dask futures of the
+  objects it uses; its object is its future (``futures``), released when the object is
+  (``ObjectStore.on_free``). A ``define``d value becomes a Dask task that unpickles the
+  coordinator's copy, made the first time a task uses it.
+* When a task finishes, a small task on the same worker (``dask_tasks.describe``)
+  returns its size, type, error and, when small, its pickle: the ``done`` reply.
+  ``toLocal`` fetches the pickle the same way. The coordinator unpickles no user value.
+* A worker that dies: Dask runs its tasks again elsewhere and recomputes lost results
+  from their lineage (the futures' graph), up to its ``allowed-failures``; past that the
+  task fails with ``WorkerCrashedError``. So ``submit(..., retries=N)``, which on the
+  pool is how a task survives its worker dying, changes nothing here.
+* Cancelling a task cancels its Dask future; one that already started is interrupted
+  on its worker (``dask_tasks.stop``, through ``Client.run``).
+* Printed output, tasks starting, and automatic parallelism's pieces and progress come
+  as Dask events (``dask_tasks.OUTPUT_TOPIC``, ``STARTED_TOPIC``, ``dask_parallel.TOPIC``).
+* The workers (for the dashboard and ``welcome``) are polled from the scheduler every
+  ``POLL`` seconds.
+
+Runs on the coordinator's event loop, with an asynchronous Dask client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from distributed import Client, LocalCluster
+from distributed.client import FutureCancelledError
+
+from pyfora import protocol as p
+from pyfora.errors import PyforaUsageError, WorkerCrashedError
+
+from . import dask_parallel, dask_tasks
+from .backend import Backend
+from .lineage import CRASHED, crash_error
+from .store import ObjectRecord, ObjectStore
+
+log = logging.getLogger("cluster")
+
+#: Seconds between two polls of the scheduler for its workers.
+POLL = 0.5
+#: Seconds a cancelled task is remembered, in case the news that it started comes late.
+STOP_LATE = 60.0
+
+
+@dataclasses.dataclass(eq=False)
+class DaskTask:
+    tid: int
+    session: Any
+    request_id: int
+    oid: int
+    deps: list
+    future: Any = None              # its Dask future (holds a dask_tasks.Held)
+    watcher: Any = None             # the asyncio task waiting for it to finish
+    worker: str | None = None       # address of the Dask worker that started it
+    started: float = 0.0
+    cancelled: bool = False
+    total: int = 0                  # a map's elements, from its first progress event
+    counts: dict = dataclasses.field(default_factory=dict)
+    counted_at: float = 0.0
+
+    @property
+    def output(self) -> tuple:      # as the dashboard asks of any task
+        return self.session, self.request_id
+
+
+class DaskWorker:
+    """A Dask worker, as ``/api/status`` and the dashboard show it."""
+
+    def __init__(self, backend: DaskBackend, address: str) -> None:
+        self.backend = backend
+        self.address = address
+        self.name = dask_tasks.worker_label(address)
+        self.metrics: dict = {}
+
+    def describe(self) -> dict:
+        task = next((t for t in self.backend.tasks.values() if t.worker == self.address),
+                    None)
+        busy = task is not None or self.address in self.backend.pieces.values()
+        return {"name": self.name, "state": "busy" if busy else "idle",
+                "task": task.tid if task is not None else None,
+                "task_seconds": round(time.monotonic() - task.started, 2)
+                if task is not None else None,
+                "rss": self.metrics.get("memory"), "cpu": self.metrics.get("cpu")}
+
+
+class DaskBackend(Backend):
+    def __init__(self, client: Client, cluster: LocalCluster | None = None) -> None:
+        super().__init__(ObjectStore())
+        self.store.on_free = self._free
+        self.client = client
+        self.cluster = cluster              # a LocalCluster this backend started
+        self.futures: dict[int, Any] = {}   # oid -> the Dask future holding its value
+        self._workers: dict[str, DaskWorker] = {}   # by address
+        self.pieces: dict[str, str] = {}    # running piece -> address of its worker
+        self._stopped: dict[int, float] = {}    # cancelled task id -> when
+        client.subscribe_topic(dask_tasks.OUTPUT_TOPIC, self._output)
+        client.subscribe_topic(dask_tasks.STARTED_TOPIC, self._started)
+        client.subscribe_topic(dask_parallel.TOPIC, self._parallel)
+        self._poller: asyncio.Task | None = None
+
+    @property
+    def workers(self) -> list[DaskWorker]:
+        return list(self._workers.values())
+
+    @classmethod
+    async def start(cls, scheduler: str | None, workers: int) -> DaskBackend:
+        """Connect to the Dask scheduler at ``scheduler``, or start a local Dask cluster
+        of ``workers`` worker processes with one thread each, and wait for a worker."""
+        # Dask logs at INFO by default: follow the coordinator's --log-level instead.
+        logging.getLogger("distributed").setLevel(logging.getLogger().getEffectiveLevel())
+        cluster = None
+        if scheduler is None:
+            cluster = await LocalCluster(n_workers=workers, threads_per_worker=1,
+                                         processes=True, asynchronous=True,
+                                         dashboard_address=":0")
+        try:
+            client = await Client(cluster if cluster is not None else scheduler,
+                                  asynchronous=True)
+        except BaseException:
+            if cluster is not None:
+                await cluster.close()
+            raise
+        backend = cls(client, cluster)
+        try:
+            await client.wait_for_workers(max(1, workers if cluster is not None else 1))
+            await backend._poll_once()
+        except BaseException:
+            await backend.close()
+            raise
+        backend._poller = asyncio.ensure_future(backend._poll())
+        return backend
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        for task in list(self.tasks.values()):
+            if task.watcher is not None:
+                task.watcher.cancel()
+        await self.client.close()
+        if self.cluster is not None:
+            await self.cluster.close()
+
+    # -- from client sessions ---------------------------------------------------------
+
+    def submit(self, session: Any, msg: p.Submit) -> None:
+        """Send a task to Dask. Raises ``PyforaUsageError`` for dependencies it may not
+        use."""
+        records = [self._dependency(session, oid) for oid in msg.deps]
+        for record in records:
+            record.refs += 1
+        task = DaskTask(self._ids(), session, msg.id, self.store.new_id(), list(msg.deps))
+        self.tasks[task.tid] = task
+        self._by_request[(session, msg.id)] = task
+        self.active[session] += 1
+        failed = next((r for r in records if r.error is not None), None)
+        if failed is not None:
+            self._finish(task, 0, "", None, failed.error)
+            return
+        task.future = self.client.submit(
+            dask_tasks.run, task.tid, msg.payload, list(msg.deps),
+            *map(self._future, records), key=f"pyfora-{task.oid}-{id(self):x}",
+            pure=False)
+        task.watcher = asyncio.ensure_future(self._watch(task, msg.inline))
+        self._status_changed()
+
+    def cancel(self, session: Any, request_id: int) -> None:
+        task = self._by_request.get((session, request_id))
+        if task is None or task.cancelled:
+            return
+        task.cancelled = True
+        if task.watcher is not None:
+            task.watcher.cancel()
+        self._forget(task)
+        now = time.monotonic()
+        self._stopped = {t: at for t, at in self._stopped.items() if now - at < STOP_LATE}
+        self._stopped[task.tid] = now
+        asyncio.ensure_future(self._stop(task))
+
+    def session_closed(self, session: Any) -> None:
+        for task in [t for t in self.tasks.values() if t.session is session]:
+            self.cancel(session, task.request_id)
+        self.store.release_owned_by(session)
+
+    async def object_bytes(self, oid: int, session: Any = None, rebuild: bool = True) -> bytes:
+        """The pickle of an object, from the coordinator's copy or from its Dask worker
+        (Dask computes it again first if that worker died).
+
+        Raises:
+            PyforaUsageError: unknown object, one (with ``session``) it does not own, or
+                one whose computation failed.
+            WorkerCrashedError: Dask gave up on it: workers kept dying while it ran.
+        """
+        record = (self._dependency(session, oid) if session is not None
+                  else self.store.get(oid))
+        if record is None:
+            raise PyforaUsageError(f"object {oid} is not on this cluster")
+        if record.data is not None:
+            return record.data
+        if record.error is not None or oid not in self.futures:
+            raise PyforaUsageError(f"object {oid} holds no value: its computation failed")
+        fetched = self.client.submit(dask_tasks.fetch, self.futures[oid], pure=False)
+        try:
+            return await fetched
+        except Exception as exc:
+            raise WorkerCrashedError(None, CRASHED, f"object {oid} could not be fetched "
+                                     f"from Dask: {type(exc).__name__}: {exc}") from None
+        finally:
+            fetched.release()
+
+    def status(self) -> dict:
+        running = sum(1 for t in self.tasks.values() if t.worker is not None)
+        return {
+            "workers": [w.describe() for w in self.workers],
+            "tasks": {"queued": len(self.tasks) - running, "running": running,
+                      "done": self.done, "failed": self.failed},
+            "objects": {"count": len(self.store), "bytes": self.store.total_bytes()},
+            # Lineage is Dask's: what it recomputes is not seen here.
+            "lineage": {"records": self.store.record_count(), "rebuilt": None},
+            "backend": "dask",
+        }
+
+    def load(self) -> dict:
+        busy = {t.worker for t in self.tasks.values() if t.worker is not None}
+        busy.update(self.pieces.values())
+        return {"cpus": len(busy), "workers": len(self._workers),
+                "queued": sum(1 for t in self.tasks.values() if t.worker is None)}
+
+    # -- internals --------------------------------------------------------------------
+
+    def _future(self, record: ObjectRecord) -> Any:
+        future = self.futures.get(record.oid)
+        if future is None:      # a defined value: Dask gets it from the coordinator's copy
+            future = self.futures[record.oid] = self.client.submit(
+                dask_tasks.load, record.data, key=f"pyfora-{record.oid}-{id(self):x}",
+                pure=False)
+        return future
+
+    async def _watch(self, task: DaskTask, inline: int) -> None:
+        described = self.client.submit(dask_tasks.describe, task.future, inline, pure=False)
+        try:
+            size, type_, value, error = await described
+        except (asyncio.CancelledError, FutureCancelledError):
+            if task.cancelled:
+                return
+            raise
+        except Exception as exc:    # Dask gave up: KilledWorker, a scheduler gone
+            size, type_, value = 0, "", None
+            error = crash_error(f"Dask could not run the task: {type(exc).__name__}: {exc}",
+                                dask_tasks.worker_label(task.worker or ""))
+        finally:
+            described.release()
+        self._finish(task, size, type_, value, error)
+
+    def _finish(self, task: DaskTask, size: int, type_: str, value: bytes | None,
+                error: dict | None) -> None:
+        if self.tasks.get(task.tid) is not task:
+            return
+        self._forget(task)
+        self._status_changed()
+        if task.session.closed:
+            if task.future is not None:
+                task.future.release()
+            return
+        if error is None:
+            self.done += 1
+            self.futures[task.oid] = task.future
+        else:
+            self.failed += 1
+            if task.future is not None:
+                task.future.release()
+        self.store.add(ObjectRecord(task.oid, task.session, size, type_, data=value,
+                                    error=error))
+        task.session.send(p.Done(id=task.request_id, oid=task.oid, size=size, type=type_,
+                                 value=value, error=error))
+
+    def _forget(self, task: DaskTask) -> None:
+        if self.tasks.pop(task.tid, None) is None:
+            return
+        self._by_request.pop((task.session, task.request_id), None)
+        self.active[task.session] -= 1
+        if self.active[task.session] <= 0:
+            del self.active[task.session]
+        for oid in task.deps:
+            self.store.decref(oid)
+
+    async def _stop(self, task: DaskTask) -> None:
+        """Cancel a task's Dask future, and interrupt it if it started."""
+        if task.future is None:
+            return
+        try:
+            await self.client.cancel([task.future], force=True)
+            if task.worker is not None:
+                await self.client.run(dask_tasks.stop, task.tid, workers=[task.worker])
+        except Exception as exc:    # the worker went away meanwhile: nothing left to stop
+            log.info("stopping task %d: %s", task.tid, exc)
+
+    def _free(self, record: ObjectRecord) -> None:
+        future = self.futures.pop(record.oid, None)
+        if future is not None:
+            future.release()
+
+    # -- Dask events (on the event loop) ----------------------------------------------
+
+    def _started(self, event: tuple) -> None:
+        msg = event[1]
+        task = self.tasks.get(msg["task"])
+        if task is not None:
+            task.worker, task.started = msg["worker"], time.monotonic()
+            self._status_changed()
+        elif self._stopped.pop(msg["task"], None) is not None:
+            # Cancelled before the news that it started came: stop it now.
+            asyncio.ensure_future(self.client.run(dask_tasks.stop, msg["task"],
+                                                  workers=[msg["worker"]]))
+
+    def _output(self, event: tuple) -> None:
+        msg = event[1]
+        task = self.tasks.get(msg["task"])
+        if task is not None and not task.session.closed:
+            task.session.send(p.Output(id=task.request_id, stream=msg["stream"],
+                                       text=msg["text"]))
+
+    def _parallel(self, event: tuple) -> None:
+        msg = event[1]
+        task = self.tasks.get(msg["task"])
+        if msg["kind"] == "piece":
+            if msg["running"]:
+                self.pieces[msg["piece"]] = msg["worker"]
+            else:
+                self.pieces.pop(msg["piece"], None)
+                if task is not None:
+                    task.counts.pop(msg["piece"], None)     # its root counts it now
+            self._status_changed()
+        elif msg["kind"] == "progress" and task is not None:
+            if msg["piece"] is None:
+                task.total = msg["total"]
+            self._count(task, msg["piece"] or 0, msg["done"])
+
+    # -- the scheduler's workers ------------------------------------------------------
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL)
+            try:
+                await self._poll_once()
+            except Exception as exc:    # the scheduler is away; Dask reconnects
+                log.info("polling the Dask scheduler: %s", exc)
+
+    async def _poll_once(self) -> None:
+        info = await self.client.scheduler.identity(n_workers=-1)
+        workers = info.get("workers", {})
+        for address in set(self._workers) - set(workers):
+            del self._workers[address]
+        for address, worker in workers.items():
+            view = self._workers.get(address) or DaskWorker(self, address)
+            view.metrics = worker.get("metrics", {})
+            self._workers[address] = view

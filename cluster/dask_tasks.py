@@ -1,0 +1,109 @@
+"""What the Dask backend (``dask_backend``) runs inside Dask workers: a pyfora task as a
+Dask task, and the two small tasks that describe and fetch its result.
+
+A task's Dask result is a ``Held``: the value and its pickle, as a built-in worker keeps
+them, or the error its call raised (``describe_exception``), so a failed task is a Dask
+task that succeeded and Dask's own retries are left for workers that die. The
+coordinator never unpickles a value: it asks for ``describe(held, inline)`` (size, type,
+the pickle when it is small enough to ride along with the reply, error) and, for a
+``toLocal``, ``fetch(held)`` (the pickle).
+
+What a task prints goes to the coordinator as Dask events on ``OUTPUT_TOPIC``, a line at
+a time; ``STARTED_TOPIC`` says which worker started which task (the coordinator counts
+busy workers with it, and knows where to stop a cancelled task). A running task is
+stopped by ``stop`` (``Client.run`` on its worker), as a built-in worker stops one.
+
+Runs on a Dask worker's task thread (``run``) and event loop (``stop``), one task thread
+per process.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from distributed import get_worker
+
+from pyfora import serialization
+
+from .dask_parallel import current_task
+from .task_thread import capture_streams, interrupt
+
+OUTPUT_TOPIC = "pyfora-output"
+STARTED_TOPIC = "pyfora-started"
+
+_lock = threading.Lock()
+_running: dict[int, int] = {}       # task id -> ident of the thread running it
+
+
+class Held:
+    """A task's outcome, as its Dask future holds it."""
+    __slots__ = ("value", "data", "error")
+
+    def __init__(self, value: Any = None, data: bytes | None = None,
+                 error: dict | None = None) -> None:
+        self.value, self.data, self.error = value, data, error
+
+
+def worker_label(address: str) -> str:
+    """How errors and the dashboard name a Dask worker."""
+    return f"dask-worker@{address.rpartition('://')[2]}"
+
+
+def run(tid: int, payload: bytes, oids: list[int], *inputs: Held) -> Held:
+    """Run one pyfora task: ``payload`` is the pickled call, ``inputs`` the Helds of the
+    objects ``oids`` it refers to."""
+    worker = get_worker()
+    name = worker_label(worker.address)
+    worker.log_event(STARTED_TOPIC, {"task": tid, "worker": worker.address})
+    values = {oid: held.value for oid, held in zip(oids, inputs)}
+
+    def sink(stream: str, text: str) -> None:
+        worker.log_event(OUTPUT_TOPIC, {"task": tid, "stream": stream, "text": text})
+
+    streams = capture_streams()
+    for stream in streams:
+        stream.start(sink)
+    try:
+        try:
+            with _lock:
+                _running[tid] = threading.get_ident()
+            with current_task(tid):
+                fn, args, kwargs = serialization.loads(payload, values.__getitem__)
+                value = fn(*args, **kwargs)
+        finally:
+            with _lock:
+                _running.pop(tid, None)
+            for stream in streams:
+                stream.stop()
+        data, _ = serialization.dumps(value)
+    except BaseException as exc:   # noqa: B036 - user code may raise SystemExit too
+        return Held(error=serialization.describe_exception(exc, name))
+    return Held(value, data)
+
+
+def load(data: bytes) -> Held:
+    """A ``define``d value (its pickle, from the coordinator's copy)."""
+    return Held(serialization.loads(data), data)
+
+
+def describe(held: Held, inline: int) -> tuple[int, str, bytes | None, dict | None]:
+    """(size, type name, the pickle if at most ``inline`` bytes, error)."""
+    if held.error is not None:
+        return 0, "", None, held.error
+    data = held.data
+    return (len(data), serialization.type_name(type(held.value)),
+            data if len(data) <= inline else None, None)
+
+
+def fetch(held: Held) -> bytes:
+    return held.data
+
+
+def stop(tid: int) -> None:
+    """Stop task ``tid`` if it still runs in this process (``Client.run`` on the worker
+    that said it started it; one not started yet is cancelled in Dask's queue)."""
+    with _lock:
+        ident = _running.get(tid)
+        if ident is not None:
+            interrupt(ident)
