@@ -8,9 +8,10 @@ the built-in pool; what runs tasks and holds their results is Dask:
   objects it uses; its object is its future (``futures``), released when the object is
   (``ObjectStore.on_free``). A ``define``d value becomes a Dask task that unpickles the
   coordinator's copy, made the first time a task uses it.
-* When a task finishes, a small task on the same worker (``dask_tasks.describe``)
-  returns its size, type, error and, when small, its pickle: the ``done`` reply.
-  ``toLocal`` fetches the pickle the same way. The coordinator unpickles no user value.
+* A task's size, type, error and, when small, its pickle (the ``done`` reply) come in
+  an event (``dask_tasks.DONE_TOPIC``); its reply is sent once its Dask future has
+  finished too. ``toLocal`` fetches the pickle with a small Dask task
+  (``dask_tasks.fetch``). The coordinator unpickles no user value.
 * A worker that dies: Dask runs its tasks again elsewhere and recomputes lost results
   from their lineage (the futures' graph), up to its ``allowed-failures``; past that the
   task fails with ``WorkerCrashedError``. So ``submit(..., retries=N)``, which on the
@@ -18,7 +19,8 @@ the built-in pool; what runs tasks and holds their results is Dask:
 * Cancelling a task cancels its Dask future; one that already started is interrupted
   on its worker (``dask_tasks.stop``, through ``Client.run``).
 * Printed output, tasks starting, and automatic parallelism's pieces and progress come
-  as Dask events (``dask_tasks.OUTPUT_TOPIC``, ``STARTED_TOPIC``, ``dask_parallel.TOPIC``).
+  as Dask events too (``dask_tasks.OUTPUT_TOPIC``, ``STARTED_TOPIC``,
+  ``dask_parallel.TOPIC``).
 * The workers (for the dashboard and ``welcome``) are polled from the scheduler every
   ``POLL`` seconds.
 
@@ -28,12 +30,13 @@ Runs on the coordinator's event loop, with an asynchronous Dask client.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
 from typing import Any
 
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, wait
 from distributed.client import FutureCancelledError
 
 from pyfora import protocol as p
@@ -50,6 +53,8 @@ log = logging.getLogger("cluster")
 POLL = 0.5
 #: Seconds a cancelled task is remembered, in case the news that it started comes late.
 STOP_LATE = 60.0
+#: Seconds to wait for a finished task's done event (it comes first, from the same worker).
+DONE_LATE = 30.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -64,6 +69,7 @@ class DaskTask:
     worker: str | None = None       # address of the Dask worker that started it
     started: float = 0.0
     cancelled: bool = False
+    outcome: asyncio.Future | None = None   # its done event: (size, type, value, error)
     total: int = 0                  # a map's elements, from its first progress event
     counts: dict = dataclasses.field(default_factory=dict)
     counted_at: float = 0.0
@@ -102,9 +108,11 @@ class DaskBackend(Backend):
         self.futures: dict[int, Any] = {}   # oid -> the Dask future holding its value
         self._workers: dict[str, DaskWorker] = {}   # by address
         self.pieces: dict[str, str] = {}    # running piece -> address of its worker
+        self._running: collections.Counter = collections.Counter()  # address -> tasks
         self._stopped: dict[int, float] = {}    # cancelled task id -> when
         client.subscribe_topic(dask_tasks.OUTPUT_TOPIC, self._output)
         client.subscribe_topic(dask_tasks.STARTED_TOPIC, self._started)
+        client.subscribe_topic(dask_tasks.DONE_TOPIC, self._done)
         client.subscribe_topic(dask_parallel.TOPIC, self._parallel)
         self._poller: asyncio.Task | None = None
 
@@ -166,11 +174,12 @@ class DaskBackend(Backend):
         if failed is not None:
             self._finish(task, 0, "", None, failed.error)
             return
+        task.outcome = asyncio.get_running_loop().create_future()
         task.future = self.client.submit(
-            dask_tasks.run, task.tid, msg.payload, list(msg.deps),
+            dask_tasks.run, task.tid, msg.payload, msg.inline, list(msg.deps),
             *map(self._future, records), key=f"pyfora-{task.oid}-{id(self):x}",
             pure=False)
-        task.watcher = asyncio.ensure_future(self._watch(task, msg.inline))
+        task.watcher = asyncio.ensure_future(self._watch(task))
         self._status_changed()
 
     def cancel(self, session: Any, request_id: int) -> None:
@@ -180,11 +189,12 @@ class DaskBackend(Backend):
         task.cancelled = True
         if task.watcher is not None:
             task.watcher.cancel()
+        worker = task.worker
         self._forget(task)
         now = time.monotonic()
         self._stopped = {t: at for t, at in self._stopped.items() if now - at < STOP_LATE}
         self._stopped[task.tid] = now
-        asyncio.ensure_future(self._stop(task))
+        asyncio.ensure_future(self._stop(task, worker))
 
     def session_closed(self, session: Any) -> None:
         for task in [t for t in self.tasks.values() if t.session is session]:
@@ -218,7 +228,7 @@ class DaskBackend(Backend):
             fetched.release()
 
     def status(self) -> dict:
-        running = sum(1 for t in self.tasks.values() if t.worker is not None)
+        running = self._running.total()
         return {
             "workers": [w.describe() for w in self.workers],
             "tasks": {"queued": len(self.tasks) - running, "running": running,
@@ -230,10 +240,10 @@ class DaskBackend(Backend):
         }
 
     def load(self) -> dict:
-        busy = {t.worker for t in self.tasks.values() if t.worker is not None}
+        busy = set(self._running)
         busy.update(self.pieces.values())
         return {"cpus": len(busy), "workers": len(self._workers),
-                "queued": sum(1 for t in self.tasks.values() if t.worker is None)}
+                "queued": len(self.tasks) - self._running.total()}
 
     # -- internals --------------------------------------------------------------------
 
@@ -245,21 +255,21 @@ class DaskBackend(Backend):
                 pure=False)
         return future
 
-    async def _watch(self, task: DaskTask, inline: int) -> None:
-        described = self.client.submit(dask_tasks.describe, task.future, inline, pure=False)
+    async def _watch(self, task: DaskTask) -> None:
         try:
-            size, type_, value, error = await described
+            await wait(task.future)
+            if task.future.status == "finished":
+                outcome = await asyncio.wait_for(asyncio.shield(task.outcome), DONE_LATE)
+            else:       # Dask gave up on it: KilledWorker, a scheduler gone
+                exc = await task.future.exception()
+                outcome = 0, "", None, crash_error(
+                    f"Dask could not run the task: {type(exc).__name__}: {exc}",
+                    dask_tasks.worker_label(task.worker or ""))
         except (asyncio.CancelledError, FutureCancelledError):
             if task.cancelled:
                 return
             raise
-        except Exception as exc:    # Dask gave up: KilledWorker, a scheduler gone
-            size, type_, value = 0, "", None
-            error = crash_error(f"Dask could not run the task: {type(exc).__name__}: {exc}",
-                                dask_tasks.worker_label(task.worker or ""))
-        finally:
-            described.release()
-        self._finish(task, size, type_, value, error)
+        self._finish(task, *outcome)
 
     def _finish(self, task: DaskTask, size: int, type_: str, value: bytes | None,
                 error: dict | None) -> None:
@@ -287,20 +297,32 @@ class DaskBackend(Backend):
         if self.tasks.pop(task.tid, None) is None:
             return
         self._by_request.pop((task.session, task.request_id), None)
+        self._moved(task, None)
         self.active[task.session] -= 1
         if self.active[task.session] <= 0:
             del self.active[task.session]
         for oid in task.deps:
             self.store.decref(oid)
 
-    async def _stop(self, task: DaskTask) -> None:
-        """Cancel a task's Dask future, and interrupt it if it started."""
+    def _moved(self, task: DaskTask, worker: str | None) -> None:
+        """``task`` runs on ``worker`` now (None: it ended); Dask may run a task again on
+        another worker when its first one dies."""
+        if task.worker is not None:
+            self._running[task.worker] -= 1
+            if self._running[task.worker] <= 0:
+                del self._running[task.worker]
+        task.worker = worker
+        if worker is not None:
+            self._running[worker] += 1
+
+    async def _stop(self, task: DaskTask, worker: str | None) -> None:
+        """Cancel a task's Dask future, and interrupt it on ``worker`` if it started."""
         if task.future is None:
             return
         try:
             await self.client.cancel([task.future], force=True)
-            if task.worker is not None:
-                await self.client.run(dask_tasks.stop, task.tid, workers=[task.worker])
+            if worker is not None:
+                await self.client.run(dask_tasks.stop, task.tid, workers=[worker])
         except Exception as exc:    # the worker went away meanwhile: nothing left to stop
             log.info("stopping task %d: %s", task.tid, exc)
 
@@ -315,12 +337,19 @@ class DaskBackend(Backend):
         msg = event[1]
         task = self.tasks.get(msg["task"])
         if task is not None:
-            task.worker, task.started = msg["worker"], time.monotonic()
+            self._moved(task, msg["worker"])
+            task.started = time.monotonic()
             self._status_changed()
         elif self._stopped.pop(msg["task"], None) is not None:
             # Cancelled before the news that it started came: stop it now.
             asyncio.ensure_future(self.client.run(dask_tasks.stop, msg["task"],
                                                   workers=[msg["worker"]]))
+
+    def _done(self, event: tuple) -> None:
+        msg = event[1]
+        task = self.tasks.get(msg["task"])
+        if task is not None and not task.outcome.done():
+            task.outcome.set_result((msg["size"], msg["type"], msg["value"], msg["error"]))
 
     def _output(self, event: tuple) -> None:
         msg = event[1]

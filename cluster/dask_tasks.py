@@ -1,17 +1,20 @@
 """What the Dask backend (``dask_backend``) runs inside Dask workers: a pyfora task as a
-Dask task, and the two small tasks that describe and fetch its result.
+Dask task, and the small task that fetches its result.
 
 A task's Dask result is a ``Held``: the value and its pickle, as a built-in worker keeps
 them, or the error its call raised (``describe_exception``), so a failed task is a Dask
 task that succeeded and Dask's own retries are left for workers that die. The
-coordinator never unpickles a value: it asks for ``describe(held, inline)`` (size, type,
-the pickle when it is small enough to ride along with the reply, error) and, for a
-``toLocal``, ``fetch(held)`` (the pickle).
+coordinator never unpickles a value: a task tells it its size, type, error and, when
+small enough to ride along with the reply, its pickle, in an event on ``DONE_TOPIC``
+(one Dask task per pyfora task: a second one to describe the result halved the rate);
+for a ``toLocal`` it asks for ``fetch(held)`` (the pickle).
 
 What a task prints goes to the coordinator as Dask events on ``OUTPUT_TOPIC``, a line at
 a time; ``STARTED_TOPIC`` says which worker started which task (the coordinator counts
-busy workers with it, and knows where to stop a cancelled task). A running task is
-stopped by ``stop`` (``Client.run`` on its worker), as a built-in worker stops one.
+busy workers with it, and knows where to stop a cancelled task). Events from one worker
+reach the coordinator in the order they were logged, before the news that the task
+finished. A running task is stopped by ``stop`` (``Client.run`` on its worker), as a
+built-in worker stops one.
 
 Runs on a Dask worker's task thread (``run``) and event loop (``stop``), one task thread
 per process.
@@ -31,6 +34,7 @@ from .task_thread import capture_streams, interrupt
 
 OUTPUT_TOPIC = "pyfora-output"
 STARTED_TOPIC = "pyfora-started"
+DONE_TOPIC = "pyfora-done"
 
 _lock = threading.Lock()
 _running: dict[int, int] = {}       # task id -> ident of the thread running it
@@ -50,9 +54,10 @@ def worker_label(address: str) -> str:
     return f"dask-worker@{address.rpartition('://')[2]}"
 
 
-def run(tid: int, payload: bytes, oids: list[int], *inputs: Held) -> Held:
+def run(tid: int, payload: bytes, inline: int, oids: list[int], *inputs: Held) -> Held:
     """Run one pyfora task: ``payload`` is the pickled call, ``inputs`` the Helds of the
-    objects ``oids`` it refers to."""
+    objects ``oids`` it refers to; its ``DONE_TOPIC`` event carries the pickle of the
+    result when it is at most ``inline`` bytes."""
     worker = get_worker()
     name = worker_label(worker.address)
     worker.log_event(STARTED_TOPIC, {"task": tid, "worker": worker.address})
@@ -78,22 +83,20 @@ def run(tid: int, payload: bytes, oids: list[int], *inputs: Held) -> Held:
                 stream.stop()
         data, _ = serialization.dumps(value)
     except BaseException as exc:   # noqa: B036 - user code may raise SystemExit too
-        return Held(error=serialization.describe_exception(exc, name))
+        held = Held(error=serialization.describe_exception(exc, name))
+        worker.log_event(DONE_TOPIC, {"task": tid, "size": 0, "type": "", "value": None,
+                                      "error": held.error})
+        return held
+    worker.log_event(DONE_TOPIC, {"task": tid, "size": len(data),
+                                  "type": serialization.type_name(type(value)),
+                                  "value": data if len(data) <= inline else None,
+                                  "error": None})
     return Held(value, data)
 
 
 def load(data: bytes) -> Held:
     """A ``define``d value (its pickle, from the coordinator's copy)."""
     return Held(serialization.loads(data), data)
-
-
-def describe(held: Held, inline: int) -> tuple[int, str, bytes | None, dict | None]:
-    """(size, type name, the pickle if at most ``inline`` bytes, error)."""
-    if held.error is not None:
-        return 0, "", None, held.error
-    data = held.data
-    return (len(data), serialization.type_name(type(held.value)),
-            data if len(data) <= inline else None, None)
 
 
 def fetch(held: Held) -> bytes:

@@ -34,18 +34,6 @@ except ImportError:
     BACKENDS = ["pool"]
 
 
-def pytest_collection_modifyitems(config, items):
-    """A ``pool_only`` test does not run on the Dask backend."""
-    kept, dropped = [], []
-    for item in items:
-        params = getattr(item, "callspec", None)
-        on_dask = params is not None and params.params.get("backend") == "dask"
-        (dropped if on_dask and item.get_closest_marker("pool_only") else kept).append(item)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
-
-
 class ClusterProcess:
     """``python -m cluster --port 0`` as a child process; ``url`` is the URL it printed."""
 

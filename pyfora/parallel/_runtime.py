@@ -299,6 +299,9 @@ class _Engine:
 
     def _run_batch(self, seg: _Segment) -> None:
         a = seg.pos
+        if a >= seg.stop:       # a split took all it had left (seen on Dask, under load)
+            seg.done = True
+            return
         b = min(seg.stop, a + max(1, int(BATCH / self.rate)))
         t0 = perf_counter()
         try:
