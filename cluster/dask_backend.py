@@ -109,7 +109,8 @@ class DaskBackend(Backend):
         self._workers: dict[str, DaskWorker] = {}   # by address
         self.pieces: dict[str, str] = {}    # running piece -> address of its worker
         self._running: collections.Counter = collections.Counter()  # address -> tasks
-        self._stopped: dict[int, float] = {}    # cancelled task id -> when
+        # Cancelled before they were seen to start: task id -> when, oldest first.
+        self._stopped: collections.OrderedDict[int, float] = collections.OrderedDict()
         client.subscribe_topic(dask_tasks.OUTPUT_TOPIC, self._output)
         client.subscribe_topic(dask_tasks.STARTED_TOPIC, self._started)
         client.subscribe_topic(dask_tasks.DONE_TOPIC, self._done)
@@ -191,9 +192,11 @@ class DaskBackend(Backend):
             task.watcher.cancel()
         worker = task.worker
         self._forget(task)
-        now = time.monotonic()
-        self._stopped = {t: at for t, at in self._stopped.items() if now - at < STOP_LATE}
-        self._stopped[task.tid] = now
+        if worker is None:      # it may have started without our knowing yet
+            now = time.monotonic()
+            while self._stopped and now - next(iter(self._stopped.values())) > STOP_LATE:
+                self._stopped.popitem(last=False)
+            self._stopped[task.tid] = now
         asyncio.ensure_future(self._stop(task, worker))
 
     def session_closed(self, session: Any) -> None:
