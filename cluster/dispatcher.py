@@ -168,11 +168,12 @@ class Dispatcher:
         self.store.release_owned_by(session)
 
     def define(self, session: Any, msg: p.Define) -> p.Done:
-        record = ObjectRecord(self.store.new_id(), session, len(msg.payload), msg.type,
-                              data=msg.payload)
+        size = len(msg.payload) + sum(length for length, _ in msg.oob)
+        record = ObjectRecord(self.store.new_id(), session, size, msg.type,
+                              data=msg.payload, oob=msg.oob, frames=msg.frames)
         self.store.add(record)
         return p.Done(id=msg.id, oid=record.oid, size=record.size, type=record.type,
-                      value=msg.payload if record.size <= p.INLINE_LIMIT else None)
+                      value=msg.payload if size <= p.INLINE_LIMIT and not msg.oob else None)
 
     async def object_bytes(self, oid: int, session: Any = None,
                            rebuild: bool = True) -> p.Value:
@@ -193,7 +194,7 @@ class Dispatcher:
             if record is None:
                 raise PyforaUsageError(f"object {oid} is not on this cluster")
             if record.data is not None:
-                return p.Value(id=0, data=record.data)
+                return p.Value(id=0, data=record.data, oob=record.oob, frames=record.frames)
             if record.holders:
                 holder = next(iter(record.holders))
                 try:

@@ -10,9 +10,8 @@ await ``Rebuild.done``. A recipe's own inputs may be lost or dormant too: the re
 task waits for them the same way, so a chain is rebuilt from its last surviving link.
 Defined values never get lost: the coordinator keeps their bytes (``record.data``).
 Objects made by a task whose payload had out-of-band buffers (a large argument) keep no
-recipe, and neither do large defined values (the client sends those as such a task): the
-coordinator holds those bytes only while it relays them, so such an object lost with its
-worker stays lost (``WorkerCrashedError``).
+recipe: the coordinator holds a task's bytes only while it relays them, so such an object
+lost with its worker stays lost (``WorkerCrashedError``).
 
 A rebuild that dies with its worker is tried again up to ``MAX_ATTEMPTS`` times; one that
 raises (code that is not deterministic) fails the object, and whatever waits for it,

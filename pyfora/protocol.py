@@ -198,6 +198,8 @@ class Define(Message):
     id: int
     payload: bytes
     type: str = ""
+    oob: list = _oob()
+    frames: list = _frames()
 
 
 @_message("fetch")
@@ -440,8 +442,8 @@ class Assembler:
             op = self._message.op
             self._message, self._layout, self._left, self._buffer = None, [], 0, None
             self._frames = []
-            raise _fatal(1002, f"{op} message: a frame of its buffers does not fit the "
-                         "sizes its envelope gave")
+            raise _fatal(1002, f"{op}: frames of its buffers do not fit the sizes its "
+                         "envelope gave")
         self._left -= len(frame)
         if not self.join:
             self._frames.append(frame)
@@ -459,9 +461,8 @@ class Assembler:
         layout = getattr(message, "oob", None)
         size = message_size(message, len(frame))
         if size > self.max_size:
-            raise _fatal(1009, f"a {message.op} message of {size:,} bytes is over this "
-                         f"end's limit of {self.max_size:,} bytes (pyfora-cluster "
-                         "--max-frame)")
+            raise _fatal(1009, f"{message.op} of {size:,} bytes is over its size limit of "
+                         f"{self.max_size:,} bytes (pyfora-cluster --max-frame)")
         if not layout:
             return message, size
         self._message, self._size, self._layout = message, size, list(reversed(layout))

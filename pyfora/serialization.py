@@ -21,6 +21,7 @@ Runs on any thread: the per-call context is thread-local.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import io
 import linecache
@@ -115,20 +116,23 @@ def _out_of_band(value: Any) -> Any:
     return value
 
 
+def _keep_large(buffers: list, buffer: pickle.PickleBuffer) -> bool:
+    """The pickler's ``buffer_callback``: large buffers go to ``buffers``, out of band (a
+    false return); small ones stay in the pickle."""
+    view = buffer.raw()
+    if view.nbytes < OOB_MIN:
+        return True
+    buffers.append(view)
+    return False
+
+
 class _Pickler(cloudpickle.Pickler):
     def __init__(self, file, code_map: CodeMap | None, buffers: list | None = None):
-        super().__init__(file, protocol=PROTOCOL,
-                         buffer_callback=None if buffers is None else self._buffer)
+        # Not a bound method: a pickler holding a callback that holds the pickler is a
+        # cycle that CPython 3.11's garbage collector crashed on (in tests/test_serialization).
+        super().__init__(file, protocol=PROTOCOL, buffer_callback=None if buffers is None
+                         else functools.partial(_keep_large, buffers))
         self._code_map = code_map
-        self._buffers = buffers
-
-    def _buffer(self, buffer: pickle.PickleBuffer) -> bool:
-        """Keep large buffers out of the pickle (a false return means out of band)."""
-        view = buffer.raw()
-        if view.nbytes < OOB_MIN:
-            return True
-        self._buffers.append(view)      # type: ignore[union-attr]
-        return False
 
     def reducer_override(self, obj):
         kind = type(obj)

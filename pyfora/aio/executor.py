@@ -173,14 +173,14 @@ class Executor:
         self._check_open()
         buffers: list = []
         payload, deps = serialization.dumps(obj, self, self._code_map, buffers)
-        if deps or buffers:
+        if deps:
             # The coordinator keeps defined values as opaque bytes and a worker loading them
             # would not know to fetch the proxies inside: build such a value on a worker,
             # where they resolve, as the result of a task that lists them as dependencies.
-            # Large values too: the coordinator holds object bytes only to relay them.
             return await self.submit(_identity, obj)
         done = await self._session.request(p.Define(
-            id=self._session.next_id(), payload=payload, type=serialization.type_name(type(obj))))
+            id=self._session.next_id(), payload=payload, type=serialization.type_name(type(obj)),
+            oob=p.oob_layout(buffers), frames=buffers))
         return RemotePythonObject(self, done)
 
     async def getWorkerCount(self) -> int:
