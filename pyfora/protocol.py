@@ -422,11 +422,6 @@ class Assembler:
         self._buffer: Any = None    # the current buffer being joined
         self._frames: list = []
 
-    @property
-    def busy(self) -> bool:
-        """A message has begun and not ended: the next frame must be one of its buffers'."""
-        return self._message is not None
-
     def feed(self, frame: bytes | str) -> tuple[Message, int] | None:
         """Take one frame; return a message and its size on the wire once it is whole.
 
@@ -459,12 +454,12 @@ class Assembler:
     def _envelope(self, frame: bytes | str) -> tuple[Message, int] | None:
         message = decode(frame)
         layout = getattr(message, "oob", None)
+        if not layout:         # most messages: nothing follows
+            return message, len(frame)
         size = message_size(message, len(frame))
         if size > self.max_size:
             raise _fatal(1009, f"{message.op} of {size:,} bytes is over its size limit of "
                          f"{self.max_size:,} bytes (pyfora-cluster --max-frame)")
-        if not layout:
-            return message, size
         self._message, self._size, self._layout = message, size, list(reversed(layout))
         self._frames = []
         self._next_buffer()
