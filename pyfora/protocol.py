@@ -443,7 +443,10 @@ class Assembler:
         if not self.join:
             self._frames.append(frame)
         elif isinstance(self._buffer, io.BytesIO):
-            self._buffer.write(frame)
+            if self._left == 0 and not self._buffer.tell() and type(frame) is bytes:
+                self._buffer = frame        # the whole buffer in one frame: no copy at all
+            else:
+                self._buffer.write(frame)
         else:
             end = len(self._buffer) - self._left
             self._buffer[end - len(frame):end] = frame

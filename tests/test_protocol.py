@@ -218,6 +218,7 @@ def test_the_assembler_gives_each_message_with_its_buffers(join):
     assert b"".join(message.frames) == bytes(big) + small
     if join:        # one object per buffer, writable ones writable
         assert [type(b) for b in message.frames] == [bytearray, bytes, bytes]
+        assert message.frames[2] is frames[-2]      # a read-only buffer in one frame: as is
     else:           # relayed as they came
         assert message.frames == frames[1:-1]
     assert results[-1] == (p.Status(id=2), len(frames[-1]))
