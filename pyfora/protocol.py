@@ -402,11 +402,12 @@ class Assembler:
     in half by a broken connection is sent again whole, see ``Replay``).
 
     ``join=True`` (the client and the workers, which unpickle): each buffer is gathered
-    into one object as its frames arrive, so a buffer costs its own size and one frame;
-    writable buffers become ``bytearray``, read-only ones ``bytes`` (built in a
-    ``BytesIO``, whose ``getvalue`` hands over its memory instead of copying it), so that
-    numpy arrays come back writable and ``bytes`` with no copy at all. ``join=False`` (the
-    coordinator, which relays): the frames are kept as they came.
+    into one ``BytesIO`` as its frames arrive, so a buffer costs its own size and one
+    frame, and its memory is never zero-filled first (as ``bytearray(size)`` would, a
+    whole extra pass). Read-only buffers come out as ``bytes`` (``getvalue`` hands over
+    the memory, no copy), so ``bytes`` values need no copy at all; writable ones as a
+    writable ``memoryview`` of it (``getbuffer``), so numpy arrays come back writable.
+    ``join=False`` (the coordinator, which relays): the frames are kept as they came.
 
     ``max_size`` bounds one message, envelope and buffers: a peer cannot make this end
     hold more than that for a message it has not finished sending.
@@ -420,6 +421,7 @@ class Assembler:
         self._layout: list = []     # [size, writable] of the buffers still to come
         self._left = 0              # bytes still to come of the current buffer
         self._buffer: Any = None    # the current buffer being joined
+        self._readonly = False      # and whether it is read-only
         self._frames: list = []
 
     def feed(self, frame: bytes | str) -> tuple[Message, int] | None:
@@ -442,14 +444,11 @@ class Assembler:
         self._left -= len(frame)
         if not self.join:
             self._frames.append(frame)
-        elif isinstance(self._buffer, io.BytesIO):
-            if self._left == 0 and not self._buffer.tell() and type(frame) is bytes:
-                self._buffer = frame        # the whole buffer in one frame: no copy at all
-            else:
-                self._buffer.write(frame)
+        elif self._left == 0 and not self._buffer.tell() and self._readonly and type(
+                frame) is bytes:
+            self._buffer = frame        # a read-only buffer in one frame: no copy at all
         else:
-            end = len(self._buffer) - self._left
-            self._buffer[end - len(frame):end] = frame
+            self._buffer.write(frame)
         if self._left == 0:
             self._end_buffer()
         return self._done()
@@ -471,16 +470,18 @@ class Assembler:
     def _next_buffer(self) -> None:
         while self._layout and self._left == 0:
             size, writable = self._layout.pop()
-            self._left = size
+            self._left, self._readonly = size, not writable
             if self.join:
-                self._buffer = bytearray(size) if writable else io.BytesIO()
+                self._buffer = io.BytesIO()
             if size == 0:
                 self._end_buffer()
 
     def _end_buffer(self) -> None:
         if self.join:
             buffer, self._buffer = self._buffer, None
-            self._frames.append(buffer.getvalue() if isinstance(buffer, io.BytesIO) else buffer)
+            if isinstance(buffer, io.BytesIO):
+                buffer = buffer.getvalue() if self._readonly else buffer.getbuffer()
+            self._frames.append(buffer)
         self._next_buffer()
 
     def _done(self) -> tuple[Message, int] | None:

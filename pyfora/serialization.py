@@ -106,7 +106,7 @@ class _OutOfBand:
 def _rebuild(kind: type, buffer: Any) -> Any:
     """The ``bytes``, ``bytearray`` or ``memoryview`` pickled as ``buffer``: the buffer
     object itself when it has that type already (``protocol.Assembler`` gives read-only
-    buffers as ``bytes`` and writable ones as ``bytearray``), else a copy."""
+    buffers as ``bytes`` and writable ones as ``memoryview``), else a copy."""
     return buffer if type(buffer) is kind else kind(buffer)
 
 

@@ -217,7 +217,8 @@ def test_the_assembler_gives_each_message_with_its_buffers(join):
     assert size == len(frames[0]) + len(big) + len(small)
     assert b"".join(message.frames) == bytes(big) + small
     if join:        # one object per buffer, writable ones writable
-        assert [type(b) for b in message.frames] == [bytearray, bytes, bytes]
+        assert [type(b) for b in message.frames] == [memoryview, bytes, bytes]
+        assert not message.frames[0].readonly
         assert message.frames[2] is frames[-2]      # a read-only buffer in one frame: as is
     else:           # relayed as they came
         assert message.frames == frames[1:-1]
