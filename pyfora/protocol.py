@@ -10,9 +10,10 @@ does.
 Out-of-band buffers (pickle protocol 5: the memory of large ``bytes``, ``bytearray`` and
 numpy arrays) never go through msgpack: the envelope's ``oob`` field gives the size of each
 buffer, and its bytes follow as frames of at most ``CHUNK`` bytes, in order, none
-straddling two buffers. So a large value is copied only to mask it on the way out and to
-gather it on the way in; the coordinator relays the frames as they came (``Assembler``
-with ``join=False``), and no frame exceeds the frame limit however large the value.
+straddling two buffers. So msgpack never copies a large value, the sender sends views of
+the value's own memory, the receiver gathers each buffer once, the coordinator relays the
+frames as they came (``Assembler`` with ``join=False``), and no frame exceeds the frame
+limit however large the value.
 
 Requests carry an ``id`` chosen by the sender; the reply names the same ``id``. Messages
 whose ``id`` is 0 want no reply.
@@ -83,7 +84,7 @@ class Hello(Message):
     """First frame of every connection. ``role`` is ``client`` or ``worker``.
 
     A client resuming a session after its connection broke names it with ``resume`` (the
-    secret the coordinator gave in ``welcome``) and says how many frames of that session
+    secret the coordinator gave in ``welcome``) and says how many messages of that session
     it has received (``received``, see ``Replay``)."""
     version: int
     role: str
@@ -97,7 +98,7 @@ class Hello(Message):
 class Welcome(Message):
     """The answer to ``hello``. For a client: ``resume`` is the session's secret for
     resuming it within ``grace`` seconds of a broken connection (None: it cannot be
-    resumed), and ``received`` how many frames of the session the coordinator has."""
+    resumed), and ``received`` how many messages of the session the coordinator has."""
     session: str
     workers: int
     cluster: str
@@ -108,7 +109,7 @@ class Welcome(Message):
 
 @_message("ack")
 class Ack(Message):
-    """Either end of a client session: ``count`` frames of it have arrived here, so the
+    """Either end of a client session: ``count`` messages of it have arrived here, so the
     other end may forget them (``Replay``). Not counted itself; wants no reply."""
     count: int
 
