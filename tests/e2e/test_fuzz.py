@@ -11,6 +11,7 @@ the same generators for 10,000 and more (figures in docs/reliability.md)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 
@@ -72,7 +73,19 @@ def structured(draw) -> bytes:
     return msgpack.packb(data, use_bin_type=True)
 
 
-FRAMES = st.one_of(st.binary(max_size=300), mutated(), structured(),
+@st.composite
+def with_buffers(draw) -> bytes:
+    """Valid envelopes of messages that carry buffers, declaring buffers of any size up to
+    twice the limit (the prober sends those under it)."""
+    message = dataclasses.replace(draw(st.sampled_from([
+        p.Submit(id=21, payload=b"\x80\x05N."), p.Define(id=22, payload=b"x"),
+        p.Value(id=23, data=b""), p.Piece(id=24, payload=b"")])))
+    message.oob = draw(st.lists(st.tuples(st.integers(0, 2 * FUZZ_MAX), st.booleans())
+                                .map(list), max_size=3))
+    return p.encode(message)
+
+
+FRAMES = st.one_of(st.binary(max_size=300), mutated(), structured(), with_buffers(),
                    st.text(max_size=50))
 
 
