@@ -489,7 +489,8 @@ class Assembler:
         if self._layout or self._left:
             return None
         message, self._message = self._message, None
-        message.frames, self._frames = self._frames, []     # type: ignore[union-attr]
+        assert message is not None
+        message.frames, self._frames = self._frames, []     # type: ignore[attr-defined]
         return message, self._size
 
 

@@ -31,7 +31,7 @@ import sys
 import threading
 import traceback
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import cloudpickle
 
@@ -253,7 +253,7 @@ def _load_ref(oid: int) -> Any:
 
 
 def loads(data: bytes, resolve: Callable[[int], Any] | None = None,
-          buffers: list = ()) -> Any:
+          buffers: Sequence = ()) -> Any:
     """Unpickle ``data`` with its out-of-band ``buffers``, which the value may keep (not
     copy); ``resolve(oid)`` turns references into values (worker side)."""
     previous = getattr(_local, "resolve", None)
