@@ -27,7 +27,7 @@ def main() -> None:
     import test_fuzz
     from conftest import ClusterProcess, http_status
 
-    cluster = ClusterProcess(1)
+    cluster = ClusterProcess(1, "--max-frame", str(test_fuzz.FUZZ_MAX))
     try:
         started = time.monotonic()
         session = test_fuzz.Prober(cluster.url, "/api/session", hello=True)

@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "it is killed and replaced, its task fails with "
                              "WorkerCrashedError")
     parser.add_argument("--max-frame", type=parse_size, default=None, metavar="SIZE",
-                        help="largest websocket frame accepted (default 1GiB)")
+                        help="largest websocket frame, and largest message (a value with "
+                             "its buffers), accepted (default 1GiB)")
     parser.add_argument("--session-grace", type=float, default=30.0, metavar="SECONDS",
                         help="how long a client whose connection broke has to reconnect "
                              "and resume its session before everything it held is "

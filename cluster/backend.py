@@ -41,11 +41,12 @@ class Backend:
         self._push_scheduled = False
 
     def define(self, session: Any, msg: p.Define) -> p.Done:
-        record = ObjectRecord(self.store.new_id(), session, len(msg.payload), msg.type,
-                              data=msg.payload)
+        size = len(msg.payload) + sum(length for length, _ in msg.oob)
+        record = ObjectRecord(self.store.new_id(), session, size, msg.type,
+                              data=msg.payload, oob=msg.oob, frames=msg.frames)
         self.store.add(record)
         return p.Done(id=msg.id, oid=record.oid, size=record.size, type=record.type,
-                      value=msg.payload if record.size <= p.INLINE_LIMIT else None)
+                      value=msg.payload if size <= p.INLINE_LIMIT and not msg.oob else None)
 
     def _dependency(self, session: Any, oid: int) -> ObjectRecord:
         record = self.store.get(oid)

@@ -177,7 +177,8 @@ class DaskBackend(Backend):
             return
         task.outcome = asyncio.get_running_loop().create_future()
         task.future = self.client.submit(
-            dask_tasks.run, task.tid, msg.payload, msg.inline, list(msg.deps),
+            dask_tasks.run, task.tid, msg.payload, msg.oob, _joined(msg.oob, msg.frames),
+            msg.inline, list(msg.deps),
             *map(self._future, records), key=f"pyfora-{task.oid}-{id(self):x}",
             pure=False)
         task.watcher = asyncio.ensure_future(self._watch(task))
@@ -204,9 +205,11 @@ class DaskBackend(Backend):
             self.cancel(session, task.request_id)
         self.store.release_owned_by(session)
 
-    async def object_bytes(self, oid: int, session: Any = None, rebuild: bool = True) -> bytes:
-        """The pickle of an object, from the coordinator's copy or from its Dask worker
-        (Dask computes it again first if that worker died).
+    async def object_bytes(self, oid: int, session: Any = None,
+                           rebuild: bool = True) -> p.Value:
+        """The pickle of an object (a ``value`` with its buffers, to send under the
+        asker's request id), from the coordinator's copy or from its Dask worker (Dask
+        computes it again first if that worker died).
 
         Raises:
             PyforaUsageError: unknown object, one (with ``session``) it does not own, or
@@ -218,17 +221,18 @@ class DaskBackend(Backend):
         if record is None:
             raise PyforaUsageError(f"object {oid} is not on this cluster")
         if record.data is not None:
-            return record.data
+            return p.Value(id=0, data=record.data, oob=record.oob, frames=record.frames)
         if record.error is not None or oid not in self.futures:
             raise PyforaUsageError(f"object {oid} holds no value: its computation failed")
         fetched = self.client.submit(dask_tasks.fetch, self.futures[oid], pure=False)
         try:
-            return await fetched
+            data, oob, buffers = await fetched
         except Exception as exc:
             raise WorkerCrashedError(None, CRASHED, f"object {oid} could not be fetched "
                                      f"from Dask: {type(exc).__name__}: {exc}") from None
         finally:
             fetched.release()
+        return p.Value(id=0, data=data, oob=oob, frames=buffers)
 
     def status(self) -> dict:
         running = self._running.total()
@@ -254,7 +258,8 @@ class DaskBackend(Backend):
         future = self.futures.get(record.oid)
         if future is None:      # a defined value: Dask gets it from the coordinator's copy
             future = self.futures[record.oid] = self.client.submit(
-                dask_tasks.load, record.data, key=f"pyfora-{record.oid}-{id(self):x}",
+                dask_tasks.load, record.data, record.oob,
+                _joined(record.oob, record.frames), key=f"pyfora-{record.oid}-{id(self):x}",
                 pure=False)
         return future
 
@@ -396,3 +401,17 @@ class DaskBackend(Backend):
             view = self._workers.get(address) or DaskWorker(self, address)
             view.metrics = worker.get("metrics", {})
             self._workers[address] = view
+
+
+def _joined(oob: list, frames: list) -> list:
+    """Out-of-band buffers whole, from the frames the coordinator keeps them in (a buffer
+    over ``protocol.CHUNK`` came in several)."""
+    buffers, parts = [], iter(frames)
+    for size, _ in oob:
+        pieces, got = [], 0
+        while got < size:
+            piece = next(parts)
+            pieces.append(piece)
+            got += len(piece)
+        buffers.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+    return buffers

@@ -27,6 +27,7 @@ from typing import Any
 
 from distributed import get_worker
 
+from pyfora import protocol as p
 from pyfora import serialization
 
 from .dask_parallel import current_task
@@ -41,12 +42,20 @@ _running: dict[int, int] = {}       # task id -> ident of the thread running it
 
 
 class Held:
-    """A task's outcome, as its Dask future holds it."""
-    __slots__ = ("value", "data", "error")
+    """A task's outcome, as its Dask future holds it: the value, its pickle and the
+    pickle's out-of-band buffers (which share the value's memory), or an error."""
+    __slots__ = ("value", "data", "buffers", "error")
 
-    def __init__(self, value: Any = None, data: bytes | None = None,
+    def __init__(self, value: Any = None, data: bytes | None = None, buffers: list = (),
                  error: dict | None = None) -> None:
-        self.value, self.data, self.error = value, data, error
+        self.value, self.data, self.buffers, self.error = value, data, list(buffers), error
+
+
+def _received(oob: list, buffers: list) -> list:
+    """Buffers as they came from the coordinator (bytes): writable ones are made
+    writable again (a copy), so arrays arrive writable as on the built-in workers."""
+    return [bytearray(data) if writable else data
+            for data, (_, writable) in zip(buffers, oob)]
 
 
 def worker_label(address: str) -> str:
@@ -54,10 +63,12 @@ def worker_label(address: str) -> str:
     return f"dask-worker@{address.rpartition('://')[2]}"
 
 
-def run(tid: int, payload: bytes, inline: int, oids: list[int], *inputs: Held) -> Held:
-    """Run one pyfora task: ``payload`` is the pickled call, ``inputs`` the Helds of the
-    objects ``oids`` it refers to; its ``DONE_TOPIC`` event carries the pickle of the
-    result when it is at most ``inline`` bytes."""
+def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: list[int],
+        *inputs: Held) -> Held:
+    """Run one pyfora task: ``payload`` is the pickled call (``buffers`` its out-of-band
+    buffers, as ``oob`` describes them), ``inputs`` the Helds of the objects ``oids`` it
+    refers to; its ``DONE_TOPIC`` event carries the pickle of the result when it is at
+    most ``inline`` bytes and has no out-of-band buffers."""
     worker = get_worker()
     name = worker_label(worker.address)
     worker.log_event(STARTED_TOPIC, {"task": tid, "worker": worker.address})
@@ -74,33 +85,40 @@ def run(tid: int, payload: bytes, inline: int, oids: list[int], *inputs: Held) -
             with _lock:
                 _running[tid] = threading.get_ident()
             with current_task(tid):
-                fn, args, kwargs = serialization.loads(payload, values.__getitem__)
+                fn, args, kwargs = serialization.loads(payload, values.__getitem__,
+                                                       _received(oob, buffers))
                 value = fn(*args, **kwargs)
         finally:
             with _lock:
                 _running.pop(tid, None)
             for stream in streams:
                 stream.stop()
-        data, _ = serialization.dumps(value)
+        out: list = []
+        data, _ = serialization.dumps(value, buffers=out)
     except BaseException as exc:   # noqa: B036 - user code may raise SystemExit too
         held = Held(error=serialization.describe_exception(exc, name))
         worker.log_event(DONE_TOPIC, {"task": tid, "size": 0, "type": "", "value": None,
                                       "error": held.error})
         return held
-    worker.log_event(DONE_TOPIC, {"task": tid, "size": len(data),
+    size = len(data) + sum(length for length, _ in p.oob_layout(out))
+    worker.log_event(DONE_TOPIC, {"task": tid, "size": size,
                                   "type": serialization.type_name(type(value)),
-                                  "value": data if len(data) <= inline else None,
+                                  "value": data if size <= inline and not out else None,
                                   "error": None})
-    return Held(value, data)
+    return Held(value, data, out)
 
 
-def load(data: bytes) -> Held:
-    """A ``define``d value (its pickle, from the coordinator's copy)."""
-    return Held(serialization.loads(data), data)
+def load(data: bytes, oob: list, buffers: list) -> Held:
+    """A ``define``d value (its pickle and buffers, from the coordinator's copy)."""
+    buffers = _received(oob, buffers)
+    return Held(serialization.loads(data, buffers=buffers), data, buffers)
 
 
-def fetch(held: Held) -> bytes:
-    return held.data
+def fetch(held: Held) -> tuple[bytes, list, list]:
+    """The pickle, the ``oob`` layout and the buffers (as ``bytes``: Dask's pickling of
+    results does not take every buffer type)."""
+    return (held.data, p.oob_layout(held.buffers),
+            [buffer if isinstance(buffer, bytes) else bytes(buffer) for buffer in held.buffers])
 
 
 def stop(tid: int) -> None:

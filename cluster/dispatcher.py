@@ -56,6 +56,8 @@ class Task:
     counts: dict = dataclasses.field(default_factory=dict)   # a map's elements done:
                                                              # {0: its own, piece tid: ...}
     counted_at: float = 0.0         # time.monotonic() of the last ``progress`` forwarded
+    oob: list = dataclasses.field(default_factory=list)     # the payload's buffers' sizes
+    frames: list = dataclasses.field(default_factory=list)  # and their frames, to relay
 
 
 class Dispatcher(Backend):
@@ -79,7 +81,7 @@ class Dispatcher(Backend):
         for record in records:
             record.refs += 1
         task = Task(self._ids(), session, msg.id, msg.payload, list(msg.deps), msg.inline,
-                    self.store.new_id(), retries=msg.retries)
+                    self.store.new_id(), retries=msg.retries, oob=msg.oob, frames=msg.frames)
         task.output = (session, msg.id)
         self.tasks[task.tid] = task
         self._by_request[(session, msg.id)] = task
@@ -149,8 +151,10 @@ class Dispatcher(Backend):
             self.cancel(session, task.request_id)
         self.store.release_owned_by(session)
 
-    async def object_bytes(self, oid: int, session: Any = None, rebuild: bool = True) -> bytes:
-        """The pickle of an object, from the coordinator's copy or from a worker holding it.
+    async def object_bytes(self, oid: int, session: Any = None,
+                           rebuild: bool = True) -> p.Value:
+        """The pickle of an object (a ``value`` with its buffers' frames, to relay under
+        the asker's request id), from the coordinator's copy or from a worker holding it.
         A lost object is computed again first, unless ``rebuild`` is false (a worker asks:
         it must not wait for a rebuild that may need it; its task waits in the queue).
 
@@ -166,7 +170,7 @@ class Dispatcher(Backend):
             if record is None:
                 raise PyforaUsageError(f"object {oid} is not on this cluster")
             if record.data is not None:
-                return record.data
+                return p.Value(id=0, data=record.data, oob=record.oob, frames=record.frames)
             if record.holders:
                 holder = next(iter(record.holders))
                 try:
@@ -174,7 +178,7 @@ class Dispatcher(Backend):
                 except ConnectionError:
                     record.holders.discard(holder)     # it died meanwhile: try elsewhere
                     continue
-                return reply.data
+                return reply
             if not is_lost(record) or not rebuild:
                 break
             started = self.lineage.start(record)
@@ -248,7 +252,8 @@ class Dispatcher(Backend):
         parent = asker.task
         task = Task(self._ids(), asker, msg.id, msg.payload, [], p.MAX_FRAME - (1 << 16),
                     self.store.new_id(), piece=True, parent=parent,
-                    output=parent.output if parent is not None else None)
+                    output=parent.output if parent is not None else None,
+                    oob=msg.oob, frames=msg.frames)
         self.tasks[task.tid] = task
         self._by_request[(asker, msg.id)] = task
         self._start(task, next(iter(self.idle)))
@@ -280,7 +285,7 @@ class Dispatcher(Backend):
         del self.idle[worker]
         task.worker, worker.task = worker, task
         worker.send(p.Run(id=task.tid, oid=task.oid, payload=task.payload,
-                          deps=task.deps, inline=task.inline))
+                          deps=task.deps, inline=task.inline, oob=task.oob, frames=task.frames))
         self._status_changed()
 
     def _pick(self, task: Task) -> Any:
@@ -302,7 +307,7 @@ class Dispatcher(Backend):
             record = ObjectRecord(
                 task.oid, task.session, msg.size, msg.type,
                 holders={holder} if holder is not None and msg.error is None else set(),
-                data=msg.value, error=msg.error)
+                data=None if msg.oob else msg.value, error=msg.error)
             if msg.error is None:
                 # Before _forget drops the task's references to its inputs.
                 self.lineage.remember(task, record)
@@ -315,7 +320,8 @@ class Dispatcher(Backend):
                 holder.send(p.Free(oids=[msg.oid]))
             if not task.cancelled and not task.session.closed:
                 task.session.send(p.Done(id=task.request_id, oid=0, size=msg.size,
-                                         type=msg.type, value=msg.value, error=msg.error))
+                                         type=msg.type, value=msg.value, error=msg.error,
+                                         oob=msg.oob, frames=msg.frames))
             return
         if task.cancelled or task.session.closed:
             if holder is not None and msg.error is None:
@@ -327,12 +333,13 @@ class Dispatcher(Backend):
             self.failed += 1
         self.store.add(record)
         task.session.send(p.Done(id=task.request_id, oid=task.oid, size=msg.size,
-                                 type=msg.type, value=msg.value, error=msg.error))
+                                 type=msg.type, value=record.data, error=msg.error))
 
     def _forget(self, task: Task) -> None:
         if self.tasks.pop(task.tid, None) is None:
             return      # already forgotten: its references were dropped then
         self._by_request.pop((task.session, task.request_id), None)
+        task.frames = []        # the coordinator holds payloads only while relaying them
         if not task.piece:
             self.active[task.session] -= 1
             if self.active[task.session] <= 0:

@@ -9,6 +9,9 @@ same object id; tasks that need the object wait for it (``Rebuild.waiters``), do
 await ``Rebuild.done``. A recipe's own inputs may be lost or dormant too: the rebuild
 task waits for them the same way, so a chain is rebuilt from its last surviving link.
 Defined values never get lost: the coordinator keeps their bytes (``record.data``).
+Objects made by a task whose payload had out-of-band buffers (a large argument) keep no
+recipe: the coordinator holds a task's bytes only while it relays them, so such an object
+lost with its worker stays lost (``WorkerCrashedError``).
 
 A rebuild that dies with its worker is tried again up to ``MAX_ATTEMPTS`` times; one that
 raises (code that is not deterministic) fails the object, and whatever waits for it,
@@ -86,6 +89,8 @@ class Rebuilder:
     def remember(self, task: Task, record: ObjectRecord) -> None:
         """``record`` was just computed by ``task``: keep its recipe. Call before the
         task's own references to its inputs are dropped."""
+        if task.oob:
+            return      # its buffers were not kept (see above)
         record.recipe = Recipe(task.payload, tuple(task.deps), task.inline)
         self.d.store.add_children(task.deps)
 
@@ -98,6 +103,11 @@ class Rebuilder:
                 continue
             if record.error is not None:
                 self.d.fail(task, record.error)
+                return False
+            if not record.holders and record.data is None and record.recipe is None:
+                self.d.fail(task, crash_error(
+                    f"input object {oid} was lost with its worker and cannot be computed "
+                    "again: it was made from a large argument, which is not kept"))
                 return False
             if is_lost(record):
                 rebuild = self.start(record)

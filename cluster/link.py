@@ -2,7 +2,8 @@
 an ordered send queue, and requests that await their reply.
 
 Sending never awaits, so the dispatcher can send from plain functions; a writer task
-drains the queue in order.
+drains the queue in order, a message and its buffers' frames together. Buffers are
+relayed as the frames they came in, never joined or decoded (``protocol.Assembler``).
 
 Runs on the coordinator's event loop.
 """
@@ -77,17 +78,19 @@ async def _refuse(ws: web.WebSocketResponse, kind: str, message: str, code: int)
 class Link:
     """The coordinator's end of one websocket."""
 
-    def __init__(self, ws: web.WebSocketResponse, name: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, name: str, max_size: int = p.MAX_FRAME) -> None:
         self.ws = ws
         self.name = name
+        self.max_size = max_size        # of one message from the peer, buffers included
         self.closed = False
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        # Each item: the frames of one message (``protocol.to_frames``).
+        self._queue: asyncio.Queue[list | None] = asyncio.Queue()
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = p.RequestIds()
 
     def send(self, message: p.Message) -> None:
         if not self.closed:
-            self._queue.put_nowait(p.encode(message))
+            self._queue.put_nowait(p.to_frames(message))
 
     def send_error(self, request_id: int, exc: Exception) -> None:
         kind = type(exc).__name__ if isinstance(exc, PyforaError) else "InternalError"
@@ -120,20 +123,24 @@ class Link:
         """Read frames until the peer goes away; ``handle`` each one."""
         ws, queue = self.ws, self._queue
         writer = asyncio.create_task(self._write(ws, queue))
+        assembler = p.Assembler(join=False, max_size=self.max_size)
         try:
             async for msg in ws:
-                if msg.type != WSMsgType.BINARY:
-                    if msg.type == WSMsgType.TEXT:
-                        self.send(p.Error(id=0, kind="ProtocolError",
-                                          message="expected a binary frame, got text"))
+                if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
                     continue
                 try:
-                    message = p.decode(msg.data)
+                    whole = assembler.feed(msg.data)
                 except ProtocolError as exc:
+                    if exc.close_code is not None:      # the frames that follow are lost
+                        await ws.close(code=exc.close_code, message=str(exc)[:120].encode())
+                        break
                     self.arrived(None, len(msg.data))
                     self.send_error(exc.request_id, exc)
                     continue
-                self.arrived(message, len(msg.data))
+                if whole is None:
+                    continue        # a frame of a message's buffers: more to come
+                message, size = whole
+                self.arrived(message, size)
                 try:
                     self.handle(message)
                 except PyforaError as exc:
@@ -154,15 +161,17 @@ class Link:
                 future.set_exception(ConnectionResetError(f"{self.name} went away"))
 
     @staticmethod
-    async def _write(ws: web.WebSocketResponse, queue: asyncio.Queue[bytes | None]) -> None:
+    async def _write(ws: web.WebSocketResponse, queue: asyncio.Queue[list | None]) -> None:
         try:
-            while (frame := await queue.get()) is not None:
-                await ws.send_bytes(frame)
+            while (frames := await queue.get()) is not None:
+                for frame in frames:
+                    await ws.send_bytes(frame)
         except (ConnectionError, RuntimeError):
             pass   # the reader sees the close and cleans up
 
     def arrived(self, message: p.Message | None, size: int) -> None:
-        """A frame of ``size`` bytes arrived (``message`` None: it could not be decoded)."""
+        """A message of ``size`` bytes arrived (``message`` None: it could not be
+        decoded)."""
 
     def handle(self, message: p.Message) -> None:
         raise NotImplementedError

@@ -22,6 +22,7 @@ Runs on the coordinator's event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -39,7 +40,7 @@ _names = itertools.count(1)
 
 class ClientSession(Link):
     def __init__(self, ws: web.WebSocketResponse, coordinator) -> None:
-        super().__init__(ws, f"session-{next(_names)}")
+        super().__init__(ws, f"session-{next(_names)}", coordinator.config.max_frame)
         self.coordinator = coordinator
         self.dispatcher = coordinator.dispatcher
         self.resume_token = secrets.token_urlsafe(32)
@@ -52,17 +53,17 @@ class ClientSession(Link):
             return
         if not self.attached and isinstance(message, p.Info) and message.id == 0:
             return      # load pushes are stale by the time it resumes: not worth keeping
-        frame = p.encode(message)
-        self.replay.record(frame)
+        frames = p.to_frames(message)
+        self.replay.record(frames)
         if self.attached:
-            self._queue.put_nowait(frame)
+            self._queue.put_nowait(frames)
 
     def arrived(self, message: p.Message | None, size: int) -> None:
         if isinstance(message, p.Ack):
             return
         ack = self.replay.got(size)
         if ack is not None and self.attached:
-            self._queue.put_nowait(p.encode(ack))       # acks are not counted nor kept
+            self._queue.put_nowait([p.encode(ack)])     # acks are not counted nor kept
 
     # -- connection and resumption ----------------------------------------------------
 
@@ -79,17 +80,17 @@ class ClientSession(Link):
         Raises:
             ProtocolError: ``received`` does not fit what was sent.
         """
-        frames = self.replay.after(received)
+        missed = self.replay.after(received)
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
         old, self.ws, self._queue = self.ws, ws, asyncio.Queue()
         self.attached = True
-        for frame in frames:
-            self._queue.put_nowait(frame)
+        for frames in missed:
+            self._queue.put_nowait(frames)
         if not old.closed:      # a half-open socket the client has given up on
             self.spawn(old.close(code=WSCloseCode.GOING_AWAY, message=b"session resumed"))
-        log.info("%s resumed; %d frames sent again", self.name, len(frames))
+        log.info("%s resumed; %d messages sent again", self.name, len(missed))
 
     def disconnected(self, ws: web.WebSocketResponse) -> None:
         if ws is not self.ws or self.closed:
@@ -140,11 +141,11 @@ class ClientSession(Link):
 
     async def _fetch(self, message: p.Fetch) -> None:
         try:
-            data = await self.dispatcher.object_bytes(message.oid, session=self)
+            value = await self.dispatcher.object_bytes(message.oid, session=self)
         except (PyforaError, ConnectionError) as exc:
             self.send_error(message.id, exc)
         else:
-            self.send(p.Value(id=message.id, data=data))
+            self.send(dataclasses.replace(value, id=message.id))
 
 
 def _unexpected(message: p.Message) -> PyforaError:

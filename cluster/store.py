@@ -27,6 +27,8 @@ class ObjectRecord:
     type: str = ""
     holders: set = dataclasses.field(default_factory=set)   # WorkerLinks holding the value
     data: bytes | None = None       # the coordinator's copy: defined values, small results
+    oob: list = dataclasses.field(default_factory=list)     # a defined value's buffers
+    frames: list = dataclasses.field(default_factory=list)  # and their frames, as they came
     error: dict | None = None       # set when the computation that made it raised
     refs: int = 1                   # the owner's proxy, plus one per task that uses it
     held: bool = True               # the owner's proxy has not been released
@@ -72,6 +74,7 @@ class ObjectStore:
         record.holders.clear()
         if record.recipe is not None:
             record.data = None      # a defined value's copy here is its only recipe
+            record.frames = []
 
     def add_children(self, oids: list[int]) -> None:
         """A new recipe names these records as its inputs."""

@@ -5,6 +5,7 @@ Runs on the coordinator's event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from pyfora import protocol as p
@@ -15,7 +16,7 @@ from .link import Link
 
 class WorkerLink(Link):
     def __init__(self, ws, coordinator, name: str) -> None:
-        super().__init__(ws, name)
+        super().__init__(ws, name, coordinator.config.max_frame)
         self.coordinator = coordinator
         self.dispatcher = coordinator.dispatcher
         self._task = None
@@ -52,14 +53,14 @@ class WorkerLink(Link):
     async def _get(self, message: p.Get) -> None:
         """Relay an object this worker needs; it keeps a copy, so it becomes a holder."""
         try:
-            data = await self.dispatcher.object_bytes(message.oid, rebuild=False)
+            value = await self.dispatcher.object_bytes(message.oid, rebuild=False)
         except (PyforaError, ConnectionError) as exc:
             self.send_error(message.id, exc)
             return
         record = self.dispatcher.store.get(message.oid)
         if record is not None:
             record.holders.add(self)
-        self.send(p.Value(id=message.id, data=data))
+        self.send(dataclasses.replace(value, id=message.id))
 
     @property
     def task(self):

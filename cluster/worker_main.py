@@ -46,11 +46,14 @@ class InputUnavailable(LookupError):
 
 
 class _Entry:
-    __slots__ = ("value", "data")
+    """An object held: its value, and its pickle to send when asked (``data``, plus the
+    out-of-band ``buffers``, which share the value's memory rather than copy it)."""
+    __slots__ = ("value", "data", "buffers")
 
-    def __init__(self, value, data):
+    def __init__(self, value, data: bytes, buffers: list) -> None:
         self.value = value
         self.data = data
+        self.buffers = buffers
 
 
 class Worker:
@@ -60,7 +63,8 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         self.store: dict[int, _Entry] = {}
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="pyfora-task")
-        self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        # Each item: the frames of one message (``protocol.to_frames``), sent together.
+        self.outbox: asyncio.Queue[list] = asyncio.Queue()
         self.pending: dict[int, asyncio.Future] = {}
         self.ids = p.RequestIds()
         self.running: tuple[int, int] | None = None      # (task id, thread ident)
@@ -74,18 +78,23 @@ class Worker:
         parallel_runtime.install(self.parallel)
 
     def send(self, message: p.Message) -> None:
-        self.outbox.put_nowait(p.encode(message))
+        self.outbox.put_nowait(p.to_frames(message))
 
     def send_threadsafe(self, message: p.Message) -> None:
-        self.loop.call_soon_threadsafe(self.outbox.put_nowait, p.encode(message))
+        self.loop.call_soon_threadsafe(self.outbox.put_nowait, p.to_frames(message))
 
     async def writer(self) -> None:
         while True:
-            await self.ws.send(await self.outbox.get())
+            for frame in await self.outbox.get():
+                await self.ws.send(frame)
 
     async def serve(self) -> None:
+        assembler = p.Assembler(join=True)
         async for frame in self.ws:
-            message = p.decode(frame)
+            whole = assembler.feed(frame)
+            if whole is None:
+                continue        # a frame of a message's buffers: more to come
+            message = whole[0]
             if self.parallel.handle(message):
                 continue
             match message:
@@ -133,7 +142,8 @@ class Worker:
         reply = await future
         if isinstance(reply, p.Error):
             raise InputUnavailable(oid, reply)
-        self.store[oid] = _Entry(serialization.loads(reply.data, self.resolve), reply.data)
+        value = serialization.loads(reply.data, self.resolve, reply.frames)
+        self.store[oid] = _Entry(value, reply.data, reply.frames)
 
     def resolve(self, oid: int):
         return self.store[oid].value
@@ -153,14 +163,16 @@ class Worker:
                         self.cancelled.discard(message.id)
                         raise TaskCancelled()
                     self.running = (message.id, threading.get_ident())
-                fn, args, kwargs = serialization.loads(message.payload, self.resolve)
+                fn, args, kwargs = serialization.loads(message.payload, self.resolve,
+                                                       message.frames)
                 value = fn(*args, **kwargs)
             finally:
                 with self.running_lock:
                     self.running = None
                 for stream in self.streams:
                     stream.stop()
-            data, _ = serialization.dumps(value)
+            buffers: list = []
+            data, _ = serialization.dumps(value, buffers=buffers)
         except TaskCancelled as exc:
             with self.running_lock:
                 self.running = None
@@ -169,10 +181,14 @@ class Worker:
         except BaseException as exc:   # noqa: B036 - user code may raise SystemExit too
             return p.Done(id=message.id, oid=message.oid, size=0, type="",
                           error=serialization.describe_exception(exc, self.name))
-        self.store[message.oid] = _Entry(value, data)
-        return p.Done(id=message.id, oid=message.oid, size=len(data),
+        self.store[message.oid] = _Entry(value, data, buffers)
+        oob = p.oob_layout(buffers)
+        size = len(data) + sum(length for length, _ in oob)
+        inline = size <= message.inline
+        return p.Done(id=message.id, oid=message.oid, size=size,
                       type=serialization.type_name(type(value)),
-                      value=data if len(data) <= message.inline else None)
+                      value=data if inline else None, oob=oob if inline else [],
+                      frames=buffers if inline else [])
 
     def fetch(self, message: p.Fetch) -> None:
         entry = self.store.get(message.oid)
@@ -180,7 +196,8 @@ class Worker:
             self.send(p.Error(id=message.id, kind="PyforaUsageError",
                               message=f"object {message.oid} is not on {self.name}"))
         else:
-            self.send(p.Value(id=message.id, data=entry.data))
+            self.send(p.Value(id=message.id, data=entry.data, oob=p.oob_layout(entry.buffers),
+                              frames=entry.buffers))
 
     def cancel(self, task_id: int) -> None:
         """Raise TaskCancelled in the task thread, if that task is still the one running;

@@ -128,9 +128,12 @@ class ProtocolError(PyforaError):
 
     Attributes:
         request_id: the ``id`` of the offending frame when it could be read, else 0.
+        close_code: set when the connection cannot go on (the websocket close code to
+            end it with), else None.
     """
 
     request_id: int = 0
+    close_code: int | None = None
 
 
 class InternalError(PyforaError):

@@ -1,9 +1,19 @@
 """The wire: message types and their msgpack encoding, with no I/O.
 
 Both ends (the client in ``pyfora.aio``, the coordinator and the workers in ``cluster``)
-import this module and nothing else to speak the protocol. Every frame is one binary
-websocket message holding a msgpack map ``{"op": ..., **fields}``. User data travels in
-``bytes`` fields that only the client and the workers unpickle: the coordinator never does.
+import this module and nothing else to speak the protocol. A message is one binary
+websocket frame holding a msgpack map ``{"op": ..., **fields}`` (its *envelope*), followed
+by the frames of its out-of-band buffers, if it has any. User data travels in ``bytes``
+fields and buffers that only the client and the workers unpickle: the coordinator never
+does.
+
+Out-of-band buffers (pickle protocol 5: the memory of large ``bytes``, ``bytearray`` and
+numpy arrays) never go through msgpack: the envelope's ``oob`` field gives the size of each
+buffer, and its bytes follow as frames of at most ``CHUNK`` bytes, in order, none
+straddling two buffers. So msgpack never copies a large value, the sender sends views of
+the value's own memory, the receiver gathers each buffer once, the coordinator relays the
+frames as they came (``Assembler`` with ``join=False``), and no frame exceeds the frame
+limit however large the value.
 
 Requests carry an ``id`` chosen by the sender; the reply names the same ``id``. Messages
 whose ``id`` is 0 want no reply.
@@ -15,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import itertools
 import urllib.parse
 from typing import Any, ClassVar, dataclass_transform
@@ -23,9 +34,13 @@ import msgpack
 
 from .errors import ProtocolError
 
-VERSION = 1
-#: Largest frame either end accepts, unless configured otherwise.
+VERSION = 2
+#: Largest frame either end accepts, and largest message (envelope and buffers), unless
+#: configured otherwise.
 MAX_FRAME = 1 << 30
+#: Out-of-band buffers are sent in frames of at most this many bytes: frames stay far
+#: below any sensible frame limit, and one chunk in flight is all a sender copies.
+CHUNK = 4 << 20
 #: Results whose pickle is at most this many bytes ride along with their ``done`` reply.
 INLINE_LIMIT = 64 * 1024
 
@@ -36,6 +51,20 @@ class Message:
     """Base of every message; ``op`` names it on the wire."""
     __slots__ = ()
     op: ClassVar[str] = ""
+
+
+def _oob():
+    """The ``oob`` field of messages that carry a pickle: ``[size, writable]`` of each
+    out-of-band buffer whose frames follow the envelope."""
+    return dataclasses.field(default_factory=list)
+
+
+def _frames():
+    """The buffers' bytes, not part of the envelope: any sequence of bytes-like objects
+    whose concatenation is the buffers', none straddling two buffers (whole buffers when
+    sent or received by ``Assembler(join=True)``, the frames as they came when relayed)."""
+    return dataclasses.field(default_factory=list, repr=False, compare=False,
+                             metadata={"wire": False})
 
 
 @dataclass_transform()     # tells type checkers these classes are dataclasses
@@ -55,7 +84,7 @@ class Hello(Message):
     """First frame of every connection. ``role`` is ``client`` or ``worker``.
 
     A client resuming a session after its connection broke names it with ``resume`` (the
-    secret the coordinator gave in ``welcome``) and says how many frames of that session
+    secret the coordinator gave in ``welcome``) and says how many messages of that session
     it has received (``received``, see ``Replay``)."""
     version: int
     role: str
@@ -69,7 +98,7 @@ class Hello(Message):
 class Welcome(Message):
     """The answer to ``hello``. For a client: ``resume`` is the session's secret for
     resuming it within ``grace`` seconds of a broken connection (None: it cannot be
-    resumed), and ``received`` how many frames of the session the coordinator has."""
+    resumed), and ``received`` how many messages of the session the coordinator has."""
     session: str
     workers: int
     cluster: str
@@ -80,7 +109,7 @@ class Welcome(Message):
 
 @_message("ack")
 class Ack(Message):
-    """Either end of a client session: ``count`` frames of it have arrived here, so the
+    """Either end of a client session: ``count`` messages of it have arrived here, so the
     other end may forget them (``Replay``). Not counted itself; wants no reply."""
     count: int
 
@@ -113,12 +142,16 @@ class Done(Message):
     type: str
     value: bytes | None = None
     error: dict | None = None
+    oob: list = _oob()
+    frames: list = _frames()
 
 
 @_message("value")
 class Value(Message):
     id: int
     data: bytes
+    oob: list = _oob()
+    frames: list = _frames()
 
 
 @_message("output")
@@ -157,6 +190,8 @@ class Submit(Message):
     deps: list = dataclasses.field(default_factory=list)
     inline: int = INLINE_LIMIT
     retries: int = 0
+    oob: list = _oob()
+    frames: list = _frames()
 
 
 @_message("define")
@@ -164,6 +199,8 @@ class Define(Message):
     id: int
     payload: bytes
     type: str = ""
+    oob: list = _oob()
+    frames: list = _frames()
 
 
 @_message("fetch")
@@ -198,6 +235,8 @@ class Run(Message):
     payload: bytes
     deps: list
     inline: int = INLINE_LIMIT
+    oob: list = _oob()
+    frames: list = _frames()
 
 
 @_message("free")
@@ -229,6 +268,8 @@ class Piece(Message):
     ran, the reply is ``done`` with the result inline."""
     id: int
     payload: bytes
+    oob: list = _oob()
+    frames: list = _frames()
 
 
 @_message("split")
@@ -240,16 +281,45 @@ class Split(Message):
     target: int
 
 
-_FIELDS = {op: {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+_FIELDS = {op: {f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                if f.metadata.get("wire", True)}
            for op, cls in _OPS.items()}
 
 
 def encode(message: Message) -> bytes:
-    """Encode one message as a frame."""
+    """Encode one message's envelope as a frame (its buffers' frames: ``to_frames``)."""
     data = {"op": message.op}
     for name in _FIELDS[message.op]:
         data[name] = getattr(message, name)
     return msgpack.packb(data, use_bin_type=True)
+
+
+def to_frames(message: Message) -> list:
+    """Every frame of one message: its envelope, then its buffers in ``CHUNK``-sized
+    frames (views, not copies). Send them in order, with no other frame in between."""
+    frames: list = [encode(message)]
+    for data in getattr(message, "frames", ()):
+        view = memoryview(data).cast("B")
+        if len(view) <= CHUNK:
+            if view:
+                frames.append(view)
+        else:
+            frames.extend(view[i:i + CHUNK] for i in range(0, len(view), CHUNK))
+    return frames
+
+
+def oob_layout(buffers: list) -> list:
+    """The ``oob`` field describing ``buffers`` (bytes-like objects) to send."""
+    layout = []
+    for data in buffers:
+        view = memoryview(data)
+        layout.append([view.nbytes, not view.readonly])
+    return layout
+
+
+def message_size(message: Message, envelope: int) -> int:
+    """Bytes on the wire of a message whose envelope is ``envelope`` bytes."""
+    return envelope + sum(size for size, _ in getattr(message, "oob", ()))
 
 
 def decode(frame: bytes | str) -> Message:
@@ -307,6 +377,10 @@ def _check_types(message: Message) -> None:
             ok = type(value) is bytes
         elif name in ("deps", "oids"):
             ok = type(value) is list and all(type(v) is int for v in value)
+        elif name == "oob":
+            ok = type(value) is list and all(
+                type(b) is list and len(b) == 2 and type(b[0]) is int and b[0] >= 0
+                and type(b[1]) is bool for b in value)
         elif name in ("stream", "text", "kind", "message", "role", "type"):
             ok = type(value) is str
         elif name in ("token", "name", "resume"):
@@ -323,15 +397,121 @@ def _check_types(message: Message) -> None:
             raise ProtocolError(f"{message.op}: field {name!r} has type {type(value).__name__}")
 
 
-class Replay:
-    """Frames one end of a client session sent that the other may not have received yet,
-    so that a session whose connection broke can resume with nothing lost or repeated.
+class Assembler:
+    """The frames of one connection, as messages: each envelope with the buffers whose
+    frames follow it. One per socket (a resumed session starts a new one: a message cut
+    in half by a broken connection is sent again whole, see ``Replay``).
 
-    Each end counts the frames it sends (``record``) and receives (``got``), acks aside.
-    Every ``ACK_FRAMES`` frames or ``ACK_BYTES`` bytes received, it acks (sends ``Ack``
-    with its count) and the other end forgets what was acked. On resuming, each end tells
-    the other its count, and sends again the frames after the other's (``after``): TCP
-    delivers in order, so the frames lost in a cut are exactly a suffix of those sent.
+    ``join=True`` (the client and the workers, which unpickle): each buffer is gathered
+    into one ``BytesIO`` as its frames arrive, so a buffer costs its own size and one
+    frame, and its memory is never zero-filled first (as ``bytearray(size)`` would, a
+    whole extra pass). Read-only buffers come out as ``bytes`` (``getvalue`` hands over
+    the memory, no copy), so ``bytes`` values need no copy at all; writable ones as a
+    writable ``memoryview`` of it (``getbuffer``), so numpy arrays come back writable.
+    ``join=False`` (the coordinator, which relays): the frames are kept as they came.
+
+    ``max_size`` bounds one message, envelope and buffers: a peer cannot make this end
+    hold more than that for a message it has not finished sending.
+    """
+
+    def __init__(self, join: bool, max_size: int = MAX_FRAME) -> None:
+        self.join = join
+        self.max_size = max_size
+        self._message: Message | None = None
+        self._size = 0              # bytes of the message being assembled
+        self._layout: list = []     # [size, writable] of the buffers still to come
+        self._left = 0              # bytes still to come of the current buffer
+        self._buffer: Any = None    # the current buffer being joined
+        self._readonly = False      # and whether it is read-only
+        self._frames: list = []
+
+    def feed(self, frame: bytes | str) -> tuple[Message, int] | None:
+        """Take one frame; return a message and its size on the wire once it is whole.
+
+        Raises:
+            ProtocolError: the frame cannot be decoded (see ``decode``); the connection
+                can go on. With a ``close_code`` attribute (1009: the message is over
+                ``max_size``; 1002: a buffer's frames do not fit what its envelope said),
+                the connection cannot go on and must be closed with that code.
+        """
+        if self._message is None:
+            return self._envelope(frame)
+        if not isinstance(frame, (bytes, bytearray, memoryview)) or len(frame) > self._left:
+            op = self._message.op
+            self._message, self._layout, self._left, self._buffer = None, [], 0, None
+            self._frames = []
+            raise _fatal(1002, f"{op}: frames of its buffers do not fit the sizes its "
+                         "envelope gave")
+        self._left -= len(frame)
+        if not self.join:
+            self._frames.append(frame)
+        elif self._left == 0 and not self._buffer.tell() and self._readonly and type(
+                frame) is bytes:
+            self._buffer = frame        # a read-only buffer in one frame: no copy at all
+        else:
+            self._buffer.write(frame)
+        if self._left == 0:
+            self._end_buffer()
+        return self._done()
+
+    def _envelope(self, frame: bytes | str) -> tuple[Message, int] | None:
+        message = decode(frame)
+        layout = getattr(message, "oob", None)
+        if not layout:         # most messages: nothing follows
+            return message, len(frame)
+        size = message_size(message, len(frame))
+        if size > self.max_size:
+            raise _fatal(1009, f"{message.op} of {size:,} bytes is over its size limit of "
+                         f"{self.max_size:,} bytes (pyfora-cluster --max-frame)")
+        self._message, self._size, self._layout = message, size, list(reversed(layout))
+        self._frames = []
+        self._next_buffer()
+        return self._done()
+
+    def _next_buffer(self) -> None:
+        while self._layout and self._left == 0:
+            size, writable = self._layout.pop()
+            self._left, self._readonly = size, not writable
+            if self.join:
+                self._buffer = io.BytesIO()
+            if size == 0:
+                self._end_buffer()
+
+    def _end_buffer(self) -> None:
+        if self.join:
+            buffer, self._buffer = self._buffer, None
+            if isinstance(buffer, io.BytesIO):
+                buffer = buffer.getvalue() if self._readonly else buffer.getbuffer()
+            self._frames.append(buffer)
+        self._next_buffer()
+
+    def _done(self) -> tuple[Message, int] | None:
+        if self._layout or self._left:
+            return None
+        message, self._message = self._message, None
+        assert message is not None
+        message.frames, self._frames = self._frames, []     # type: ignore[attr-defined]
+        return message, self._size
+
+
+def _fatal(code: int, text: str) -> ProtocolError:
+    exc = ProtocolError(text)
+    exc.close_code = code
+    return exc
+
+
+class Replay:
+    """Messages one end of a client session sent that the other may not have received
+    yet, so that a session whose connection broke can resume with nothing lost or
+    repeated.
+
+    Each end counts the messages it sends (``record``, with all their frames: a message
+    and its buffers are sent again as a unit) and receives (``got``), acks aside. Every
+    ``ACK_FRAMES`` messages or ``ACK_BYTES`` bytes received, it acks (sends ``Ack`` with
+    its count) and the other end forgets what was acked. On resuming, each end tells the
+    other its count, and sends again the messages after the other's (``after``): TCP
+    delivers in order, so the messages lost in a cut are exactly a suffix of those sent
+    (a message cut in half is not counted by its receiver, so it is sent again whole).
     This covers every message (``release``, ``cancel`` and pushed ``output`` as well as
     requests and replies), which de-duplicating requests by id alone would not.
     """
@@ -342,17 +522,18 @@ class Replay:
     def __init__(self) -> None:
         self.sent = 0           # frames sent, counted
         self.received = 0       # frames received, counted
-        self._unacked: collections.deque[bytes] = collections.deque()
+        self._unacked: collections.deque[list] = collections.deque()
         self._since_ack = 0
         self._bytes_since_ack = 0
 
-    def record(self, frame: bytes) -> None:
-        """A frame is being sent: keep it until the other end acks it."""
+    def record(self, frames: list) -> None:
+        """A message (``to_frames``) is being sent: keep it until the other end acks it."""
         self.sent += 1
-        self._unacked.append(frame)
+        self._unacked.append(frames)
 
     def got(self, size: int) -> Ack | None:
-        """A frame of ``size`` bytes arrived; return the ``Ack`` to send, when one is due."""
+        """A message of ``size`` bytes arrived; return the ``Ack`` to send, when one is
+        due."""
         self.received += 1
         self._since_ack += 1
         self._bytes_since_ack += size
@@ -362,19 +543,20 @@ class Replay:
         return Ack(count=self.received)
 
     def acked(self, count: int) -> None:
-        """The other end has the first ``count`` frames sent.
+        """The other end has the first ``count`` messages sent.
 
         Raises:
             ProtocolError: it claims frames never sent, or ones already forgotten.
         """
         first = self.sent - len(self._unacked)      # frames forgotten already
         if not first <= count <= self.sent:
-            raise ProtocolError(f"ack of {count} frames: {first} to {self.sent} expected")
+            raise ProtocolError(f"ack of {count} messages: {first} to {self.sent} expected")
         for _ in range(count - first):
             self._unacked.popleft()
 
-    def after(self, count: int) -> list[bytes]:
-        """The frames to send again to an end that has received ``count`` of them."""
+    def after(self, count: int) -> list[list]:
+        """The messages (each a list of frames) to send again to an end that has
+        received ``count`` of them."""
         self.acked(count)
         return list(self._unacked)
 

@@ -5,6 +5,13 @@ Proxies (``RemotePythonObject``) never travel as values: while ``dumps`` runs, a
 dependency of the payload; on the worker, ``loads`` resolves each reference to the value
 the worker holds. The coordinator forwards the bytes without unpickling them.
 
+Given a ``buffers`` list, ``dumps`` pickles large buffers out of band (protocol 5): numpy
+arrays, ``bytearray``, ``memoryview``, and ``bytes`` that are the value itself, an
+element of a tuple value, or an argument of a call (pickle calls no hook for ``bytes`` and
+``bytearray`` nested deeper, so those stay in the pickle). The list gets views of the
+value's own memory, sent as they are (``pyfora.protocol``); ``loads`` rebuilds the value
+around the buffers it is given, without copying them.
+
 cloudpickle ships functions of ``__main__`` and of modules workers cannot import by value,
 with ``co_filename`` set to ``<dynamic-code>``; ``CodeMap`` remembers where each shipped
 function came from so that remote tracebacks point at the user's source.
@@ -14,6 +21,7 @@ Runs on any thread: the per-call context is thread-local.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import io
 import linecache
@@ -23,17 +31,21 @@ import sys
 import threading
 import traceback
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import cloudpickle
 
 from .errors import (ComputationError, ForeignProxyError, PythonToForaConversionError,
                      WorkerCrashedError)
-from .protocol import MAX_FRAME
+from .protocol import INLINE_LIMIT, MAX_FRAME
 
 PROTOCOL = 5
 _local = threading.local()
 _FRAME_OVERHEAD = 4096
+#: Buffers smaller than this stay in the pickle: below it, a frame of its own costs more
+#: than the copy saved. It equals ``INLINE_LIMIT``, so a value small enough to ride along
+#: with its ``done`` reply never has out-of-band buffers.
+OOB_MIN = INLINE_LIMIT
 
 
 class CodeMap:
@@ -79,13 +91,53 @@ def _ship_module_by_value(name: str | None) -> None:
         cloudpickle.register_pickle_by_value(module)
 
 
+class _OutOfBand:
+    """A ``bytes`` or ``bytearray`` to pickle out of band: the pickler dispatches those
+    types before any hook, so ``_out_of_band`` wraps them first."""
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | bytearray) -> None:
+        self.value = value
+
+    def __reduce__(self):
+        return _rebuild, (type(self.value), pickle.PickleBuffer(self.value))
+
+
+def _rebuild(kind: type, buffer: Any) -> Any:
+    """The ``bytes``, ``bytearray`` or ``memoryview`` pickled as ``buffer``: the buffer
+    object itself when it has that type already (``protocol.Assembler`` gives read-only
+    buffers as ``bytes`` and writable ones as ``memoryview``), else a copy."""
+    return buffer if type(buffer) is kind else kind(buffer)
+
+
+def _out_of_band(value: Any) -> Any:
+    if type(value) in (bytes, bytearray) and len(value) >= OOB_MIN:
+        return _OutOfBand(value)
+    return value
+
+
+def _keep_large(buffers: list, buffer: pickle.PickleBuffer) -> bool:
+    """The pickler's ``buffer_callback``: large buffers go to ``buffers``, out of band (a
+    false return); small ones stay in the pickle."""
+    view = buffer.raw()
+    if view.nbytes < OOB_MIN:
+        return True
+    buffers.append(view)
+    return False
+
+
 class _Pickler(cloudpickle.Pickler):
-    def __init__(self, file, code_map: CodeMap | None):
-        super().__init__(file, protocol=PROTOCOL)
+    def __init__(self, file, code_map: CodeMap | None, buffers: list | None = None):
+        # Not a bound method: a pickler holding a callback that holds the pickler is a
+        # cycle that CPython 3.11's garbage collector crashed on (in tests/test_serialization).
+        super().__init__(file, protocol=PROTOCOL, buffer_callback=None if buffers is None
+                         else functools.partial(_keep_large, buffers))
         self._code_map = code_map
 
     def reducer_override(self, obj):
         kind = type(obj)
+        if kind is memoryview and obj.c_contiguous:
+            return _rebuild, (memoryview, pickle.PickleBuffer(obj))
         if kind is types.FunctionType:
             _ship_module_by_value(obj.__module__)
             if self._code_map is not None:
@@ -97,13 +149,16 @@ class _Pickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
-def dumps(obj: Any, owner: Any = None, code_map: CodeMap | None = None) -> tuple[bytes, list[int]]:
+def dumps(obj: Any, owner: Any = None, code_map: CodeMap | None = None,
+          buffers: list | None = None) -> tuple[bytes, list[int]]:
     """Pickle ``obj`` for the cluster.
 
     Args:
         obj: any value; proxies inside it become references.
         owner: the executor proxies must belong to (checked by the proxy's ``__reduce__``).
         code_map: where to record the functions shipped by value.
+        buffers: if given, large buffers are pickled out of band and appended to it (as
+            views of ``obj``'s memory: send them before changing ``obj``).
 
     Returns:
         The bytes and the object ids of the proxies they reference.
@@ -112,8 +167,10 @@ def dumps(obj: Any, owner: Any = None, code_map: CodeMap | None = None) -> tuple
         PythonToForaConversionError: ``obj`` cannot be pickled, or is over the frame limit.
         ForeignProxyError: a proxy in ``obj`` belongs to another executor.
     """
+    if buffers is not None:
+        obj = tuple(map(_out_of_band, obj)) if type(obj) is tuple else _out_of_band(obj)
     try:
-        return _dumps(obj, owner, code_map)
+        return _dumps(obj, owner, code_map, buffers)
     except (PythonToForaConversionError, ForeignProxyError):
         raise
     except Exception as exc:
@@ -122,28 +179,37 @@ def dumps(obj: Any, owner: Any = None, code_map: CodeMap | None = None) -> tuple
             f"{type(exc).__name__}: {exc}") from exc
 
 
-def _dumps(obj: Any, owner: Any, code_map: CodeMap | None) -> tuple[bytes, list[int]]:
+def _dumps(obj: Any, owner: Any, code_map: CodeMap | None,
+           buffers: list | None = None) -> tuple[bytes, list[int]]:
     """``dumps`` letting pickling errors through, for ``dumps_call`` to name the culprit."""
     _local.owner, _local.refs = owner, []
+    start = len(buffers) if buffers is not None else 0
     try:
         buf = io.BytesIO()
-        _Pickler(buf, code_map).dump(obj)
+        _Pickler(buf, code_map, buffers).dump(obj)
         data = buf.getvalue()
         refs = _local.refs
     finally:
         _local.owner = _local.refs = None
-    if len(data) > MAX_FRAME - _FRAME_OVERHEAD:
+    size = len(data) + sum(view.nbytes for view in (buffers or ())[start:])
+    if size > MAX_FRAME - _FRAME_OVERHEAD:
         raise PythonToForaConversionError(
-            f"value is {len(data):,} bytes pickled, over the {MAX_FRAME:,}-byte frame limit; "
+            f"value is {size:,} bytes pickled, over the {MAX_FRAME:,}-byte frame limit; "
             "build large values on the cluster instead of sending them")
     return data, refs
 
 
 def dumps_call(fn: Callable, args: tuple, kwargs: dict, owner: Any = None,
-               code_map: CodeMap | None = None) -> tuple[bytes, list[int]]:
-    """Pickle a call; when that fails, name the argument that cannot be pickled."""
+               code_map: CodeMap | None = None,
+               buffers: list | None = None) -> tuple[bytes, list[int]]:
+    """Pickle a call; when that fails, name the argument that cannot be pickled.
+    ``buffers``: as for ``dumps``, the arguments' large buffers go there."""
+    if buffers is not None:
+        wrapped: dict[int, Any] = {}        # one buffer for a value passed twice
+        args = tuple(wrapped.setdefault(id(a), _out_of_band(a)) for a in args)
+        kwargs = {k: wrapped.setdefault(id(v), _out_of_band(v)) for k, v in kwargs.items()}
     try:
-        return _dumps((fn, args, kwargs), owner, code_map)
+        return _dumps((fn, args, kwargs), owner, code_map, buffers)
     except (PythonToForaConversionError, ForeignProxyError):
         raise
     except Exception as exc:
@@ -186,12 +252,14 @@ def _load_ref(oid: int) -> Any:
     return resolve(oid)
 
 
-def loads(data: bytes, resolve: Callable[[int], Any] | None = None) -> Any:
-    """Unpickle ``data``; ``resolve(oid)`` turns references into values (worker side)."""
+def loads(data: bytes, resolve: Callable[[int], Any] | None = None,
+          buffers: Sequence = ()) -> Any:
+    """Unpickle ``data`` with its out-of-band ``buffers``, which the value may keep (not
+    copy); ``resolve(oid)`` turns references into values (worker side)."""
     previous = getattr(_local, "resolve", None)
     _local.resolve = resolve
     try:
-        return pickle.loads(data)
+        return pickle.loads(data, buffers=buffers)
     finally:
         _local.resolve = previous
 

@@ -163,20 +163,26 @@ def test_resume_fields_round_trip_and_stay_out_of_reprs():
 
 
 def test_replay_sends_again_exactly_what_the_other_end_missed():
-    sender, receiver = p.Replay(), p.Replay()
-    frames = [bytes([i]) * 10 for i in range(5)]
-    for frame in frames:
-        sender.record(frame)
-    for frame in frames[:3]:        # the last two were lost in the cut
-        receiver.got(len(frame))
-    assert sender.after(receiver.received) == frames[3:]
-    assert sender.after(receiver.received) == frames[3:]     # until acked, kept
+    sender, receiver, assembler = p.Replay(), p.Replay(), p.Assembler(join=True)
+    messages = [p.Submit(id=i, payload=b"x", oob=[[10, False]], frames=[bytes([i]) * 10])
+                for i in range(5)]
+    sent = [p.to_frames(m) for m in messages]
+    for frames in sent:
+        sender.record(frames)
+    # Two whole messages and the envelope of the third arrived; the cut lost the rest.
+    arrived = [assembler.feed(bytes(f)) for frames in sent[:2] for f in frames]
+    assert assembler.feed(bytes(sent[2][0])) is None
+    for message, size in filter(None, arrived):
+        receiver.got(size)
+    assert receiver.received == 2
+    assert sender.after(receiver.received) == sent[2:]       # each message whole
+    assert sender.after(receiver.received) == sent[2:]       # until acked, kept
     sender.acked(5)
     assert len(sender) == 0 and sender.after(5) == []
     with pytest.raises(errors.ProtocolError):
-        sender.acked(4)             # frames forgotten already
+        sender.acked(4)             # messages forgotten already
     with pytest.raises(errors.ProtocolError):
-        sender.acked(6)             # frames never sent
+        sender.acked(6)             # messages never sent
 
 
 def test_replay_acks_every_so_many_frames_or_bytes():
@@ -185,3 +191,52 @@ def test_replay_acks_every_so_many_frames_or_bytes():
     assert acks[:-1] == [None] * (p.Replay.ACK_FRAMES - 1)
     assert acks[-1] == p.Ack(count=p.Replay.ACK_FRAMES)
     assert replay.got(p.Replay.ACK_BYTES) == p.Ack(count=p.Replay.ACK_FRAMES + 1)
+
+
+def buffers_message(*buffers) -> p.Submit:
+    return p.Submit(id=1, payload=b"pickle", oob=p.oob_layout(buffers), frames=list(buffers))
+
+
+def test_buffers_travel_in_chunks_after_the_envelope():
+    big = bytearray(range(256)) * (p.CHUNK // 256 * 2 + 1)       # two chunks and a bit
+    frames = p.to_frames(buffers_message(big, b"", b"small"))
+    assert p.decode(frames[0]).oob == [[len(big), True], [0, False], [5, False]]
+    assert [len(f) for f in frames[1:]] == [p.CHUNK, p.CHUNK, len(big) - 2 * p.CHUNK, 5]
+    assert all(isinstance(f, memoryview) for f in frames[1:])     # views, not copies
+
+
+@pytest.mark.parametrize("join", [True, False])
+def test_the_assembler_gives_each_message_with_its_buffers(join):
+    big, small = bytearray(b"ab" * (p.CHUNK + 7)), b"read-only" * 9000
+    frames = [bytes(f) for f in p.to_frames(buffers_message(big, b"", small))]
+    frames.append(p.encode(p.Status(id=2)))
+    assembler = p.Assembler(join=join)
+    results = [assembler.feed(f) for f in frames]
+    assert results[:len(frames) - 2] == [None] * (len(frames) - 2)
+    message, size = results[-2]
+    assert size == len(frames[0]) + len(big) + len(small)
+    assert b"".join(message.frames) == bytes(big) + small
+    if join:        # one object per buffer, writable ones writable
+        assert [type(b) for b in message.frames] == [memoryview, bytes, bytes]
+        assert not message.frames[0].readonly
+        assert message.frames[2] is frames[-2]      # a read-only buffer in one frame: as is
+    else:           # relayed as they came
+        assert message.frames == frames[1:-1]
+    assert results[-1] == (p.Status(id=2), len(frames[-1]))
+
+
+def test_the_assembler_refuses_what_does_not_fit():
+    assembler = p.Assembler(join=False, max_size=1000)
+    big = p.encode(p.Submit(id=1, payload=b"", oob=[[600, True], [600, True]]))
+    with pytest.raises(errors.ProtocolError, match="over its size limit of 1,000") as info:
+        assembler.feed(big)
+    assert info.value.close_code == 1009
+    assert assembler.feed(p.encode(p.Submit(id=1, payload=b"", oob=[[10, True]]))) is None
+    with pytest.raises(errors.ProtocolError, match="do not fit") as info:
+        assembler.feed(b"x" * 11)
+    assert info.value.close_code == 1002
+    with pytest.raises(errors.ProtocolError) as info:     # an ordinary bad frame
+        assembler.feed(b"\xc1")
+    assert info.value.close_code is None
+    with pytest.raises(errors.ProtocolError, match="oob"):
+        p.decode(msgpack.packb({"op": "submit", "id": 1, "payload": b"", "oob": [[-1, True]]}))

@@ -102,6 +102,36 @@ def test_frame_limit(monkeypatch):
         serialization.dumps_call(local_function, (b"x" * 20_000,), {})
 
 
+def test_large_buffers_go_out_of_band_and_come_back_without_copies():
+    import numpy as np
+    big = serialization.OOB_MIN
+    blob, array = b"b" * big, np.arange(big // 8, dtype=np.float64)
+    args = (blob, bytearray(big), memoryview(bytearray(big)), array, b"small", [b"x" * big])
+    buffers: list = []
+    data, _ = serialization.dumps_call(local_function, args, {"again": blob}, OWNER,
+                                       buffers=buffers)
+    # five out of band (the keyword repeats an argument); small and nested bytes in band
+    assert [view.nbytes for view in buffers] == [big] * 4
+    assert big < len(data) < 2 * big
+    # as pyfora.protocol.Assembler(join=True) gives them: read-only ones as bytes,
+    # writable ones as writable memoryviews
+    received = [bytes(v) if v.readonly else memoryview(bytearray(v)) for v in buffers]
+    fn, back, kwargs = serialization.loads(data, buffers=received)
+    assert back[0] is received[0] and kwargs["again"] is received[0]    # no copy
+    assert type(back[1]) is bytearray and back[1] == bytearray(big)
+    assert back[2] is received[2]
+    assert np.array_equal(back[3], array) and back[3].flags.writeable
+    assert back[4:] == (b"small", [b"x" * big])
+    value, _ = serialization.dumps((blob, array), buffers=(value_buffers := []))
+    assert len(value_buffers) == 2
+
+
+def test_frame_limit_counts_buffers(monkeypatch):
+    monkeypatch.setattr(serialization, "MAX_FRAME", serialization.OOB_MIN * 2)
+    with pytest.raises(PythonToForaConversionError, match="frame limit"):
+        serialization.dumps(b"x" * serialization.OOB_MIN * 2, buffers=[])
+
+
 def test_type_name():
     assert serialization.type_name(int) == "int"
     assert serialization.type_name(threading.Thread) == "threading.Thread"

@@ -31,13 +31,15 @@ def _identity(value: Any) -> Any:
 
 
 class PreparedCall:
-    """A call already pickled: made by ``Executor.prepare`` on any thread."""
+    """A call already pickled: made by ``Executor.prepare`` on any thread. ``buffers``
+    are views of the arguments' large buffers (sent out of band, not copied)."""
 
-    __slots__ = ("payload", "deps")
+    __slots__ = ("payload", "deps", "buffers")
 
-    def __init__(self, payload: bytes, deps: list[int]) -> None:
+    def __init__(self, payload: bytes, deps: list[int], buffers: list) -> None:
         self.payload = payload
         self.deps = deps
+        self.buffers = buffers
 
 
 class Executor:
@@ -75,8 +77,10 @@ class Executor:
         self._check_open()
         if parallel and is_user_function(fn):
             fn = rewrite_function(fn)
-        payload, deps = serialization.dumps_call(fn, args, kwargs or {}, self, self._code_map)
-        return PreparedCall(payload, deps)
+        buffers: list = []
+        payload, deps = serialization.dumps_call(fn, args, kwargs or {}, self, self._code_map,
+                                                 buffers)
+        return PreparedCall(payload, deps, buffers)
 
     def map(self, fn: Callable, iterable: Any, /) -> MapResult:
         """``fn`` applied to every item of ``iterable``, on the cluster, in parallel: the
@@ -147,7 +151,7 @@ class Executor:
         """``submitPrepared``; with ``line``, counts the cluster reports for this request
         (a ``map``'s elements done) feed that progress line while it runs."""
         message = p.Submit(id=self._session.next_id(), payload=call.payload, deps=call.deps,
-                           retries=retries)
+                           retries=retries, oob=p.oob_layout(call.buffers), frames=call.buffers)
         if line is not None:
             self._counted[message.id] = line
         try:
@@ -167,14 +171,16 @@ class Executor:
     async def define(self, obj: Any) -> RemotePythonObject:
         """Send ``obj`` to the cluster and return a proxy of it."""
         self._check_open()
-        payload, deps = serialization.dumps(obj, self, self._code_map)
+        buffers: list = []
+        payload, deps = serialization.dumps(obj, self, self._code_map, buffers)
         if deps:
             # The coordinator keeps defined values as opaque bytes and a worker loading them
             # would not know to fetch the proxies inside: build such a value on a worker,
             # where they resolve, as the result of a task that lists them as dependencies.
             return await self.submit(_identity, obj)
         done = await self._session.request(p.Define(
-            id=self._session.next_id(), payload=payload, type=serialization.type_name(type(obj))))
+            id=self._session.next_id(), payload=payload, type=serialization.type_name(type(obj)),
+            oob=p.oob_layout(buffers), frames=buffers))
         return RemotePythonObject(self, done)
 
     async def getWorkerCount(self) -> int:
@@ -196,7 +202,7 @@ class Executor:
         async with progress.track(self, f"toLocal ({proxy.size:,} bytes)", poll=False):
             reply = await self._session.request(
                 p.Fetch(id=self._session.next_id(), oid=proxy.oid))
-            return serialization.loads(reply.data)
+            return serialization.loads(reply.data, buffers=reply.frames)
 
     def _release(self, oid: int) -> None:
         """A proxy died: tell the cluster. Thread-safe; called from finalizers."""

@@ -71,7 +71,8 @@ class Session:
         # that in Jupyter (whose output streams route by a context variable) it lands in
         # the cell that made the call, not in the cell that opened the session.
         self._contexts: dict[int, contextvars.Context] = {}
-        self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        # Each item: the frames of one message (``protocol.to_frames``), sent together.
+        self._outbox: asyncio.Queue[list | None] = asyncio.Queue()
         self._ids = p.RequestIds()
         self._loop = asyncio.get_running_loop()
         self._closed: PyforaConnectionError | None = None
@@ -159,7 +160,7 @@ class Session:
         self._pending[message.id] = future
         self._contexts[message.id] = contextvars.copy_context()
         try:
-            self._send(p.encode(message))
+            self._send(message)
             return await future
         finally:
             self._pending.pop(message.id, None)
@@ -168,7 +169,7 @@ class Session:
     def post(self, message: p.Message) -> None:
         """Send a message that wants no reply. Loop thread only."""
         if self._closed is None:
-            self._send(p.encode(message))
+            self._send(message)
 
     def post_threadsafe(self, message: p.Message) -> None:
         """``post`` from any thread, finalizers included; a no-op once the loop is gone."""
@@ -177,15 +178,17 @@ class Session:
         except RuntimeError:
             pass
 
-    def _send(self, frame: bytes) -> None:
-        self._replay.record(frame)      # kept until acked: sent again on resuming
-        self._outbox.put_nowait(frame)
+    def _send(self, message: p.Message) -> None:
+        frames = p.to_frames(message)
+        self._replay.record(frames)     # kept until acked: sent again on resuming
+        self._outbox.put_nowait(frames)
 
     @staticmethod
-    async def _write(ws, outbox: asyncio.Queue[bytes | None]) -> None:
+    async def _write(ws, outbox: asyncio.Queue[list | None]) -> None:
         try:
-            while (frame := await outbox.get()) is not None:
-                await ws.send(frame)
+            while (frames := await outbox.get()) is not None:
+                for frame in frames:
+                    await ws.send(frame)
         except websockets.ConnectionClosed:
             pass
 
@@ -209,9 +212,10 @@ class Session:
     async def _read_socket(self, ws) -> tuple[PyforaConnectionError, bool]:
         """Read ``ws`` until it ends; return the failure it ends with, and whether it
         broke without a close frame (the session may be resumed)."""
+        assembler = p.Assembler(join=True)
         try:
             async for frame in ws:
-                self._arrived(frame)
+                self._arrived(frame, assembler)
             return self._closed_error(ws, SessionClosedOK), False
         except websockets.ConnectionClosedOK:
             return self._closed_error(ws, SessionClosedOK), False
@@ -221,14 +225,17 @@ class Session:
             log.exception("pyfora session reader failed")
             return SessionLost(f"session failed: {exc!r}"), False
 
-    def _arrived(self, frame: bytes) -> None:
-        message = p.decode(frame)
+    def _arrived(self, frame: bytes, assembler: p.Assembler) -> None:
+        whole = assembler.feed(frame)
+        if whole is None:
+            return      # a frame of a message's buffers: more to come
+        message, size = whole
         if isinstance(message, p.Ack):
             self._replay.acked(message.count)
             return
-        ack = self._replay.got(len(frame))
+        ack = self._replay.got(size)
         if ack is not None:
-            self._outbox.put_nowait(p.encode(ack))      # acks are neither counted nor kept
+            self._outbox.put_nowait([p.encode(ack)])    # acks are neither counted nor kept
         self._dispatch(message)
 
     async def _resume(self) -> bool:
@@ -256,14 +263,14 @@ class Session:
                         log.warning("pyfora: %s", reply.message)
                     return False
                 try:
-                    frames = self._replay.after(reply.received)
+                    missed = self._replay.after(reply.received)
                 except ProtocolError:
                     await ws.close()
                     return False
                 self._outbox.put_nowait(None)           # ends the old writer
                 self._ws, self._outbox, self.welcome = ws, asyncio.Queue(), reply
-                for frame in frames:
-                    self._outbox.put_nowait(frame)
+                for frames in missed:
+                    self._outbox.put_nowait(frames)
                 self._writer = asyncio.create_task(self._write(ws, self._outbox))
                 log.warning("pyfora: the session was resumed")
                 return True

@@ -433,7 +433,7 @@ class _Engine:
             seg.pos = seg.start         # refused, lost or unpicklable: compute it here
             seg.results = []
             return message.op == "done"
-        results, error, stop = pickle.loads(value)
+        results, error, stop = pickle.loads(value, buffers=message.frames)
         seg.results, seg.pos = results, stop
         if self.report is not None:
             self.report.add(len(results))

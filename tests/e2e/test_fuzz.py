@@ -1,7 +1,9 @@
 """Fuzzing both websocket endpoints with random and mutated frames (hypothesis), against
 a real coordinator: it never crashes, a session running real work alongside sees no
 error, and every frame this version cannot decode is answered with an error or a close.
-Frames over the configured maximum are refused with a clear close reason.
+Frames over the configured maximum are refused with a clear close reason, and so are
+messages whose out-of-band buffers add up to more, or whose buffers' frames do not fit
+the sizes their envelope gave.
 
 The bounded run here tries a few hundred inputs; ``benchmarks/fuzz_endpoints.py`` runs
 the same generators for 10,000 and more (figures in docs/reliability.md)."""
@@ -9,6 +11,7 @@ the same generators for 10,000 and more (figures in docs/reliability.md)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 
@@ -26,12 +29,16 @@ from pyfora import protocol as p
 
 T = 10 * UNIT
 EXAMPLES = int(os.environ.get("PYFORA_FUZZ_EXAMPLES", "300"))
+#: The fuzzed coordinator's --max-frame: a generated envelope declaring buffers of at most
+#: this much gets them sent (else its frames would swallow the probe); more is refused.
+FUZZ_MAX = 1 << 20
 
 SAMPLES = [p.encode(m) for m in (
     p.Submit(id=7, payload=b"\x80\x05N.", deps=[1, 2]), p.Define(id=8, payload=b"x"),
     p.Fetch(id=9, oid=3), p.Release(oids=[1, 99]), p.Cancel(target=7), p.Status(id=10),
     p.Hello(version=p.VERSION, role="client", token="t"), p.Done(id=1, oid=2, size=3, type=""),
-    p.Get(id=4, oid=5), p.Run(id=1, oid=2, payload=b"", deps=[]))]
+    p.Get(id=4, oid=5), p.Run(id=1, oid=2, payload=b"", deps=[]),
+    p.Submit(id=11, payload=b"\x80\x05N.", oob=[[3, True], [0, False], [5, False]]))]
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=20)
     | st.binary(max_size=40),
@@ -66,16 +73,27 @@ def structured(draw) -> bytes:
     return msgpack.packb(data, use_bin_type=True)
 
 
-FRAMES = st.one_of(st.binary(max_size=300), mutated(), structured(),
+@st.composite
+def with_buffers(draw) -> bytes:
+    """Valid envelopes of messages that carry buffers, declaring buffers of any size up to
+    twice the limit (the prober sends those under it)."""
+    message = dataclasses.replace(draw(st.sampled_from([
+        p.Submit(id=21, payload=b"\x80\x05N."), p.Define(id=22, payload=b"x"),
+        p.Value(id=23, data=b""), p.Piece(id=24, payload=b"")])))
+    message.oob = draw(st.lists(st.tuples(st.integers(0, 2 * FUZZ_MAX), st.booleans())
+                                .map(list), max_size=3))
+    return p.encode(message)
+
+
+FRAMES = st.one_of(st.binary(max_size=300), mutated(), structured(), with_buffers(),
                    st.text(max_size=50))
 
 
-def decodable(frame) -> bool:
+def decoded(frame) -> p.Message | None:
     try:
-        p.decode(frame)
+        return p.decode(frame)
     except pyfora.ProtocolError:
-        return False
-    return True
+        return None
 
 
 class Prober:
@@ -100,9 +118,14 @@ class Prober:
         if self.ws is None:
             self._open()
         self.stats["frames"] += 1
-        bad = not decodable(frame)
+        message = decoded(frame)
+        bad = message is None
         try:
             self.ws.send(frame)
+            sizes = [size for size, _ in getattr(message, "oob", ())]
+            if self.hello and sum(sizes) <= FUZZ_MAX - len(frame):
+                for size in filter(None, sizes):    # the buffers the envelope declared
+                    self.ws.send(b"\xab" * size)
             if not self.hello:        # a handshake: the first frame is all there is
                 reply = p.decode(self.ws.recv(T))
                 assert isinstance(reply, (p.Error, p.Welcome))
@@ -151,7 +174,7 @@ def run_with_bystander(url: str, fuzz) -> dict:
 
 @pytest.fixture(scope="module")
 def fuzz_cluster():
-    cluster = ClusterProcess(1)
+    cluster = ClusterProcess(1, "--max-frame", str(FUZZ_MAX))
     yield cluster
     assert cluster.proc.poll() is None, "the coordinator crashed"
     cluster.stop()
@@ -202,7 +225,39 @@ def test_frames_over_the_maximum_are_refused_clearly():
         assert info.value.rcvd.code == 1009          # MESSAGE_TOO_BIG
         with pyfora.connect(cluster.url) as ex:                    # others carry on
             assert ex.submit(pow, 3, 2).result(T).toLocal().result(T) == 9
-            with pytest.raises(pyfora.ConnectionError, match="over its size limit"):
+            # out of band, in frames under the limit, but more than it in all
+            with pytest.raises(pyfora.ConnectionError,
+                               match=r"submit of 100,\d+ bytes is over its size limit of "
+                                     r"65,536 bytes \(pyfora-cluster --max-frame\)"):
                 ex.submit(len, b"x" * 100_000).result(T)
+    finally:
+        cluster.stop()
+
+
+def test_buffers_over_the_maximum_are_refused_before_they_are_buffered():
+    """A peer cannot make the coordinator hold more than --max-frame for one message:
+    an envelope declaring more is refused at once, however small its frames."""
+    cluster = ClusterProcess(1, "--max-frame", "64KiB")
+    try:
+        ws_url = cluster.url.replace("http", "ws", 1) + "api/session"
+        with connect(ws_url, open_timeout=T, max_size=None) as ws:
+            ws.send(p.encode(p.Hello(version=p.VERSION, role="client")))
+            ws.recv(T)
+            ws.send(p.encode(p.Submit(id=1, payload=b"", oob=[[1 << 40, True]])))
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(T)
+        assert info.value.rcvd.code == 1009
+        assert "over its size limit of 65,536 bytes" in info.value.rcvd.reason
+        with connect(ws_url, open_timeout=T, max_size=None) as ws:
+            ws.send(p.encode(p.Hello(version=p.VERSION, role="client")))
+            ws.recv(T)
+            ws.send(p.encode(p.Submit(id=1, payload=b"", oob=[[10, True]])))
+            ws.send(b"x" * 11)          # more than the buffer it belongs to
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(T)
+        assert info.value.rcvd.code == 1002          # PROTOCOL_ERROR
+        assert "do not fit" in info.value.rcvd.reason
+        with pyfora.connect(cluster.url) as ex:                    # others carry on
+            assert ex.submit(pow, 3, 2).result(T).toLocal().result(T) == 9
     finally:
         cluster.stop()

@@ -6,6 +6,7 @@ and can make refuse connections for a while, as a network outage would."""
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Self
 
 import pytest
@@ -13,6 +14,7 @@ from conftest import UNIT, ClusterProcess, async_wait_until, busy, http_status
 
 import pyfora
 from pyfora import aio
+from pyfora import protocol as p
 
 T = 30 * UNIT
 
@@ -27,6 +29,8 @@ class Proxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.refusing = False           # abort new connections at once (an outage)
+        # "up" (client to cluster) or "down" -> bytes after which to sever, once
+        self.cut_after: dict[str, int] = {}
         self.accepted = 0
         self.keep_upstream = False
         self.upstream_closed = asyncio.Event()
@@ -70,8 +74,9 @@ class Proxy:
         pair = (writer, up_writer)
         self._pairs.add(pair)
         try:
-            await asyncio.gather(_pipe(reader, up_writer, lambda: not self.keep_upstream),
-                                 _pipe(up_reader, writer, lambda: True))
+            await asyncio.gather(
+                _pipe(reader, up_writer, lambda: not self.keep_upstream, self._counter("up")),
+                _pipe(up_reader, writer, lambda: True, self._counter("down")))
         finally:
             self._pairs.discard(pair)
             writer.transport.abort()
@@ -79,12 +84,26 @@ class Proxy:
             self.upstream_closed.set()
 
 
+    def _counter(self, direction: str):
+        """Counts one direction's bytes; severs once they pass ``cut_after[direction]``."""
+        seen = 0
+
+        def count(n: int) -> None:
+            nonlocal seen
+            seen += n
+            if seen >= self.cut_after.get(direction, seen + 1):
+                del self.cut_after[direction]
+                self.sever()
+        return count
+
+
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                propagate) -> None:
+                propagate, count) -> None:
     try:
         while data := await reader.read(1 << 16):
             writer.write(data)
             await writer.drain()
+            count(len(data))
     except (ConnectionError, OSError):
         pass
     finally:
@@ -164,6 +183,30 @@ async def test_proxies_and_requests_sent_during_the_cut_work_after_it(resumable)
         # Each of the four tasks ran exactly once: nothing was lost or run twice.
         assert (await status(url))["tasks"]["done"] == before + 4
         assert proxy.accepted == 2
+
+
+def sha256(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_a_large_message_cut_in_the_middle_is_sent_again_whole(resumable):
+    """A message and its buffers' frames are one unit for ``protocol.Replay``: a cut
+    inside the buffers (of a submit going up, of a value coming down) loses the part
+    that came, and the whole message is sent again after the resume."""
+    url = resumable.url
+    blob = os.urandom(3 * p.CHUNK + 12345)
+    async with Proxy(port_of(url)) as proxy, aio.connect(proxy.url) as ex:
+        before = (await status(url))["tasks"]["done"]
+        proxy.cut_after["up"] = p.CHUNK + 1000
+        digest = await wait(ex.submit(sha256, blob))
+        assert await wait(digest.toLocal()) == sha256(blob)
+        assert proxy.accepted == 2 and "up" not in proxy.cut_after
+        same = await wait(ex.submit(bytes, blob))       # kept on the worker, not inline
+        proxy.cut_after["down"] = 2 * p.CHUNK
+        assert await wait(same.toLocal()) == blob
+        assert proxy.accepted == 3 and "down" not in proxy.cut_after
+        assert (await status(url))["tasks"]["done"] == before + 2     # each ran once
 
 
 async def test_a_resume_takes_over_a_connection_the_coordinator_still_thinks_open(resumable):
