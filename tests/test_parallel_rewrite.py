@@ -10,6 +10,7 @@ import traceback
 import pytest
 
 from pyfora.parallel import is_user_function, rewrite_comprehensions, rewrite_function
+from pyfora import serialization
 from pyfora.parallel import _runtime
 
 SOURCE = '''
@@ -64,6 +65,21 @@ def test_what_is_rewritten():
     assert "__import__('pyfora.parallel._runtime')" in text
 
 
+def test_top_level_functions_hold_the_runtime_in_a_closure():
+    source = "def f(n):\n    return [x for x in range(n)]\n\n@staticmethod\n" \
+             "def g(n):\n    return [x for x in range(n)]\n"
+    namespace: dict = {}
+    exec(compile(rewrite_comprehensions(ast.parse(source)), "<closure>", "exec"), namespace)
+    f = namespace["f"]
+    assert f.__code__.co_freevars == ("_pyfora_rt",)
+    assert f.__closure__[0].cell_contents is _runtime
+    assert (f.__name__, f.__qualname__) == ("f", "f") and f(3) == [0, 1, 2]
+    assert "__import__" not in f.__code__.co_names
+    # a decorated definition is left as it is, the runtime reached through __import__
+    assert "__import__" in namespace["g"].__func__.__code__.co_names
+    assert set(namespace) == {"__builtins__", "f", "g"}
+
+
 def test_async_comprehensions_are_left_alone():
     source = "async def f(xs):\n    return [x async for x in xs] + [await x for x in xs]\n"
     assert "_runtime" not in ast.unparse(rewrite_comprehensions(ast.parse(source)))
@@ -103,6 +119,12 @@ def test_rewrite_function_keeps_closure_defaults_and_name():
         (original.__name__, original.__qualname__, original.__doc__)
     assert new.__code__.co_firstlineno == original.__code__.co_firstlineno
     assert rewrite_function(original) is new, "cached"
+    assert dict(zip(new.__code__.co_freevars, new.__closure__))["_pyfora_rt"].cell_contents \
+        is _runtime
+    shipped = serialization.loads(serialization.dumps(new)[0])
+    assert shipped(7, 2, power=2) == original(7, 2, power=2)
+    assert dict(zip(shipped.__code__.co_freevars, shipped.__closure__))["_pyfora_rt"] \
+        .cell_contents is _runtime, "a module travels by reference"
 
 
 def test_rewrite_function_leaves_what_it_cannot_or_need_not_rewrite():

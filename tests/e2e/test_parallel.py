@@ -118,6 +118,19 @@ def test_submitted_comprehension_runs_on_every_worker_in_order(ufora):
     assert len({pid for _, pid in result}) == 2
 
 
+def cheap_then_slow(n):
+    def pids(seconds):
+        return [(x, os.getpid()) for x in range(n) if seconds is None or slow(x, seconds) >= 0]
+    return pids(None), pids(0.002)
+
+
+def test_a_call_site_cheap_once_still_splits_when_expensive(ufora):
+    cheap, expensive = run(ufora, cheap_then_slow, 2000)
+    assert [x for x, _ in cheap] == [x for x, _ in expensive] == list(range(2000))
+    assert len({pid for _, pid in cheap}) == 1
+    assert len({pid for _, pid in expensive}) == 2
+
+
 def test_generator_sum_is_the_sequential_sum(ufora):
     assert run(ufora, sum_of_slow, 2000) == sum(range(2000))
 
