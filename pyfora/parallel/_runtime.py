@@ -4,7 +4,14 @@ Outside a worker, or over an iterable that is not a ``range``, ``list`` or ``tup
 call runs the original comprehension at once: the machinery costs one function call.
 
 On a worker (``install`` was called with the worker's context), a comprehension runs its
-first elements in small, growing batches and times them. When the rest is worth splitting
+first ``FIRST`` elements alone and times them. When even ten times that rate leaves the
+rest too small to split, the rest runs at once over the same iterator: small work costs
+two comprehensions instead of one, two clock readings and (for lists and sets) a merge
+of the first elements in, nothing per element (dicts and generator expressions pay one
+C-level call per element, see ``dictcomp`` and ``genexp``; a generator expression on a
+worker is an iterator, without ``send``/``throw``/``close``). Every call times its own
+first elements: a call site that was cheap once still splits when its elements are
+expensive. Otherwise it goes on in growing batches, and when the rest is worth splitting
 (``WORTH`` seconds at the measured rate) and the coordinator reports idle workers, the
 rest becomes an ``_Engine``:
 
