@@ -174,18 +174,20 @@ def _genexp_head(it: Any, fn: Callable, context: Any, rest: list):
     """The first batches; puts what produces the rest into ``rest``."""
     n = len(it)
     items = iter(it)
-    probe = _Probe(n, context)
-    while probe.pos < n:
-        a, b = probe.batch()
+    probe = None
+    a, b = 0, FIRST
+    while True:
         t0 = perf_counter()
         yield from fn(islice(items, b - a))
         seconds = perf_counter() - t0
-        if (n - b) * seconds < _CHEAP * (b - a) / FIRST:
+        if (n - b) * seconds < _CHEAP * (b - a) / FIRST:     # also at the end: b == n
             rest.append(fn(items))
             return
+        probe = probe or _Probe(n, context)
         if probe.measured(b - a, seconds):
             rest.append(_Engine(it, probe.pos, fn, context, probe.rate, probe.idle).results())
             return
+        a, b = probe.batch()
 
 
 def pmap(fn: Callable, items: Any) -> list:
