@@ -67,7 +67,8 @@ def test_what_is_rewritten():
 
 def test_top_level_functions_hold_the_runtime_in_a_closure():
     source = "def f(n):\n    return [x for x in range(n)]\n\n@staticmethod\n" \
-             "def g(n):\n    return [x for x in range(n)]\n"
+             "def g(n):\n    return [x for x in range(n)]\n\n" \
+             "def r(n):\n    return [r(k) for k in range(n)]\n"
     namespace: dict = {}
     exec(compile(rewrite_comprehensions(ast.parse(source)), "<closure>", "exec"), namespace)
     f = namespace["f"]
@@ -77,7 +78,10 @@ def test_top_level_functions_hold_the_runtime_in_a_closure():
     assert "__import__" not in f.__code__.co_names
     # a decorated definition is left as it is, the runtime reached through __import__
     assert "__import__" in namespace["g"].__func__.__code__.co_names
-    assert set(namespace) == {"__builtins__", "f", "g"}
+    # so is one that calls itself: in the closure its name would no longer be the global
+    assert "__import__" in namespace["r"].__code__.co_names
+    assert namespace["r"](3) == [[], [[]], [[], [[]]]]
+    assert set(namespace) == {"__builtins__", "f", "g", "r"}
 
 
 def test_async_comprehensions_are_left_alone():
@@ -104,6 +108,15 @@ def closure_maker(scale):
     return compute
 
 
+def factorials(n):
+    class Value(int):
+        pass
+
+    def inner():
+        return [factorials(x - 1)[0][-1] * x if x else 1 for x in range(n + 1)]
+    return [Value(v) for v in inner()], inner, Value
+
+
 def no_comprehension(x):
     return x + 1
 
@@ -125,6 +138,15 @@ def test_rewrite_function_keeps_closure_defaults_and_name():
     assert shipped(7, 2, power=2) == original(7, 2, power=2)
     assert dict(zip(shipped.__code__.co_freevars, shipped.__closure__))["_pyfora_rt"] \
         .cell_contents is _runtime, "a module travels by reference"
+
+
+def test_rewrite_function_keeps_names_inside_and_recursion():
+    new = rewrite_function(factorials)
+    assert new is not factorials
+    values, inner, value_class = new(4)
+    assert values == [1, 1, 2, 6, 24]
+    assert inner.__qualname__ == "factorials.<locals>.inner"
+    assert value_class.__qualname__ == "factorials.<locals>.Value"
 
 
 def test_rewrite_function_leaves_what_it_cannot_or_need_not_rewrite():

@@ -48,6 +48,7 @@ from . import _runtime
 
 _IT = "_pyfora_it"
 _RT = "_pyfora_rt"
+_FN = "_pyfora_fn"
 _COMPS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 _KIND = {ast.ListComp: "listcomp", ast.SetComp: "setcomp", ast.DictComp: "dictcomp",
          ast.GeneratorExp: "genexp"}
@@ -142,6 +143,12 @@ def _closing_over_runtime(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> list[
     return new
 
 
+def _names_itself(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether ``fdef`` uses its own name (a recursive call): inside the closure of the
+    runtime that name would be the wrapper's local, no longer the global it is."""
+    return any(isinstance(n, ast.Name) and n.id == fdef.name for n in ast.walk(fdef))
+
+
 def rewrite_comprehensions(tree: ast.Module) -> ast.Module:
     """Rewrite ``tree``'s comprehensions (in place) into parallel runtime calls; return it.
 
@@ -150,7 +157,7 @@ def rewrite_comprehensions(tree: ast.Module) -> ast.Module:
     body: list[ast.stmt] = []
     for stmt in tree.body:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
-                not stmt.decorator_list:
+                not stmt.decorator_list and not _names_itself(stmt):
             rewriter = _Rewriter(_closure_runtime)
             stmt = rewriter.visit(stmt)
             body.extend(_closing_over_runtime(stmt) if rewriter.count else [stmt])
@@ -209,6 +216,9 @@ def _recompile(fn: types.FunctionType) -> types.FunctionType | None:
         return None
     fdef = tree.body[0]
     fdef.decorator_list = []
+    # Renamed, so that its own name (a recursive call) stays what it was, not a local of
+    # the enclosing function; the code object gets its name back below.
+    fdef.name = _FN
     ast.increment_lineno(tree, first - 1)
     rewriter = _Rewriter(_closure_runtime)
     fdef = rewriter.visit(fdef)
@@ -227,13 +237,14 @@ def _recompile(fn: types.FunctionType) -> types.FunctionType | None:
     ast.fix_missing_locations(tree)
     module_code = compile(tree, code.co_filename, "exec", dont_inherit=True)
     new_code = _find_code(module_code, "_pyfora_outer")
-    new_code = new_code and _find_code(new_code, code.co_name)
+    new_code = new_code and _find_code(new_code, _FN)
     if new_code is None or set(new_code.co_freevars) - {_RT} != set(freevars):
         return None
     cells = dict(zip(freevars, fn.__closure__ or ()))
     cells[_RT] = types.CellType(_runtime)
     closure = tuple(cells[name] for name in new_code.co_freevars) or None
-    new = types.FunctionType(new_code.replace(co_qualname=code.co_qualname), fn.__globals__,
+    new_code = _requalify(new_code, f"_pyfora_outer.<locals>.{_FN}", code.co_qualname)
+    new = types.FunctionType(new_code.replace(co_name=code.co_name), fn.__globals__,
                              fn.__name__, fn.__defaults__, closure)
     new.__kwdefaults__ = fn.__kwdefaults__
     new.__dict__.update(fn.__dict__)
@@ -242,6 +253,16 @@ def _recompile(fn: types.FunctionType) -> types.FunctionType | None:
     new.__doc__ = fn.__doc__
     new.__annotations__ = fn.__annotations__
     return new
+
+
+def _requalify(code: types.CodeType, old: str, new: str) -> types.CodeType:
+    """``code`` and the functions and classes in it named ``new...`` where the compiler
+    named them ``old...`` (a class keeps its ``__qualname__`` as a constant)."""
+    def fix(name: str) -> str:
+        return new + name[len(old):] if name.startswith(old) else name
+    consts = tuple(_requalify(c, old, new) if isinstance(c, types.CodeType)
+                   else fix(c) if isinstance(c, str) else c for c in code.co_consts)
+    return code.replace(co_consts=consts, co_qualname=fix(code.co_qualname))
 
 
 def _find_code(code: types.CodeType, name: str) -> types.CodeType | None:
