@@ -84,6 +84,14 @@ def test_top_level_functions_hold_the_runtime_in_a_closure():
     assert set(namespace) == {"__builtins__", "f", "g", "r"}
 
 
+def test_the_tree_given_is_left_as_it_was():
+    tree = ast.parse(SOURCE)
+    before = ast.dump(tree, include_attributes=True)
+    once = ast.unparse(rewrite_comprehensions(tree))
+    assert ast.dump(tree, include_attributes=True) == before
+    assert ast.unparse(rewrite_comprehensions(tree)) == once
+
+
 def test_async_comprehensions_are_left_alone():
     source = "async def f(xs):\n    return [x async for x in xs] + [await x for x in xs]\n"
     assert "_runtime" not in ast.unparse(rewrite_comprehensions(ast.parse(source)))

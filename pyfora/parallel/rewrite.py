@@ -36,6 +36,7 @@ Runs on any thread; pure functions of their input.
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import sys
 import textwrap
@@ -150,10 +151,15 @@ def _names_itself(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
 
 
 def rewrite_comprehensions(tree: ast.Module) -> ast.Module:
-    """Rewrite ``tree``'s comprehensions (in place) into parallel runtime calls; return it.
+    """A copy of ``tree`` with its comprehensions rewritten into parallel runtime calls.
 
-    Line numbers are kept; compile the result as usual.
+    ``tree`` itself is left as it was: the with-block machinery caches parsed sources, and
+    rewriting them in place made a later run of the same block rewrite its own output
+    again (runtime calls nested one level deeper each run) and made ``.sequential()``
+    after a parallel run still call the runtime. Line numbers are kept; compile the
+    result as usual.
     """
+    tree = copy.deepcopy(tree)
     body: list[ast.stmt] = []
     for stmt in tree.body:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and \

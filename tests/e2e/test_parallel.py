@@ -236,6 +236,16 @@ def test_with_block_sequential_opt_out(ufora):
     assert len(pids) == 1
 
 
+def test_the_same_with_block_parallel_then_sequential(ufora):
+    counts = []
+    for remotely in (lambda: ufora.remotely, lambda: ufora.remotely.sequential()) * 2:
+        with remotely().downloadAll():
+            found = [pid_of(x) for x in range(1500)]
+        assert [x for x, _ in found] == list(range(1500))
+        counts.append(len({pid for _, pid in found}))
+    assert counts == [2, 1, 2, 1]
+
+
 def test_sequential_decorator_opts_out_of_submit(ufora):
     assert len(run(ufora, sequential_pids, 1500)) == 1
 
