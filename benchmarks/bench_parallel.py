@@ -15,8 +15,8 @@ against local single-process CPython measured in the same run.
    worker, which is the worker's path without the cluster's noise). Each of ``--rounds``
    rounds times ``CALLS`` calls of each version, alternating which goes first; printed:
    best and median per call, and the ratio of the best and the median of the rounds'
-   ratios. The full run adds a whole with-block round trip with and without
-   ``.sequential()``.
+   ratios. Then a whole with-block round trip with and without ``.sequential()``, in
+   turns.
 
 Prints one line per measurement and the speedups (local time / pyfora time), and the CPU
 time the workers spent against the local CPU time (how much work the machinery adds, a
@@ -119,6 +119,25 @@ def overhead(ufora, rounds: int) -> None:
         print_overhead("here, worker path", compare(pairs, rounds))
     finally:
         _runtime.install(None)
+    with_block_overhead(ufora)
+
+
+def with_block_overhead(ufora, rounds: int = 30) -> None:
+    """A whole with-block round trip over 1,000 cheap elements, parallel and
+    ``.sequential()`` in turns (the client compiles the block each time)."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(2 * rounds):
+        parallel = r % 2 == 0
+        remotely = ufora.remotely if parallel else ufora.remotely.sequential()
+        t0 = time.perf_counter()
+        with remotely.downloadAll():
+            squares = [x * x for x in range(1000)]
+        times[parallel].append(time.perf_counter() - t0)
+        assert squares[-1] == 999 * 999
+    par, seq = statistics.median(times[True]), statistics.median(times[False])
+    print(f"with-block over 1,000 cheap elements: {par * 1e3:.2f} ms parallel, "
+          f"{seq * 1e3:.2f} ms sequential() (medians of {rounds}): "
+          f"{100 * (par / seq - 1):+.1f}%", flush=True)
 
 
 def start_cluster(workers: int) -> tuple[subprocess.Popen, str]:
@@ -219,21 +238,6 @@ def main() -> None:
                   f"{local_list_t / remote_list_t:.2f} (target {0.9 * W:.1f})", flush=True)
 
             overhead(ufora, args.rounds)
-
-            def block_time(remotely, rounds=30):
-                times = []
-                for _ in range(rounds):
-                    t0 = time.perf_counter()
-                    with remotely().downloadAll():
-                        squares = [x * x for x in range(1000)]
-                    times.append(time.perf_counter() - t0)
-                assert squares[-1] == 999 * 999
-                return statistics.median(times)
-            block_par = block_time(lambda: ufora.remotely)
-            block_seq = block_time(lambda: ufora.remotely.sequential())
-            print(f"with-block over 1,000 cheap elements: {block_par * 1e3:.2f} ms parallel, "
-                  f"{block_seq * 1e3:.2f} ms sequential(): {100 * (block_par / block_seq - 1):+.1f}%",
-                  flush=True)
     finally:
         proc.terminate()
         proc.wait(30)
