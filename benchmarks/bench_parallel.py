@@ -2,14 +2,21 @@
 against local single-process CPython measured in the same run.
 
     .venv/bin/python benchmarks/bench_parallel.py [--workers W] [--seconds 20] [--n N]
+    .venv/bin/python benchmarks/bench_parallel.py --overhead [--rounds 400]
 
 1. N is sized so that the local sum takes about ``--seconds`` (unless ``--n`` is given).
 2. local: ``sum(isPrime(x) for x in range(N))`` in this process.
 3. pyfora: the same line in a ``with ufora.remotely.downloadAll():`` block, then
    ``[x for x in range(N) if isPrime(x)]`` with ``remoteAll`` (local: the same list).
-4. overhead: a comprehension over 1,000 cheap elements, timed on a worker many times with
-   the parallel runtime and without it (``pyfora.parallel.sequential``), and a whole
-   with-block round trip with and without ``.sequential()``.
+4. overhead (alone with ``--overhead``): comprehensions over 1,000 cheap elements, as
+   ``submit`` compiles them (``rewrite_function``) and as written, timed in turns in the
+   same process: on a worker, and here (outside a worker, where the runtime runs the
+   comprehension at once, and with a stand-in worker context that reports no idle
+   worker, which is the worker's path without the cluster's noise). Each of ``--rounds``
+   rounds times ``CALLS`` calls of each version, alternating which goes first; printed:
+   best and median per call, and the ratio of the best and the median of the rounds'
+   ratios. Then a whole with-block round trip with and without ``.sequential()``, in
+   turns.
 
 Prints one line per measurement and the speedups (local time / pyfora time), and the CPU
 time the workers spent against the local CPU time (how much work the machinery adds, a
@@ -28,7 +35,7 @@ import threading
 import time
 
 import pyfora
-from pyfora.parallel import sequential
+from pyfora.parallel import _runtime, rewrite_function, sequential
 
 
 def isPrime(p):
@@ -40,23 +47,97 @@ def isPrime(p):
     return 1
 
 
-def cheap_parallel(reps):
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        [x * x for x in range(1000)]
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+# The tiny work: a comprehension of each kind over 1,000 cheap elements.
+def cheap_list():
+    return [x * x for x in range(1000)]
+
+
+def cheap_set():
+    return {x * x for x in range(1000)}
+
+
+def cheap_dict():
+    return {x: x * x for x in range(1000)}
+
+
+def cheap_sum():
+    return sum(x * x for x in range(1000))
+
+
+CHEAP = (cheap_list, cheap_set, cheap_dict, cheap_sum)
+CALLS = 20
 
 
 @sequential
-def cheap_sequential(reps):
-    times = []
-    for _ in range(reps):
+def compare(pairs, rounds):
+    """For each ``(name, runtime_fn, plain_fn)``: the best and median seconds per call
+    of each, and the median of the rounds' ratios, timed in turns in this process."""
+    out = []
+    for name, par, seq in pairs:
+        times = {par: [], seq: []}
+        ratios = []
+        for r in range(rounds):
+            for fn in ((par, seq) if r % 2 == 0 else (seq, par)):
+                t0 = time.perf_counter()
+                for _ in range(CALLS):
+                    fn()
+                times[fn].append((time.perf_counter() - t0) / CALLS)
+            ratios.append(times[par][-1] / times[seq][-1])
+        out.append((name, min(times[par]), statistics.median(times[par]), min(times[seq]),
+                    statistics.median(times[seq]), statistics.median(ratios)))
+    return out
+
+
+class NoIdleWorkers:
+    """A worker context for this process: the runtime takes the worker's path, and the
+    rest is never worth splitting because no worker is idle."""
+
+    name = "local"
+
+    def idle(self) -> int:
+        return 0
+
+
+def print_overhead(where: str, rows: list) -> None:
+    for name, par_best, par_med, seq_best, seq_med, ratio in rows:
+        print(f"{where:26s} {name:10s} runtime {par_best * 1e6:6.2f} us (median "
+              f"{par_med * 1e6:6.2f}), plain {seq_best * 1e6:6.2f} us (median "
+              f"{seq_med * 1e6:6.2f}): best {100 * (par_best / seq_best - 1):+5.1f}%, "
+              f"median of rounds {100 * (ratio - 1):+5.1f}%", flush=True)
+
+
+def overhead(ufora, rounds: int) -> None:
+    """The tiny-work overhead on a worker, then here (see the module docstring)."""
+    pairs = [(fn.__name__, rewrite_function(fn), fn) for fn in CHEAP]
+    assert all(par is not seq for _, par, seq in pairs), "not rewritten"
+    assert all(par() == seq() for _, par, seq in pairs)
+    rows = ufora.submit(compare, pairs, rounds).result().toLocal().result()
+    print_overhead("on a worker", rows)
+    print_overhead("here, outside a worker", compare(pairs, rounds))
+    _runtime.install(NoIdleWorkers())
+    try:
+        print_overhead("here, worker path", compare(pairs, rounds))
+    finally:
+        _runtime.install(None)
+    with_block_overhead(ufora)
+
+
+def with_block_overhead(ufora, rounds: int = 30) -> None:
+    """A whole with-block round trip over 1,000 cheap elements, parallel and
+    ``.sequential()`` in turns (the client compiles the block each time)."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(2 * rounds):
+        parallel = r % 2 == 0
+        remotely = ufora.remotely if parallel else ufora.remotely.sequential()
         t0 = time.perf_counter()
-        [x * x for x in range(1000)]
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        with remotely.downloadAll():
+            squares = [x * x for x in range(1000)]
+        times[parallel].append(time.perf_counter() - t0)
+        assert squares[-1] == 999 * 999
+    par, seq = statistics.median(times[True]), statistics.median(times[False])
+    print(f"with-block over 1,000 cheap elements: {par * 1e3:.2f} ms parallel, "
+          f"{seq * 1e3:.2f} ms sequential() (medians of {rounds}): "
+          f"{100 * (par / seq - 1):+.1f}%", flush=True)
 
 
 def start_cluster(workers: int) -> tuple[subprocess.Popen, str]:
@@ -101,7 +182,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--n", type=int, default=None)
+    parser.add_argument("--overhead", action="store_true",
+                        help="only the tiny-work overhead (step 4)")
+    parser.add_argument("--rounds", type=int, default=400)
     args = parser.parse_args()
+    if args.overhead:
+        print(f"# {platform.node()}, {os.cpu_count()} cores, Python "
+              f"{platform.python_version()}, load {os.getloadavg()[0]:.1f}; "
+              f"{args.rounds} rounds of {CALLS} calls", flush=True)
+        proc, url = start_cluster(args.workers)
+        try:
+            with pyfora.connect(url) as ufora:
+                overhead(ufora, args.rounds)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        return
     N = args.n or size_n(args.seconds)
     W = args.workers
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, "
@@ -141,26 +237,7 @@ def main() -> None:
             print(f"local  list  {local_list_t:7.2f} s  speedup "
                   f"{local_list_t / remote_list_t:.2f} (target {0.9 * W:.1f})", flush=True)
 
-            reps = 2000
-            par = ufora.submit(cheap_parallel, reps).result().toLocal().result()
-            seq = ufora.submit(cheap_sequential, reps).result().toLocal().result()
-            print(f"1,000 cheap elements on a worker: {par * 1e6:.1f} us parallel runtime, "
-                  f"{seq * 1e6:.1f} us plain: {100 * (par / seq - 1):+.1f}%", flush=True)
-
-            def block_time(remotely, rounds=30):
-                times = []
-                for _ in range(rounds):
-                    t0 = time.perf_counter()
-                    with remotely().downloadAll():
-                        squares = [x * x for x in range(1000)]
-                    times.append(time.perf_counter() - t0)
-                assert squares[-1] == 999 * 999
-                return statistics.median(times)
-            block_par = block_time(lambda: ufora.remotely)
-            block_seq = block_time(lambda: ufora.remotely.sequential())
-            print(f"with-block over 1,000 cheap elements: {block_par * 1e3:.2f} ms parallel, "
-                  f"{block_seq * 1e3:.2f} ms sequential(): {100 * (block_par / block_seq - 1):+.1f}%",
-                  flush=True)
+            overhead(ufora, args.rounds)
     finally:
         proc.terminate()
         proc.wait(30)

@@ -10,6 +10,7 @@ import traceback
 import pytest
 
 from pyfora.parallel import is_user_function, rewrite_comprehensions, rewrite_function
+from pyfora import serialization
 from pyfora.parallel import _runtime
 
 SOURCE = '''
@@ -57,11 +58,38 @@ def test_what_is_rewritten():
     assert "_runtime.dictcomp(zip('abc', items)" in text
     assert "_runtime.genexp(range(5)" in text
     # the outermost loop only: the inner comprehension stays as it was, inside
-    assert text.count("[y for y in range(x)]") == 2
+    assert text.count("[y for y in range(x)]") == 1
     # ':=' binds in the enclosing scope, which a lambda would change: left alone
     assert "[(last := x) for x in range(3)]" in text
     # the runtime is reached without any name from the user's globals
     assert "__import__('pyfora.parallel._runtime')" in text
+
+
+def test_top_level_functions_hold_the_runtime_in_a_closure():
+    source = "def f(n):\n    return [x for x in range(n)]\n\n@staticmethod\n" \
+             "def g(n):\n    return [x for x in range(n)]\n\n" \
+             "def r(n):\n    return [r(k) for k in range(n)]\n"
+    namespace: dict = {}
+    exec(compile(rewrite_comprehensions(ast.parse(source)), "<closure>", "exec"), namespace)
+    f = namespace["f"]
+    assert f.__code__.co_freevars == ("_pyfora_rt",)
+    assert f.__closure__[0].cell_contents is _runtime
+    assert (f.__name__, f.__qualname__) == ("f", "f") and f(3) == [0, 1, 2]
+    assert "__import__" not in f.__code__.co_names
+    # a decorated definition is left as it is, the runtime reached through __import__
+    assert "__import__" in namespace["g"].__func__.__code__.co_names
+    # so is one that calls itself: in the closure its name would no longer be the global
+    assert "__import__" in namespace["r"].__code__.co_names
+    assert namespace["r"](3) == [[], [[]], [[], [[]]]]
+    assert set(namespace) == {"__builtins__", "f", "g", "r"}
+
+
+def test_the_tree_given_is_left_as_it_was():
+    tree = ast.parse(SOURCE)
+    before = ast.dump(tree, include_attributes=True)
+    once = ast.unparse(rewrite_comprehensions(tree))
+    assert ast.dump(tree, include_attributes=True) == before
+    assert ast.unparse(rewrite_comprehensions(tree)) == once
 
 
 def test_async_comprehensions_are_left_alone():
@@ -88,6 +116,15 @@ def closure_maker(scale):
     return compute
 
 
+def factorials(n):
+    class Value(int):
+        pass
+
+    def inner():
+        return [factorials(x - 1)[0][-1] * x if x else 1 for x in range(n + 1)]
+    return [Value(v) for v in inner()], inner, Value
+
+
 def no_comprehension(x):
     return x + 1
 
@@ -103,6 +140,21 @@ def test_rewrite_function_keeps_closure_defaults_and_name():
         (original.__name__, original.__qualname__, original.__doc__)
     assert new.__code__.co_firstlineno == original.__code__.co_firstlineno
     assert rewrite_function(original) is new, "cached"
+    assert dict(zip(new.__code__.co_freevars, new.__closure__))["_pyfora_rt"].cell_contents \
+        is _runtime
+    shipped = serialization.loads(serialization.dumps(new)[0])
+    assert shipped(7, 2, power=2) == original(7, 2, power=2)
+    assert dict(zip(shipped.__code__.co_freevars, shipped.__closure__))["_pyfora_rt"] \
+        .cell_contents is _runtime, "a module travels by reference"
+
+
+def test_rewrite_function_keeps_names_inside_and_recursion():
+    new = rewrite_function(factorials)
+    assert new is not factorials
+    values, inner, value_class = new(4)
+    assert values == [1, 1, 2, 6, 24]
+    assert inner.__qualname__ == "factorials.<locals>.inner"
+    assert value_class.__qualname__ == "factorials.<locals>.Value"
 
 
 def test_rewrite_function_leaves_what_it_cannot_or_need_not_rewrite():
@@ -124,6 +176,6 @@ def test_only_the_users_functions_are_rewritten_on_submit():
 
 def test_runtime_outside_a_worker_is_the_plain_comprehension():
     assert _runtime._context is None
-    assert _runtime.listcomp(range(5), None, lambda it: [x * 2 for x in it]) == [0, 2, 4, 6, 8]
+    assert _runtime.listcomp(range(5), lambda it: [x * 2 for x in it]) == [0, 2, 4, 6, 8]
     gen = _runtime.genexp(iter([1, 2]), lambda it: (x for x in it))
     assert list(gen) == [1, 2]

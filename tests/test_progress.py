@@ -177,8 +177,7 @@ def test_no_count_for_a_short_map_or_a_comprehension(monkeypatch):
     monkeypatch.setattr(_runtime, "REPORT_DELAY", 60.0)    # a map shorter than that
     assert _runtime.pmap(slow_square, range(400)) == [x * x for x in range(400)]
     monkeypatch.setattr(_runtime, "REPORT_DELAY", 0.0)
-    assert _runtime.listcomp(range(400), lambda it: map(slow_square, it),
-                             lambda it: list(map(slow_square, it)))[-1] == 399 ** 2
+    assert _runtime.listcomp(range(400), lambda it: list(map(slow_square, it)))[-1] == 399 ** 2
     assert context.counts == []
 
 

@@ -4,7 +4,14 @@ Outside a worker, or over an iterable that is not a ``range``, ``list`` or ``tup
 call runs the original comprehension at once: the machinery costs one function call.
 
 On a worker (``install`` was called with the worker's context), a comprehension runs its
-first elements in small, growing batches and times them. When the rest is worth splitting
+first ``FIRST`` elements alone and times them. When even ten times that rate leaves the
+rest too small to split, the rest runs at once over the same iterator: small work costs
+two comprehensions instead of one, two clock readings and (for lists and sets) a merge
+of the first elements in, nothing per element (dicts and generator expressions pay one
+C-level call per element, see ``dictcomp`` and ``genexp``; a generator expression on a
+worker is an iterator, without ``send``/``throw``/``close``). Every call times its own
+first elements: a call site that was cheap once still splits when its elements are
+expensive. Otherwise it goes on in growing batches, and when the rest is worth splitting
 (``WORTH`` seconds at the measured rate) and the coordinator reports idle workers, the
 rest becomes an ``_Engine``:
 
@@ -47,6 +54,7 @@ import bisect
 import pickle
 import queue
 import threading
+from itertools import chain, islice
 from time import perf_counter
 from typing import Any, Callable
 
@@ -57,6 +65,9 @@ MIN_PIECE = 0.01
 #: The first batch; later batches grow geometrically, up to ``BATCH`` seconds.
 FIRST = 16
 BATCH = 0.02
+#: ``(n - FIRST) * seconds < _CHEAP``: ten times the first batch's rate leaves too little
+#: to split, so the rest runs at once.
+_CHEAP = WORTH * FIRST / 10
 #: How often a task running alone asks again for idle workers.
 CHECK = 0.1
 #: A map's first count is sent this long after it starts (a shorter map sends none: the
@@ -76,29 +87,107 @@ def install(context: Any) -> None:
 
 
 # -- entry points (the rewritten code calls these) ------------------------------------
+#
+# ``fn`` is the comprehension itself, over the iterable it is given. Each entry point
+# runs the first ``FIRST`` elements alone and times them; when even ten times that rate
+# leaves the rest too small to split, the rest runs at once, as one more call of ``fn``
+# on the same iterator (this is the path of small comprehensions, written out in each
+# entry point: an iterator and an ``islice`` cost less than slicing a range, and much
+# less than copying a list). Otherwise ``_collect`` goes on in growing batches and may
+# split.
 
-def listcomp(it: Any, gen_fn: Callable, fast_fn: Callable) -> list:
-    if _context is None or type(it) not in _SIZED:
-        return fast_fn(it)
-    return _collect(it, gen_fn, fast_fn, list.extend)
+def listcomp(it: Any, fn: Callable, report: _Report | None = None) -> list:
+    if _context is None or type(it) not in _SIZED or (n := len(it)) <= FIRST:
+        return fn(it)
+    items = iter(it)
+    t0 = perf_counter()
+    head = fn(islice(items, FIRST))
+    seconds = perf_counter() - t0
+    if (n - FIRST) * seconds < _CHEAP:
+        rest = fn(items)
+        rest[:0] = head             # a move of pointers: cheaper than extending the head
+        return rest
+    return _collect(it, fn, head, seconds, list.extend, report)
 
 
-def setcomp(it: Any, gen_fn: Callable, fast_fn: Callable) -> set:
-    if _context is None or type(it) not in _SIZED:
-        return fast_fn(it)
-    return _collect(it, gen_fn, fast_fn, set.update)
+def setcomp(it: Any, fn: Callable) -> set:
+    if _context is None or type(it) not in _SIZED or (n := len(it)) <= FIRST:
+        return fn(it)
+    items = iter(it)
+    t0 = perf_counter()
+    head = fn(islice(items, FIRST))
+    seconds = perf_counter() - t0
+    if (n - FIRST) * seconds < _CHEAP:
+        rest = fn(items)
+        # Into the big set, not out of it; equal elements keep the first one seen, as in
+        # one comprehension: the head's.
+        rest -= head
+        rest |= head
+        return rest
+    return _collect(it, fn, head, seconds, set.update)
 
 
-def dictcomp(it: Any, gen_fn: Callable, fast_fn: Callable) -> dict:
-    if _context is None or type(it) not in _SIZED:
-        return fast_fn(it)
-    return _collect(it, gen_fn, fast_fn, dict.update)
+def dictcomp(it: Any, fn: Callable) -> dict:
+    if _context is None or type(it) not in _SIZED or len(it) <= FIRST:
+        return fn(it)
+    # One comprehension over the first elements, then (if cheap) the rest: a dict keeps
+    # the order keys came in, so two could only be merged by inserting the rest again,
+    # which costs about half as much as the comprehension.
+    timing: list[float] = []
+    head = fn(chain.from_iterable(_dict_input(it, timing)))
+    if not timing:
+        return head
+    return _collect(it, fn, head, timing[0], dict.update)
 
 
-def genexp(it: Any, gen_fn: Callable) -> Any:
-    if _context is None or type(it) not in _SIZED:
-        return gen_fn(it)
-    return _generate(it, gen_fn, _context)
+def _dict_input(it: Any, timing: list[float]):
+    items = iter(it)
+    t0 = perf_counter()
+    yield islice(items, FIRST)
+    seconds = perf_counter() - t0
+    if (len(it) - FIRST) * seconds < _CHEAP:
+        yield items
+    else:
+        timing.append(seconds)
+
+
+def genexp(it: Any, fn: Callable) -> Any:
+    """A generator expression: on a worker, an iterator (``itertools.chain``) over the
+    first batches (run through a generator of ours that times them), then the rest at
+    once: the user's own generator, or the parallel results. Past the first batches each
+    element costs what it costs in CPython, plus one call inside ``chain``."""
+    if _context is None or type(it) not in _SIZED or len(it) <= FIRST:
+        return fn(it)
+    rest: list = []
+    return chain.from_iterable(_genexp_parts(it, fn, _context, rest))
+
+
+def _genexp_parts(it: Any, fn: Callable, context: Any, rest: list):
+    yield _genexp_head(it, fn, context, rest)
+    # When the head raised and the consumer asked again, ``rest`` is empty: a generator
+    # that raised is finished.
+    if rest:
+        yield rest[0]
+
+
+def _genexp_head(it: Any, fn: Callable, context: Any, rest: list):
+    """The first batches; puts what produces the rest into ``rest``."""
+    n = len(it)
+    items = iter(it)
+    probe = None
+    a, b = 0, FIRST
+    while True:
+        t0 = perf_counter()
+        yield from fn(islice(items, b - a))
+        seconds = perf_counter() - t0
+        if (n - b) * seconds < _CHEAP * (b - a) / FIRST:     # also at the end: b == n
+            rest.append(fn(items))
+            return
+        probe = probe or _Probe(n, context)
+        if probe.measured(b - a, seconds):
+            rest.append(_Engine(it, probe.pos, fn, context, probe.rate, probe.idle).results())
+            return
+        a, b = probe.batch()
 
 
 def pmap(fn: Callable, items: Any) -> list:
@@ -107,12 +196,9 @@ def pmap(fn: Callable, items: Any) -> list:
     if type(items) not in _SIZED:
         items = list(items)
 
-    def fast_fn(it: Any) -> list:
+    def part(it: Any) -> list:
         return list(map(fn, it))
-    if _context is None:
-        return fast_fn(items)
-    return _collect(items, lambda it: map(fn, it), fast_fn, list.extend,
-                    _Report(len(items), _context))
+    return listcomp(items, part, None if _context is None else _Report(len(items), _context))
 
 
 class _Report:
@@ -170,51 +256,25 @@ class _Probe:
         return self.pos, min(self.n, self.pos + self.size)
 
 
-def _collect(it: Any, gen_fn: Callable, fast_fn: Callable, combine: Callable,
+def _collect(it: Any, fn: Callable, acc: Any, seconds: float, combine: Callable,
              report: _Report | None = None) -> Any:
+    """Go on after the first ``FIRST`` elements (``acc``, computed in ``seconds``)."""
     n = len(it)
-    if n <= FIRST:
-        return fast_fn(it)
-    # The first batch: when even ten times its rate leaves the rest too small to split,
-    # finish in one go (two batches in all: the cost of small comprehensions).
-    t0 = perf_counter()
-    acc = fast_fn(it[:FIRST])
-    rate = (perf_counter() - t0) / FIRST
-    if (n - FIRST) * rate * 10 < WORTH:
-        rest = fast_fn(it[FIRST:])
-        if combine is list.extend:
-            rest[:0] = acc          # cheaper than extending the small list by the big one
-            return rest
-        combine(acc, rest)
-        return acc
     probe = _Probe(n, _context)
-    probe.measured(FIRST, rate * FIRST)
+    probe.measured(FIRST, seconds)
     if report is not None:
         report.add(FIRST)
     while probe.pos < n:
         a, b = probe.batch()
         t0 = perf_counter()
-        combine(acc, fast_fn(it[a:b]))
+        combine(acc, fn(it[a:b]))
         if report is not None:
             report.add(b - a)
         if probe.measured(b - a, perf_counter() - t0):
-            combine(acc, _Engine(it, probe.pos, gen_fn, _context, probe.rate,
+            combine(acc, _Engine(it, probe.pos, fn, _context, probe.rate,
                                  probe.idle, report).results())
             break
     return acc
-
-
-def _generate(it: Any, gen_fn: Callable, context: Any):
-    n = len(it)
-    probe = _Probe(n, context)
-    while probe.pos < n:
-        a, b = probe.batch()
-        t0 = perf_counter()
-        yield from gen_fn(it[a:b])
-        if probe.measured(b - a, perf_counter() - t0):
-            yield from _Engine(it, probe.pos, gen_fn, context, probe.rate,
-                               probe.idle).results()
-            return
 
 
 # -- the parallel part ----------------------------------------------------------------
@@ -240,13 +300,13 @@ class _Segment:
 
 
 class _Engine:
-    """Computes ``it[start:]`` through ``gen_fn`` on this worker and on idle ones."""
+    """Computes ``it[start:]`` through ``fn`` on this worker and on idle ones."""
 
-    def __init__(self, it: Any, start: int, gen_fn: Callable, context: Any, rate: float,
+    def __init__(self, it: Any, start: int, fn: Callable, context: Any, rate: float,
                  idle: int, report: _Report | None = None) -> None:
         self.it = it
         self.report = report        # counts elements as batches and pieces finish
-        self.gen_fn = gen_fn
+        self.fn = fn
         self.context = context
         self.rate = max(rate, 1e-9)
         self.idle = idle
@@ -305,7 +365,7 @@ class _Engine:
         b = min(seg.stop, a + max(1, int(BATCH / self.rate)))
         t0 = perf_counter()
         try:
-            seg.results.extend(self.gen_fn(self.it[a:b]))
+            seg.results.extend(_elements(self.fn(self.it[a:b])))
         except Exception as exc:
             self._failed(seg, exc)
             return
@@ -391,7 +451,7 @@ class _Engine:
         from .. import serialization
         if self.fn_bytes is None:
             try:
-                self.fn_bytes, _ = serialization.dumps(self.gen_fn)
+                self.fn_bytes, _ = serialization.dumps(self.fn)
             except Exception:
                 self.fn_bytes = b""
         if not self.fn_bytes:
@@ -446,6 +506,11 @@ class _Engine:
         return True
 
 
+def _elements(part: Any) -> Any:
+    """What a batch's result adds to the results: a dict comprehension's, its pairs."""
+    return part.items() if type(part) is dict else part
+
+
 def _rebuild(error: dict) -> BaseException:
     from .. import serialization
     exc = serialization.remote_exception_object(error)
@@ -498,7 +563,7 @@ def run_piece(fn_bytes: bytes, items: Any, base: int, rate: float,
     index where it ended (earlier than the end when it was split). With ``count`` (a piece
     of a ``pmap``), report its elements done."""
     from .. import serialization
-    gen_fn = serialization.loads(fn_bytes)
+    fn = serialization.loads(fn_bytes)
     state = _PieceState(base, len(items), rate)
     context = _context
     report = _Report(len(items), context) if count else None
@@ -509,7 +574,7 @@ def run_piece(fn_bytes: bytes, items: Any, base: int, rate: float,
             a, b = claim
             t0 = perf_counter()
             try:
-                results.extend(gen_fn(items[a:b]))
+                results.extend(_elements(fn(items[a:b])))
             except Exception as exc:
                 return results, serialization.describe_exception(exc, context.name), base + b
             state.rate = max((perf_counter() - t0) / (b - a), 1e-9)

@@ -5,17 +5,23 @@ generator expression of a module into a call of ``pyfora.parallel._runtime``::
 
     [E for T in IT if C for U in IT2]
     # becomes
-    __import__('pyfora.parallel._runtime').parallel._runtime.listcomp(
-        IT,
-        lambda _pyfora_it: (E for T in _pyfora_it if C for U in IT2),    # parallel pieces
-        lambda _pyfora_it: [E for T in _pyfora_it if C for U in IT2])    # sequential path
+    _pyfora_rt.listcomp(IT, lambda _pyfora_it: [E for T in _pyfora_it if C for U in IT2])
 
 The outermost iterable ``IT`` is evaluated where it always was (in the enclosing scope);
-everything else runs in a lambda scope, which is what a comprehension scope is. The
-runtime is reached through ``__import__``, so the rewritten code needs no name in the
-user's globals; every new node takes the location of the node it replaces, so tracebacks
-point at the user's lines. Nested comprehensions keep running sequentially inside the
-outermost one ("parallelize the outermost loop").
+everything else runs in a lambda scope, which is what a comprehension scope is. The one
+lambda is both the sequential path (over everything, or over the first elements and then
+the rest) and what parallel pieces run over their ranges. Every new node takes the
+location of the node it replaces, so tracebacks point at the user's lines. Nested
+comprehensions keep running sequentially inside the outermost one ("parallelize the
+outermost loop").
+
+The runtime is reached without any name in the user's globals. Inside a top-level
+function without decorators (a with-block's body, a submitted function: where the
+cost of small comprehensions matters), ``_pyfora_rt`` is a closure cell holding the
+runtime module, set once when the function is defined: an ``__import__`` at every
+comprehension cost more than the rest of the machinery. Elsewhere (module level, class
+bodies, decorated functions) it is ``__import__('pyfora.parallel._runtime')
+.parallel._runtime``, which keeps those definitions exactly as they were.
 
 Left alone: async comprehensions, comprehensions containing ``await``, ``yield`` or an
 assignment expression (``:=`` binds in the enclosing scope, a lambda would change that).
@@ -38,13 +44,17 @@ import types
 import weakref
 from typing import Any
 
+from . import _runtime
+
 _IT = "_pyfora_it"
+_RT = "_pyfora_rt"
+_FN = "_pyfora_fn"
 _COMPS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 _KIND = {ast.ListComp: "listcomp", ast.SetComp: "setcomp", ast.DictComp: "dictcomp",
          ast.GeneratorExp: "genexp"}
 
 
-def _runtime_ref(node: ast.AST) -> ast.expr:
+def _imported_runtime(node: ast.AST) -> ast.expr:
     """``__import__('pyfora.parallel._runtime').parallel._runtime``"""
     call = ast.Call(ast.Name("__import__", ast.Load()),
                     [ast.Constant("pyfora.parallel._runtime")], [])
@@ -52,6 +62,11 @@ def _runtime_ref(node: ast.AST) -> ast.expr:
     for sub in ast.walk(ref):
         ast.copy_location(sub, node)
     return ref
+
+
+def _closure_runtime(node: ast.AST) -> ast.expr:
+    """``_pyfora_rt``: a cell set when the enclosing top-level function is defined."""
+    return ast.copy_location(ast.Name(_RT, ast.Load()), node)
 
 
 def _unsupported(node: Any) -> bool:
@@ -64,18 +79,14 @@ def _unsupported(node: Any) -> bool:
     return False
 
 
-def _with_iter(node: Any, cls: type, iter_node: ast.expr) -> ast.expr:
-    """A copy of comprehension ``node`` as ``cls``, its outermost loop over ``iter_node``."""
+def _with_iter(node: Any, iter_node: ast.expr) -> ast.expr:
+    """A copy of comprehension ``node``, its outermost loop over ``iter_node``."""
     first = node.generators[0]
     gens = [ast.comprehension(first.target, iter_node, first.ifs, 0)] + node.generators[1:]
     if isinstance(node, ast.DictComp):
-        if cls is ast.DictComp:
-            new = ast.DictComp(node.key, node.value, gens)
-        else:
-            pair = ast.copy_location(ast.Tuple([node.key, node.value], ast.Load()), node.key)
-            new = cls(pair, gens)
+        new = ast.DictComp(node.key, node.value, gens)
     else:
-        new = cls(node.elt, gens)
+        new = type(node)(node.elt, gens)
     ast.copy_location(new, node)
     ast.copy_location(gens[0], first)
     return new
@@ -91,7 +102,8 @@ def _lambda(body: ast.expr, node: ast.AST) -> ast.Lambda:
 
 
 class _Rewriter(ast.NodeTransformer):
-    def __init__(self) -> None:
+    def __init__(self, runtime) -> None:
+        self.runtime = runtime      # node -> the expression that reaches the runtime
         self.count = 0
 
     def _rewrite(self, node):
@@ -100,13 +112,9 @@ class _Rewriter(ast.NodeTransformer):
         first = node.generators[0]
         outer_iter = self.visit(first.iter)   # evaluated in the enclosing scope: rewrite it too
         it = ast.copy_location(ast.Name(_IT, ast.Load()), first.iter)
-        gen_fn = _lambda(_with_iter(node, ast.GeneratorExp, it), node)
-        args = [outer_iter, gen_fn]
-        if not isinstance(node, ast.GeneratorExp):
-            it2 = ast.copy_location(ast.Name(_IT, ast.Load()), first.iter)
-            args.append(_lambda(_with_iter(node, type(node), it2), node))
-        call = ast.Call(ast.Attribute(_runtime_ref(node), _KIND[type(node)], ast.Load()),
-                        args, [])
+        fn = _lambda(_with_iter(node, it), node)
+        call = ast.Call(ast.Attribute(self.runtime(node), _KIND[type(node)], ast.Load()),
+                        [outer_iter, fn], [])
         ast.copy_location(call.func, node)
         self.count += 1
         return ast.copy_location(call, node)
@@ -114,12 +122,64 @@ class _Rewriter(ast.NodeTransformer):
     visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _rewrite
 
 
-def rewrite_comprehensions(tree: ast.Module) -> ast.Module:
-    """Rewrite ``tree``'s comprehensions (in place) into parallel runtime calls; return it.
+def _closing_over_runtime(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.stmt]:
+    """``def f(_pyfora_rt): <fdef>; f.__qualname__ = 'f'; return f`` then
+    ``f = f(<the runtime>)``: ``fdef`` with the runtime in a closure cell, its name and
+    qualified name unchanged."""
+    name = fdef.name
+    qualname = ast.Assign([ast.Attribute(ast.Name(name, ast.Load()), "__qualname__",
+                                         ast.Store())], ast.Constant(name))
+    wrapper = ast.FunctionDef(
+        name, ast.arguments(posonlyargs=[], args=[ast.arg(_RT)], vararg=None, kwonlyargs=[],
+                            kw_defaults=[], kwarg=None, defaults=[]),
+        [fdef, qualname, ast.Return(ast.Name(name, ast.Load()))], [], None)
+    define = ast.Assign([ast.Name(name, ast.Store())],
+                        ast.Call(ast.Name(name, ast.Load()), [_imported_runtime(fdef)], []))
+    return [ast.copy_location(wrapper, fdef), ast.copy_location(define, fdef)]
 
-    Line numbers are kept; compile the result as usual.
+
+def _copy(node: Any) -> Any:
+    """A deep copy of an AST (``copy.deepcopy`` costs three times as much)."""
+    if isinstance(node, ast.AST):
+        new = node.__class__()
+        for name in node._fields + node._attributes:
+            if hasattr(node, name):
+                setattr(new, name, _copy(getattr(node, name)))
+        return new
+    if isinstance(node, list):
+        return [_copy(item) for item in node]
+    return node
+
+
+def _names_itself(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether ``fdef`` uses its own name (a recursive call): inside the closure of the
+    runtime that name would be the wrapper's local, no longer the global it is."""
+    return any(isinstance(n, ast.Name) and n.id == fdef.name for n in ast.walk(fdef))
+
+
+def rewrite_comprehensions(tree: ast.Module) -> ast.Module:
+    """A copy of ``tree`` with its comprehensions rewritten into parallel runtime calls
+    (``tree`` itself when it has none).
+
+    ``tree`` itself is left as it was: the with-block machinery caches parsed sources, and
+    rewriting them in place made a later run of the same block rewrite its own output
+    again (runtime calls nested one level deeper each run) and made ``.sequential()``
+    after a parallel run still call the runtime. Line numbers are kept; compile the
+    result as usual.
     """
-    tree = _Rewriter().visit(tree)
+    if not has_comprehension(tree):
+        return tree
+    tree = _copy(tree)
+    body: list[ast.stmt] = []
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                not stmt.decorator_list and not _names_itself(stmt):
+            rewriter = _Rewriter(_closure_runtime)
+            stmt = rewriter.visit(stmt)
+            body.extend(_closing_over_runtime(stmt) if rewriter.count else [stmt])
+        else:
+            body.append(_Rewriter(_imported_runtime).visit(stmt))
+    tree.body = body
     ast.fix_missing_locations(tree)
     return tree
 
@@ -172,28 +232,35 @@ def _recompile(fn: types.FunctionType) -> types.FunctionType | None:
         return None
     fdef = tree.body[0]
     fdef.decorator_list = []
+    # Renamed, so that its own name (a recursive call) stays what it was, not a local of
+    # the enclosing function; the code object gets its name back below.
+    fdef.name = _FN
     ast.increment_lineno(tree, first - 1)
-    rewrite_comprehensions(tree)
+    rewriter = _Rewriter(_closure_runtime)
+    fdef = rewriter.visit(fdef)
+    if not rewriter.count:
+        return None
+    # Declare the free names and the runtime in an enclosing function, so they are free
+    # (closure cells) in the function.
     freevars = code.co_freevars
-    if freevars:
-        # Declare the free names in an enclosing function, so they stay free (closure cells).
-        outer = ast.FunctionDef(
-            "_pyfora_outer", ast.arguments(posonlyargs=[], args=[ast.arg(n) for n in freevars],
-                                           vararg=None, kwonlyargs=[], kw_defaults=[],
-                                           kwarg=None, defaults=[]),
-            [fdef, ast.Return(ast.Name(fdef.name, ast.Load()))], [], None)
-        ast.copy_location(outer, fdef)
-        tree.body = [outer]
+    outer = ast.FunctionDef(
+        "_pyfora_outer", ast.arguments(posonlyargs=[], args=[ast.arg(n) for n in freevars]
+                                       + [ast.arg(_RT)], vararg=None, kwonlyargs=[],
+                                       kw_defaults=[], kwarg=None, defaults=[]),
+        [fdef, ast.Return(ast.Name(fdef.name, ast.Load()))], [], None)
+    ast.copy_location(outer, fdef)
+    tree.body = [outer]
     ast.fix_missing_locations(tree)
     module_code = compile(tree, code.co_filename, "exec", dont_inherit=True)
-    new_code = _find_code(module_code, "_pyfora_outer" if freevars else code.co_name)
-    if freevars and new_code is not None:
-        new_code = _find_code(new_code, code.co_name)
-    if new_code is None or set(new_code.co_freevars) != set(freevars):
+    new_code = _find_code(module_code, "_pyfora_outer")
+    new_code = new_code and _find_code(new_code, _FN)
+    if new_code is None or set(new_code.co_freevars) - {_RT} != set(freevars):
         return None
     cells = dict(zip(freevars, fn.__closure__ or ()))
+    cells[_RT] = types.CellType(_runtime)
     closure = tuple(cells[name] for name in new_code.co_freevars) or None
-    new = types.FunctionType(new_code.replace(co_qualname=code.co_qualname), fn.__globals__,
+    new_code = _requalify(new_code, f"_pyfora_outer.<locals>.{_FN}", code.co_qualname)
+    new = types.FunctionType(new_code.replace(co_name=code.co_name), fn.__globals__,
                              fn.__name__, fn.__defaults__, closure)
     new.__kwdefaults__ = fn.__kwdefaults__
     new.__dict__.update(fn.__dict__)
@@ -202,6 +269,16 @@ def _recompile(fn: types.FunctionType) -> types.FunctionType | None:
     new.__doc__ = fn.__doc__
     new.__annotations__ = fn.__annotations__
     return new
+
+
+def _requalify(code: types.CodeType, old: str, new: str) -> types.CodeType:
+    """``code`` and the functions and classes in it named ``new...`` where the compiler
+    named them ``old...`` (a class keeps its ``__qualname__`` as a constant)."""
+    def fix(name: str) -> str:
+        return new + name[len(old):] if name.startswith(old) else name
+    consts = tuple(_requalify(c, old, new) if isinstance(c, types.CodeType)
+                   else fix(c) if isinstance(c, str) else c for c in code.co_consts)
+    return code.replace(co_consts=consts, co_qualname=fix(code.co_qualname))
 
 
 def _find_code(code: types.CodeType, name: str) -> types.CodeType | None:

@@ -118,6 +118,19 @@ def test_submitted_comprehension_runs_on_every_worker_in_order(ufora):
     assert len({pid for _, pid in result}) == 2
 
 
+def cheap_then_slow(n):
+    def pids(seconds):
+        return [(x, os.getpid()) for x in range(n) if seconds is None or slow(x, seconds) >= 0]
+    return pids(None), pids(0.002)
+
+
+def test_a_call_site_cheap_once_still_splits_when_expensive(ufora):
+    cheap, expensive = run(ufora, cheap_then_slow, 2000)
+    assert [x for x, _ in cheap] == [x for x, _ in expensive] == list(range(2000))
+    assert len({pid for _, pid in cheap}) == 1
+    assert len({pid for _, pid in expensive}) == 2
+
+
 def test_generator_sum_is_the_sequential_sum(ufora):
     assert run(ufora, sum_of_slow, 2000) == sum(range(2000))
 
@@ -214,6 +227,16 @@ def test_with_block_sequential_opt_out(ufora):
     with ufora.remotely.sequential().downloadAll():
         pids = {pid_of(x)[1] for x in range(1500)}
     assert len(pids) == 1
+
+
+def test_the_same_with_block_parallel_then_sequential(ufora):
+    counts = []
+    for remotely in (lambda: ufora.remotely, lambda: ufora.remotely.sequential()) * 2:
+        with remotely().downloadAll():
+            found = [pid_of(x) for x in range(1500)]
+        assert [x for x, _ in found] == list(range(1500))
+        counts.append(len({pid for _, pid in found}))
+    assert counts == [2, 1, 2, 1]
 
 
 def test_sequential_decorator_opts_out_of_submit(ufora):
