@@ -85,11 +85,13 @@ class Backend:
         running pieces: forward the sum to the session that submitted it, at most every
         ``PROGRESS_EVERY`` seconds. The task's own count includes the pieces that
         returned; a piece's count is dropped when it ends (the sum may lag, never count
-        twice; the client keeps the highest)."""
+        twice)."""
         root.counts[key] = done
         now = time.monotonic()
         if not root.total or now - root.counted_at < PROGRESS_EVERY or root.session.closed:
             return
-        root.counted_at = now
-        root.session.send(p.Progress(target=root.request_id, total=root.total,
-                                     done=min(root.total, sum(root.counts.values()))))
+        done = min(root.total, sum(root.counts.values()))
+        if done <= root.counted:        # the lag: only counts that move forward are sent
+            return
+        root.counted, root.counted_at = done, now
+        root.session.send(p.Progress(target=root.request_id, total=root.total, done=done))

@@ -73,6 +73,7 @@ class DaskTask:
     total: int = 0                  # a map's elements, from its first progress event
     counts: dict = dataclasses.field(default_factory=dict)
     counted_at: float = 0.0
+    counted: int = 0                # the last count forwarded
 
     @property
     def output(self) -> tuple:      # as the dashboard asks of any task

@@ -56,6 +56,7 @@ class Task:
     counts: dict = dataclasses.field(default_factory=dict)   # a map's elements done:
                                                              # {0: its own, piece tid: ...}
     counted_at: float = 0.0         # time.monotonic() of the last ``progress`` forwarded
+    counted: int = 0                # the last count forwarded
     oob: list = dataclasses.field(default_factory=list)     # the payload's buffers' sizes
     frames: list = dataclasses.field(default_factory=list)  # and their frames, to relay
 

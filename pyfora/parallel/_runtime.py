@@ -50,7 +50,6 @@ Runs on the worker's task thread; ``_PieceState.split`` runs on the worker's loo
 
 from __future__ import annotations
 
-import bisect
 import pickle
 import queue
 import threading
