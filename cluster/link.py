@@ -1,8 +1,8 @@
 """One websocket peer of the coordinator (a client session or a worker): the handshake,
-an ordered send queue, and requests that await their reply.
+ordered sends, and requests that await their reply.
 
-Sending never awaits, so the dispatcher can send from plain functions; a writer task
-drains the queue in order.
+Sending never awaits, so the dispatcher can send from plain functions: a frame is written
+at once, or queued behind those still waiting (``pyfora.aio.sender``).
 
 Runs on the coordinator's event loop.
 """
@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from pyfora import protocol as p
+from pyfora.aio.sender import Sender
 from pyfora.errors import ProtocolError, PyforaError
 
 from .auth import handshake_allowed, token_ok
@@ -78,16 +79,20 @@ class Link:
     """The coordinator's end of one websocket."""
 
     def __init__(self, ws: web.WebSocketResponse, name: str) -> None:
-        self.ws = ws
         self.name = name
         self.closed = False
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.attach(ws)
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = p.RequestIds()
 
+    def attach(self, ws: web.WebSocketResponse) -> None:
+        """Send on ``ws`` from now on: from ``serve``, after the handshake's ``welcome``."""
+        self.ws = ws
+        self._sender = Sender(ws.send_bytes, (ConnectionError, RuntimeError), paused=True)
+
     def send(self, message: p.Message) -> None:
         if not self.closed:
-            self._queue.put_nowait(p.encode(message))
+            self._sender.send(p.encode(message))
 
     def send_error(self, request_id: int, exc: Exception) -> None:
         kind = type(exc).__name__ if isinstance(exc, PyforaError) else "InternalError"
@@ -118,8 +123,8 @@ class Link:
 
     async def serve(self) -> None:
         """Read frames until the peer goes away; ``handle`` each one."""
-        ws, queue = self.ws, self._queue
-        writer = asyncio.create_task(self._write(ws, queue))
+        ws, sender = self.ws, self._sender
+        sender.start()
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.BINARY:
@@ -142,9 +147,8 @@ class Link:
                     log.exception("error handling %s from %s", message.op, self.name)
                     self.send_error(getattr(message, "id", 0), exc)
         finally:
-            queue.put_nowait(None)
             self.disconnected(ws)
-            await writer
+            await sender.wait()
 
     def disconnected(self, ws: web.WebSocketResponse) -> None:
         """The socket ``ws`` ended: nothing more can be sent or awaited on this link."""
@@ -152,14 +156,6 @@ class Link:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionResetError(f"{self.name} went away"))
-
-    @staticmethod
-    async def _write(ws: web.WebSocketResponse, queue: asyncio.Queue[bytes | None]) -> None:
-        try:
-            while (frame := await queue.get()) is not None:
-                await ws.send_bytes(frame)
-        except (ConnectionError, RuntimeError):
-            pass   # the reader sees the close and cleans up
 
     def arrived(self, message: p.Message | None, size: int) -> None:
         """A frame of ``size`` bytes arrived (``message`` None: it could not be decoded)."""

@@ -55,14 +55,14 @@ class ClientSession(Link):
         frame = p.encode(message)
         self.replay.record(frame)
         if self.attached:
-            self._queue.put_nowait(frame)
+            self._sender.send(frame)
 
     def arrived(self, message: p.Message | None, size: int) -> None:
         if isinstance(message, p.Ack):
             return
         ack = self.replay.got(size)
         if ack is not None and self.attached:
-            self._queue.put_nowait(p.encode(ack))       # acks are not counted nor kept
+            self._sender.send(p.encode(ack))        # acks are not counted nor kept
 
     # -- connection and resumption ----------------------------------------------------
 
@@ -83,10 +83,12 @@ class ClientSession(Link):
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        old, self.ws, self._queue = self.ws, ws, asyncio.Queue()
+        old = self.ws
+        self._sender.close()
+        self.attach(ws)
         self.attached = True
         for frame in frames:
-            self._queue.put_nowait(frame)
+            self._sender.send(frame)
         if not old.closed:      # a half-open socket the client has given up on
             self.spawn(old.close(code=WSCloseCode.GOING_AWAY, message=b"session resumed"))
         log.info("%s resumed; %d frames sent again", self.name, len(frames))

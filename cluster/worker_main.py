@@ -1,8 +1,12 @@
 """``pyfora-worker``: a worker process. Connects to a coordinator, runs tasks, holds results.
 
-Tasks run one at a time on a single executor thread while the event loop keeps answering
-the coordinator (object fetches, frees, cancellation). What a task prints is captured and
-sent, a whole line at a time, to the client that submitted it.
+Tasks run one at a time, in the order they came, on a single task thread while the event
+loop keeps answering the coordinator (object fetches, frees, cancellation). The
+coordinator may send several tasks ahead (its window); they wait here, their missing inputs
+already being fetched. The loop hands the task thread the next one only after it has
+written the previous one's ``done``, so when the worker dies the coordinator knows that
+the tasks it has no ``done`` for, but the first, never started. What a task prints is
+captured and sent, a whole line at a time, to the client that submitted it.
 
 Started by the coordinator's pool (``--parent-pipe``: exit when stdin closes, so a worker
 never outlives its coordinator) or by hand on another host.
@@ -14,19 +18,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import ctypes
 import logging
 import os
+import queue
 import ssl
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import websockets
 from websockets.asyncio.client import connect
 
 from pyfora import protocol as p
 from pyfora import serialization
+from pyfora.aio.sender import Sender
 from pyfora.aio.tls import client_context
 from pyfora.errors import ProtocolError, PyforaConnectionError
 from pyfora.parallel import _runtime as parallel_runtime
@@ -49,6 +55,13 @@ class InputUnavailable(LookupError):
     def __init__(self, oid: int, reply: p.Error) -> None:
         super().__init__(f"input object {oid} is unavailable: {reply.message}")
         self.kind = reply.kind
+
+    @staticmethod
+    def of(fetch: asyncio.Future) -> BaseException:
+        """Why the fetch of a task's inputs failed."""
+        if fetch.cancelled():
+            return asyncio.CancelledError("fetching the task's inputs was cancelled")
+        return fetch.exception()
 
 
 class _Entry:
@@ -100,8 +113,17 @@ class Worker:
         self.name = name
         self.loop = asyncio.get_running_loop()
         self.store: dict[int, _Entry] = {}
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="pyfora-task")
-        self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.sender = Sender(ws.send, (websockets.ConnectionClosed,),
+                             lambda: ws.state is websockets.State.OPEN)
+        # Tasks received and not handed to the task thread yet, in order; the fetches of
+        # their missing inputs; whether the task thread has one.
+        self.runs: collections.deque[p.Run] = collections.deque()
+        self.inputs: dict[int, asyncio.Future] = {}
+        self.fetching: dict[int, asyncio.Future] = {}    # object id -> its fetch
+        self.busy = False
+        self.inbox: queue.SimpleQueue[p.Run | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._task_thread, name="pyfora-task",
+                                       daemon=True)
         self.pending: dict[int, asyncio.Future] = {}
         self.ids = p.RequestIds()
         self.running: tuple[int, int] | None = None      # (task id, thread ident)
@@ -114,16 +136,17 @@ class Worker:
         sys.stdout, sys.stderr = self.streams
         self.parallel = ParallelContext(self)
         parallel_runtime.install(self.parallel)
+        self.thread.start()
 
     def send(self, message: p.Message) -> None:
-        self.outbox.put_nowait(p.encode(message))
+        self.sender.send(p.encode(message))
 
     def send_threadsafe(self, message: p.Message) -> None:
-        self.loop.call_soon_threadsafe(self.outbox.put_nowait, p.encode(message))
+        self.loop.call_soon_threadsafe(self.sender.send, p.encode(message))
 
-    async def writer(self) -> None:
-        while True:
-            await self.ws.send(await self.outbox.get())
+    def stop(self) -> None:
+        """End the task thread once its task returns."""
+        self.inbox.put(None)
 
     async def serve(self) -> None:
         async for frame in self.ws:
@@ -132,9 +155,7 @@ class Worker:
                 continue
             match message:
                 case p.Run():
-                    with self.running_lock:
-                        self.waiting.add(message.id)
-                    asyncio.ensure_future(self.run(message))
+                    self.queue_run(message)
                 case p.Fetch():
                     self.fetch(message)
                 case p.Free():
@@ -149,25 +170,70 @@ class Worker:
                 case _:
                     raise ProtocolError(f"a worker does not expect {message.op!r}")
 
-    async def run(self, message: p.Run) -> None:
-        try:
-            missing = [oid for oid in message.deps if oid not in self.store]
-            if missing:
-                await asyncio.gather(*map(self.get, missing))
-        except InputUnavailable as exc:
-            with self.running_lock:
-                self.waiting.discard(message.id)
-                self.cancelled.discard(message.id)
-            error = serialization.describe_exception(exc, self.name)
-            if exc.kind == "WorkerCrashedError":
-                error["type"] = "pyfora.WorkerCrashedError"     # queued again to wait for it
-            self.send(p.Done(id=message.id, oid=message.oid, size=0, type="", error=error))
-            return
-        done = await self.loop.run_in_executor(self.pool, self.execute, message)
-        self.send(done)
+    def queue_run(self, message: p.Run) -> None:
+        """Queue a task behind the others; start fetching its missing inputs now."""
+        with self.running_lock:
+            self.waiting.add(message.id)
+        missing = [oid for oid in message.deps if oid not in self.store]
+        if missing:
+            fetch = asyncio.ensure_future(asyncio.gather(*map(self.get, missing)))
+            fetch.add_done_callback(lambda _: self.next_run())
+            self.inputs[message.id] = fetch
+        self.runs.append(message)
+        self.next_run()
 
-    async def get(self, oid: int) -> None:
-        """Fetch an input this worker does not hold, through the coordinator."""
+    def next_run(self) -> None:
+        """Hand the first queued task to the task thread, if it is free and the task's
+        inputs are here; answer those that cannot run (an input is unavailable)."""
+        while not self.busy and self.runs:
+            message = self.runs[0]
+            fetch = self.inputs.get(message.id)
+            if fetch is not None and not fetch.done():
+                return      # its fetch's callback calls again
+            self.runs.popleft()
+            self.inputs.pop(message.id, None)
+            if fetch is not None and (fetch.cancelled() or fetch.exception() is not None):
+                self.unavailable(message, InputUnavailable.of(fetch))
+                continue
+            self.busy = True
+            self.inbox.put(message)
+
+    def unavailable(self, message: p.Run, exc: BaseException) -> None:
+        """Answer a queued task that will not run: an input is missing, or it was
+        cancelled."""
+        with self.running_lock:
+            self.waiting.discard(message.id)
+            self.cancelled.discard(message.id)
+        error = serialization.describe_exception(exc, self.name)
+        if getattr(exc, "kind", None) == "WorkerCrashedError":
+            error["type"] = "pyfora.WorkerCrashedError"     # queued again to wait for it
+        self.send(p.Done(id=message.id, oid=message.oid, size=0, type="", error=error))
+
+    def _task_thread(self) -> None:
+        while (message := self.inbox.get()) is not None:
+            done = self.execute(message)
+            try:
+                self.loop.call_soon_threadsafe(self.finished, done)
+            except RuntimeError:
+                return      # the loop has closed: the worker is going away
+
+    def finished(self, done: p.Done) -> None:
+        """Loop thread: the task thread finished a task; send its ``done``, then start
+        the next (in that order: see the module's docstring)."""
+        self.busy = False
+        self.send(done)
+        self.next_run()
+
+    def get(self, oid: int) -> asyncio.Future:
+        """Fetch an input this worker does not hold, through the coordinator: one fetch
+        per object, however many queued tasks need it."""
+        fetch = self.fetching.get(oid)
+        if fetch is None:
+            fetch = self.fetching[oid] = asyncio.ensure_future(self._get(oid))
+            fetch.add_done_callback(lambda _: self.fetching.pop(oid, None))
+        return fetch
+
+    async def _get(self, oid: int) -> None:
         request_id = self.ids()
         future = self.loop.create_future()
         self.pending[request_id] = future
@@ -218,7 +284,12 @@ class Worker:
 
     def fetch(self, message: p.Fetch) -> None:
         entry = self.store.get(message.oid)
-        if entry is None:
+        fetching = self.fetching.get(message.oid)
+        if entry is None and fetching is not None:
+            # The coordinator counts us as a holder from the moment it relays the value;
+            # another worker's fetch may overtake our storing it.
+            fetching.add_done_callback(lambda _: self.fetch(message))
+        elif entry is None:
             self.send(p.Error(id=message.id, kind="PyforaUsageError",
                               message=f"object {message.oid} is not on {self.name}"))
         else:
@@ -226,15 +297,22 @@ class Worker:
 
     def cancel(self, task_id: int) -> None:
         """Raise TaskCancelled in the task thread, if that task is still the one running;
-        mark it cancelled, if it has not started yet."""
+        if it has not started, answer it as cancelled now (still queued here) or mark it
+        (handed to the task thread, which checks the mark before starting it)."""
         with self.running_lock:
             if task_id in self.waiting:
                 self.cancelled.add(task_id)
+            elif self.running is not None and self.running[0] == task_id:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self.running[1]), ctypes.py_object(TaskCancelled))
                 return
-            if self.running is None or self.running[0] != task_id:
+            else:
                 return
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self.running[1]), ctypes.py_object(TaskCancelled))
+        queued = next((m for m in self.runs if m.id == task_id), None)
+        if queued is not None:
+            self.runs.remove(queued)
+            self.inputs.pop(task_id, None)      # its fetches go on: we are a holder now
+            self.unavailable(queued, TaskCancelled())
 
 
 async def run_worker(url: str, token: str | None, name: str,
@@ -255,14 +333,13 @@ async def run_worker(url: str, token: str | None, name: str,
         if isinstance(reply, p.Error):
             raise SystemExit(f"pyfora-worker: {reply.message}")
         worker = Worker(ws, name)
-        writer = asyncio.create_task(worker.writer())
         stats = asyncio.create_task(worker_stats.report(worker.send))
         try:
             await worker.serve()
         except websockets.ConnectionClosed:
             pass
         finally:
-            writer.cancel()
+            worker.stop()
             stats.cancel()
 
 

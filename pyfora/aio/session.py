@@ -1,7 +1,7 @@
 """One persistent websocket session to a coordinator.
 
 The handshake, a reader task that routes replies to the requests awaiting them and
-pushed messages (task output) to a callback, an ordered send queue, and close semantics:
+pushed messages (task output) to a callback, ordered sends (``sender``), and close semantics:
 when the connection ends, every pending request fails with ``SessionClosedOK`` or
 ``SessionLost``, so no future ever hangs.
 
@@ -32,10 +32,12 @@ from typing import Any, Awaitable, Callable
 
 import websockets
 from websockets.asyncio.client import connect as ws_connect
+from websockets.protocol import State
 
 from .. import protocol as p
 from ..errors import (AuthenticationError, ExecutorClosedError, ProtocolError,
                       PyforaConnectionError, SessionClosedOK, SessionLost)
+from .sender import Sender
 from .tls import client_context
 
 log = logging.getLogger("pyfora")
@@ -71,11 +73,10 @@ class Session:
         # that in Jupyter (whose output streams route by a context variable) it lands in
         # the cell that made the call, not in the cell that opened the session.
         self._contexts: dict[int, contextvars.Context] = {}
-        self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._sender = _sender(ws)
         self._ids = p.RequestIds()
         self._loop = asyncio.get_running_loop()
         self._closed: PyforaConnectionError | None = None
-        self._writer = asyncio.create_task(self._write(ws, self._outbox))
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -179,15 +180,7 @@ class Session:
 
     def _send(self, frame: bytes) -> None:
         self._replay.record(frame)      # kept until acked: sent again on resuming
-        self._outbox.put_nowait(frame)
-
-    @staticmethod
-    async def _write(ws, outbox: asyncio.Queue[bytes | None]) -> None:
-        try:
-            while (frame := await outbox.get()) is not None:
-                await ws.send(frame)
-        except websockets.ConnectionClosed:
-            pass
+        self._sender.send(frame)
 
     async def _read(self) -> None:
         while True:
@@ -228,7 +221,7 @@ class Session:
             return
         ack = self._replay.got(len(frame))
         if ack is not None:
-            self._outbox.put_nowait(p.encode(ack))      # acks are neither counted nor kept
+            self._sender.send(p.encode(ack))        # acks are neither counted nor kept
         self._dispatch(message)
 
     async def _resume(self) -> bool:
@@ -260,11 +253,10 @@ class Session:
                 except ProtocolError:
                     await ws.close()
                     return False
-                self._outbox.put_nowait(None)           # ends the old writer
-                self._ws, self._outbox, self.welcome = ws, asyncio.Queue(), reply
+                self._sender.close()
+                self._ws, self._sender, self.welcome = ws, _sender(ws), reply
                 for frame in frames:
-                    self._outbox.put_nowait(frame)
-                self._writer = asyncio.create_task(self._write(ws, self._outbox))
+                    self._sender.send(frame)
                 log.warning("pyfora: the session was resumed")
                 return True
             return False
@@ -313,7 +305,6 @@ class Session:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(failure)
-        self._outbox.put_nowait(None)
 
     async def close(self) -> None:
         """Close the session; pending requests fail with ``SessionClosedOK``."""
@@ -321,4 +312,10 @@ class Session:
         if self._resuming:
             self._reader.cancel()       # no socket to close: stop reconnecting
         await self._ws.close()
-        await asyncio.gather(self._reader, self._writer, return_exceptions=True)
+        await asyncio.gather(self._reader, self._sender.wait(), return_exceptions=True)
+
+
+def _sender(ws) -> Sender:
+    # Started outside a task only while open: a closing connection's send waits for the
+    # close under a deadline, which needs a task of its own.
+    return Sender(ws.send, (websockets.ConnectionClosed,), lambda: ws.state is State.OPEN)
