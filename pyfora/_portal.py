@@ -44,6 +44,10 @@ class Portal:
         self._stopped: asyncio.Event | None = None
         self._ready = threading.Event()
         self.closeables: weakref.WeakSet = weakref.WeakSet()
+        # Calls waiting for the loop to start them. Waking the loop is a write to its
+        # self-pipe and an iteration: one wake-up starts all the calls made meanwhile.
+        self._starts: list[Callable[[], None]] = []
+        self._starts_lock = threading.Lock()
         self.callbacks = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="pyfora-callback")
         self._thread = threading.Thread(target=self._run, name="pyfora-loop", daemon=True)
@@ -100,12 +104,23 @@ class Portal:
             concurrent.futures.Future.add_done_callback(
                 future, lambda f: f.cancelled() and loop.call_soon_threadsafe(task.cancel))
 
-        try:
-            loop.call_soon_threadsafe(start)
-        except RuntimeError:
-            _discard(coro)
-            raise PyforaUsageError("pyfora's event loop has stopped (interpreter exiting?)") from None
+        with self._starts_lock:
+            self._starts.append(start)
+            try:
+                if len(self._starts) == 1:
+                    loop.call_soon_threadsafe(self._start_calls)
+            except RuntimeError:
+                self._starts.clear()
+                _discard(coro)
+                raise PyforaUsageError(
+                    "pyfora's event loop has stopped (interpreter exiting?)") from None
         return future
+
+    def _start_calls(self) -> None:
+        with self._starts_lock:
+            starts, self._starts = self._starts, []
+        for start in starts:
+            start()
 
     def call(self, coro: Awaitable, timeout: float | None = None) -> Any:
         """Run ``coro`` on the loop and block for its result. Not from the loop thread."""

@@ -9,6 +9,10 @@ cloudpickle ships functions of ``__main__`` and of modules workers cannot import
 with ``co_filename`` set to ``<dynamic-code>``; ``CodeMap`` remembers where each shipped
 function came from so that remote tracebacks point at the user's source.
 
+Pickling a function by value is most of the cost of a small call, and submitting the same
+function thousands of times is common; ``dumps_call`` keeps the pickle of a function whose
+pickle cannot change unseen (``_Shipped``), and pickles only the arguments per call.
+
 Runs on any thread: the per-call context is thread-local.
 """
 
@@ -23,6 +27,7 @@ import sys
 import threading
 import traceback
 import types
+import weakref
 from typing import Any, Callable
 
 import cloudpickle
@@ -132,18 +137,26 @@ def _dumps(obj: Any, owner: Any, code_map: CodeMap | None) -> tuple[bytes, list[
         refs = _local.refs
     finally:
         _local.owner = _local.refs = None
+    return _within_limit(data), refs
+
+
+def _within_limit(data: bytes) -> bytes:
     if len(data) > MAX_FRAME - _FRAME_OVERHEAD:
         raise PythonToForaConversionError(
             f"value is {len(data):,} bytes pickled, over the {MAX_FRAME:,}-byte frame limit; "
             "build large values on the cluster instead of sending them")
-    return data, refs
+    return data
 
 
 def dumps_call(fn: Callable, args: tuple, kwargs: dict, owner: Any = None,
                code_map: CodeMap | None = None) -> tuple[bytes, list[int]]:
     """Pickle a call; when that fails, name the argument that cannot be pickled."""
     try:
-        return _dumps((fn, args, kwargs), owner, code_map)
+        shipped = _Shipped.of(fn, code_map)
+        if shipped is not None and all(type(a) in _PLAIN for a in args) \
+                and all(type(v) in _PLAIN for v in kwargs.values()):
+            return _within_limit(pickle.dumps((shipped, args, kwargs), protocol=PROTOCOL)), []
+        return _dumps((shipped or fn, args, kwargs), owner, code_map)
     except (PythonToForaConversionError, ForeignProxyError):
         raise
     except Exception as exc:
@@ -159,6 +172,91 @@ def dumps_call(fn: Callable, args: tuple, kwargs: dict, owner: Any = None,
         # Pickled one by one, every part went through: name the call as a whole.
         raise PythonToForaConversionError(
             f"the call cannot be sent to the cluster: {type(exc).__name__}: {exc}") from exc
+
+
+#: Values whose pickle is their value: they cannot change after being pickled (and need
+#: no cloudpickle).
+_PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
+class _Shipped:
+    """A function's pickle, kept while nothing it would pickle can have changed: unpickles
+    as the function.
+
+    Only for functions that cloudpickle pickles by value (those of the user's own
+    modules) and whose pickle depends on nothing mutable: the code, name, defaults,
+    closure and referenced globals are checked by identity on every use, and each of
+    those values must be plain (``_PLAIN``, or tuples of them), so that identity means
+    same pickle. A function redefined (a notebook cell run again) is a new object; one
+    whose code was replaced (autoreload), or whose global changed, fails the check and is
+    pickled again. A function that names another function, a module or a mutable global
+    is pickled whole every time.
+    """
+
+    __slots__ = ("data",)
+    _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple:
+        return (pickle.loads, (self.data,))
+
+    @classmethod
+    def of(cls, fn: Any, code_map: CodeMap | None) -> _Shipped | None:
+        if type(fn) is not types.FunctionType or fn.__module__ not in _by_value_checked:
+            return None     # not looked at by a pickle yet: see _ship_module_by_value
+        if not (_by_value_checked[fn.__module__] or fn.__module__ == "__main__"):
+            return None     # pickled by reference: small already
+        state = _function_state(fn)
+        if state is None:
+            return None
+        with cls._lock:
+            cached = cls._cache.get(fn)
+        if cached is not None and len(cached[0]) == len(state) \
+                and all(a is b for a, b in zip(cached[0], state)):
+            if code_map is not None:
+                code_map.add(fn.__code__)
+            return cached[1]
+        shipped = cls(_dumps(fn, None, code_map)[0])
+        with cls._lock:
+            cls._cache[fn] = (state, shipped)
+        return shipped
+
+
+def _function_state(fn: types.FunctionType) -> tuple | None:
+    """What the pickle of ``fn`` depends on, as objects to compare by identity (the
+    entry holds them, so no identity is reused); None when some of it could change in
+    place."""
+    if fn.__dict__ or fn.__kwdefaults__ or fn.__annotations__:
+        return None
+    code = fn.__code__
+    names: set[str] = set()
+    _global_names(code, names)
+    found = sorted(n for n in names if n in fn.__globals__)
+    values = [fn.__globals__[n] for n in found]
+    try:
+        values += [c.cell_contents for c in fn.__closure__ or ()]
+    except ValueError:      # an empty cell (a name assigned later in the outer function)
+        return None
+    values += fn.__defaults__ or ()
+    if not all(_plain(v) for v in values):
+        return None
+    return (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__, *found, *values)
+
+
+def _global_names(code: types.CodeType, names: set[str]) -> None:
+    names.update(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _global_names(const, names)
+
+
+def _plain(value: Any) -> bool:
+    if type(value) is tuple or type(value) is frozenset:
+        return all(_plain(v) for v in value)
+    return type(value) in _PLAIN
 
 
 def reduce_ref(oid: int, owner: Any) -> tuple:

@@ -127,3 +127,22 @@ def test_runtime_outside_a_worker_is_the_plain_comprehension():
     assert _runtime.listcomp(range(5), None, lambda it: [x * 2 for x in it]) == [0, 2, 4, 6, 8]
     gen = _runtime.genexp(iter([1, 2]), lambda it: (x for x in it))
     assert list(gen) == [1, 2]
+
+
+def squares(n):
+    return [x * x for x in range(n)]
+
+
+def cubes(n):
+    return [x * x * x for x in range(n)]
+
+
+def test_rewrite_follows_a_function_whose_code_was_replaced():
+    def f(n):
+        return [x for x in range(n)]
+    first = rewrite_function(f)
+    assert first(3) == [0, 1, 2]
+    f.__code__ = squares.__code__       # what IPython's autoreload does to a changed function
+    assert rewrite_function(f)(3) == [0, 1, 4]
+    f.__code__ = cubes.__code__
+    assert rewrite_function(f)(3) == [0, 1, 8]

@@ -192,3 +192,61 @@ def test_dumps_is_thread_safe():
     for t in threads:
         t.join(30)
     assert errors == []
+
+
+SCALE = 2
+
+
+def scaled(x):
+    return x * SCALE
+
+
+def test_a_function_is_pickled_once_while_what_it_pickles_is_unchanged(monkeypatch):
+    calls = []
+    dumps = serialization._dumps
+
+    def counting(obj, owner, code_map):
+        calls.append(obj)
+        return dumps(obj, owner, code_map)
+    monkeypatch.setattr(serialization, "_dumps", counting)
+    for i in range(3):
+        data, _ = serialization.dumps_call(scaled, (i,), {}, OWNER)
+        fn, args, kwargs = serialization.loads(data)
+        assert fn(*args, **kwargs) == 2 * i
+    # The first call pickles the whole call; the second the function alone, kept.
+    assert [c for c in calls if c is scaled] == [scaled]
+
+
+@pytest.mark.parametrize("change", ["redefine", "global", "code", "default"])
+def test_the_pickle_of_a_function_follows_its_changes(monkeypatch, change):
+    namespace = {"__name__": "__main__", "K": 1}
+    exec("def f(x, d=10):\n    return x + K + d\n", namespace)
+    f = namespace["f"]
+    serialization.dumps_call(f, (0,), {}, OWNER)       # registers __main__
+    data, _ = serialization.dumps_call(f, (0,), {}, OWNER)
+    fn, args, _ = serialization.loads(data)
+    assert fn(*args) == 11
+    if change == "redefine":        # a notebook cell run again
+        exec("def f(x, d=10):\n    return x - K - d\n", namespace)
+        f = namespace["f"]
+    elif change == "global":
+        namespace["K"] = 100
+    elif change == "code":          # IPython's autoreload patches the code in place
+        exec("def g(x, d=10):\n    return x * K * d\n", namespace)
+        f.__code__ = namespace["g"].__code__
+    else:
+        f.__defaults__ = (1000,)
+    data, _ = serialization.dumps_call(f, (0,), {}, OWNER)
+    fn, args, _ = serialization.loads(data)
+    assert fn(*args) == {"redefine": -11, "global": 110, "code": 0, "default": 1001}[change]
+
+
+def test_a_function_naming_something_mutable_is_pickled_every_time():
+    namespace = {"__name__": "__main__", "TABLE": {"k": 1}}
+    exec("def lookup(key):\n    return TABLE[key]\n", namespace)
+    lookup = namespace["lookup"]
+    serialization.dumps_call(lookup, ("k",), {}, OWNER)
+    namespace["TABLE"]["k"] = 2         # changed in place: same object
+    data, _ = serialization.dumps_call(lookup, ("k",), {}, OWNER)
+    fn, args, _ = serialization.loads(data)
+    assert fn(*args) == 2

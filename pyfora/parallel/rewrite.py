@@ -143,16 +143,19 @@ def rewrite_function(fn: Any) -> Any:
     """
     if type(fn) is not types.FunctionType or getattr(fn, "__pyfora_sequential__", False):
         return fn
+    # What the rewrite is made from, besides the source: IPython's autoreload replaces a
+    # function's code in place, and defaults can be assigned.
+    made_from = (fn.__code__, fn.__defaults__)
     with _cache_lock:
         cached = _cache.get(fn, None)
-    if cached is not None:
-        return fn if cached is _NO else cached
+    if cached is not None and cached[0] == made_from:
+        return fn if cached[1] is _NO else cached[1]
     try:
         new = _recompile(fn)
     except Exception:
         new = None
     with _cache_lock:
-        _cache[fn] = _NO if new is None else new
+        _cache[fn] = (made_from, _NO if new is None else new)
     return fn if new is None else new
 
 
