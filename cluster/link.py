@@ -132,23 +132,30 @@ class Link:
                         self.send(p.Error(id=0, kind="ProtocolError",
                                           message="expected a binary frame, got text"))
                     continue
-                try:
-                    message = p.decode(msg.data)
-                except ProtocolError as exc:
-                    self.arrived(None, len(msg.data))
-                    self.send_error(exc.request_id, exc)
-                    continue
-                self.arrived(message, len(msg.data))
-                try:
-                    self.handle(message)
-                except PyforaError as exc:
-                    self.send_error(getattr(message, "id", 0), exc)
-                except Exception as exc:   # a bug here must not take down other sessions
-                    log.exception("error handling %s from %s", message.op, self.name)
-                    self.send_error(getattr(message, "id", 0), exc)
+                self._receive(msg.data)
         finally:
             self.disconnected(ws)
             await sender.wait()
+
+    def _receive(self, frame: bytes) -> None:
+        try:
+            message = p.decode(frame)
+        except ProtocolError as exc:
+            self.arrived(None, len(frame))
+            self.send_error(exc.request_id, exc)
+            return
+        if isinstance(message, p.Batch):
+            for inner in message.frames:
+                self._receive(inner)
+            return
+        self.arrived(message, len(frame))
+        try:
+            self.handle(message)
+        except PyforaError as exc:
+            self.send_error(getattr(message, "id", 0), exc)
+        except Exception as exc:   # a bug here must not take down other sessions
+            log.exception("error handling %s from %s", message.op, self.name)
+            self.send_error(getattr(message, "id", 0), exc)
 
     def disconnected(self, ws: web.WebSocketResponse) -> None:
         """The socket ``ws`` ended: nothing more can be sent or awaited on this link."""

@@ -150,9 +150,14 @@ class Worker:
 
     async def serve(self) -> None:
         async for frame in self.ws:
-            message = p.decode(frame)
-            if self.parallel.handle(message):
-                continue
+            self.receive(frame)
+
+    def receive(self, frame: bytes) -> None:
+        message = p.decode(frame)
+        if isinstance(message, p.Batch):
+            for inner in message.frames:
+                self.receive(inner)
+        elif not self.parallel.handle(message):
             match message:
                 case p.Run():
                     self.queue_run(message)
@@ -222,6 +227,7 @@ class Worker:
         the next (in that order: see the module's docstring)."""
         self.busy = False
         self.send(done)
+        self.sender.flush()
         self.next_run()
 
     def get(self, oid: int) -> asyncio.Future:

@@ -2,7 +2,8 @@
 
 Both ends (the client in ``pyfora.aio``, the coordinator and the workers in ``cluster``)
 import this module and nothing else to speak the protocol. Every frame is one binary
-websocket message holding a msgpack map ``{"op": ..., **fields}``. User data travels in
+websocket message holding a msgpack map ``{"op": ..., **fields}``; a ``batch`` holds
+several such frames that were ready to send together (``batch``, ``Batch``). User data travels in
 ``bytes`` fields that only the client and the workers unpickle: the coordinator never does.
 
 Requests carry an ``id`` chosen by the sender; the reply names the same ``id``. Messages
@@ -23,7 +24,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-VERSION = 1
+VERSION = 2      # 2: ``batch``
 #: Largest frame either end accepts, unless configured otherwise.
 MAX_FRAME = 1 << 30
 #: Results whose pickle is at most this many bytes ride along with their ``done`` reply.
@@ -83,6 +84,35 @@ class Ack(Message):
     """Either end of a client session: ``count`` frames of it have arrived here, so the
     other end may forget them (``Replay``). Not counted itself; wants no reply."""
     count: int
+
+
+@_message("batch")
+class Batch(Message):
+    """Several frames sent as one (each an encoded message, in order). The receiver
+    handles each as if it had come alone: counted, acked and answered one by one."""
+    frames: list
+
+
+#: A batch holds frames up to this many bytes in all: far under any frame limit.
+BATCH_BYTES = 16 * 1024
+
+
+def batch(frames: list[bytes]) -> list[bytes]:
+    """``frames`` as few frames as can carry them, in order: runs of small frames become
+    one ``batch`` each (up to ``BATCH_BYTES``), large ones go alone."""
+    out: list[bytes] = []
+    run: list[bytes] = []
+    size = 0
+    for frame in frames:
+        cost = len(frame) + 5       # msgpack's header of a bytes item: 5 bytes at most
+        if run and size + cost > BATCH_BYTES:
+            out.append(run[0] if len(run) == 1 else encode(Batch(frames=run)))
+            run, size = [], 0
+        run.append(frame)
+        size += cost
+    if run:
+        out.append(run[0] if len(run) == 1 else encode(Batch(frames=run)))
+    return out
 
 
 # -- replies --------------------------------------------------------------------------
@@ -305,6 +335,8 @@ def _check_types(message: Message) -> None:
             ok = type(value) is int
         elif name in _BYTES_FIELDS:
             ok = type(value) is bytes
+        elif name == "frames":
+            ok = type(value) is list and all(type(v) is bytes for v in value)
         elif name in ("deps", "oids"):
             ok = type(value) is list and all(type(v) is int for v in value)
         elif name in ("stream", "text", "kind", "message", "role", "type"):

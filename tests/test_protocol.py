@@ -185,3 +185,21 @@ def test_replay_acks_every_so_many_frames_or_bytes():
     assert acks[:-1] == [None] * (p.Replay.ACK_FRAMES - 1)
     assert acks[-1] == p.Ack(count=p.Replay.ACK_FRAMES)
     assert replay.got(p.Replay.ACK_BYTES) == p.Ack(count=p.Replay.ACK_FRAMES + 1)
+
+
+def test_batch_keeps_order_and_sends_large_frames_alone():
+    small = [p.encode(p.Cancel(target=i)) for i in range(3)]
+    large = p.encode(p.Define(id=9, payload=b"x" * p.BATCH_BYTES))
+    frames = p.batch(small + [large] + small[:1])
+    assert frames[1:] == [large, small[0]]      # a lone frame is not wrapped
+    batch = p.decode(frames[0])
+    assert isinstance(batch, p.Batch) and batch.frames == small
+    many = p.batch([p.encode(p.Cancel(target=i)) for i in range(5000)])
+    assert len(many) > 1 and all(len(f) <= p.BATCH_BYTES + 64 for f in many)
+    inner = [p.decode(f) for frame in many for f in p.decode(frame).frames]
+    assert [m.target for m in inner] == list(range(5000))
+
+
+def test_batch_frames_must_be_bytes():
+    with pytest.raises(errors.ProtocolError, match="frames"):
+        p.decode(msgpack.packb({"op": "batch", "frames": [1, 2]}))

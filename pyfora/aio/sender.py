@@ -1,4 +1,4 @@
-"""Frames written in order, at once when nothing is waiting to be written.
+"""Frames written in order: at once when nothing is waiting, else batched.
 
 A websocket library's ``send`` is a coroutine because it may have to wait for the peer to
 read (flow control); for small frames it almost never does. Awaiting it in a writer task
@@ -7,6 +7,12 @@ and a round trip through pyfora crosses four such queues. ``Sender.send`` instea
 library's ``send`` right away, up to its first suspension: usually it finishes there,
 having written the frame to the transport. Only when it must wait does a task finish it,
 and frames sent meanwhile queue behind it, so the order is kept.
+
+Writing costs a system call and a frame for the peer to parse, whatever the frame's size,
+and thousands of tiny tasks make thousands of tiny messages at once. So after writing a
+frame at once, the frames sent in the rest of that loop iteration are held, and written
+together at the start of the next as ``batch`` frames (``protocol.batch``): a lone
+request goes out at once; a burst costs a few frames.
 
 Used by both ends of every connection: the client's session (websockets), the worker
 (websockets) and the coordinator's links (aiohttp). Runs on the connection's event loop.
@@ -18,6 +24,8 @@ import asyncio
 import collections
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
+
+from .. import protocol as p
 
 
 class Sender:
@@ -38,6 +46,7 @@ class Sender:
         self._ready = ready
         self._queue: collections.deque[bytes] = collections.deque()
         self._flushing: asyncio.Task | None = None
+        self._held: list[bytes] | None = None   # a list while a burst is being held
         self._paused = paused
         self.closed = False
 
@@ -52,42 +61,69 @@ class Sender:
         for a connection that ended."""
         if self.closed:
             return
-        if self._paused:
+        if self._held is not None:
+            self._held.append(frame)
+        elif self._paused or self._flushing is not None or not self._ready():
             self._queue.append(frame)
+            if self._flushing is None and not self._paused:
+                self._flushing = asyncio.ensure_future(self._flush(None))
+        else:
+            self._write(frame)
+            if not self.closed and self._flushing is None:
+                self._held = []
+                asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the frames held since the last one written, now."""
+        held, self._held = self._held, None
+        if not held or self.closed:
             return
-        if self._flushing is not None or not self._ready():
-            self._queue.append(frame)
+        if self._flushing is not None:
+            self._queue.extend(held)
+            return
+        frames = p.batch(held)
+        self._write(frames[0])
+        if len(frames) > 1:
+            self._queue.extend(frames[1:])
             if self._flushing is None:
                 self._flushing = asyncio.ensure_future(self._flush(None))
-            return
+
+    def _write(self, frame: bytes) -> None:
+        """Start ``send(frame)`` here; a task finishes it if it has to wait."""
         coro = self._send(frame)
         try:
             waiting_for = coro.send(None)
         except StopIteration:
             return
         except self._gone:
-            self.closed = True
+            self.close()
             return
         self._flushing = asyncio.ensure_future(self._flush(_Resumed(coro, waiting_for)))
 
     def close(self) -> None:
-        """Drop what is queued and every later frame (the connection was replaced)."""
+        """Drop what is queued and every later frame (the connection ended or was
+        replaced)."""
         self.closed = True
         self._queue.clear()
+        self._held = None
 
     async def _flush(self, started: _Resumed | None) -> None:
         try:
             if started is not None:
                 await started
             while self._queue and not self.closed:
-                await self._send(self._queue.popleft())
+                frames = p.batch(list(self._queue))
+                self._queue.clear()
+                for frame in frames:
+                    await self._send(frame)
         except self._gone:
             self.close()
         finally:
             self._flushing = None
 
     async def wait(self) -> None:
-        """Until what was queued is written (or dropped)."""
+        """Until what was sent is written (or dropped)."""
+        self.flush()
         while self._flushing is not None:
             await asyncio.shield(self._flushing)
 

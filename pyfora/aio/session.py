@@ -216,6 +216,10 @@ class Session:
 
     def _arrived(self, frame: bytes) -> None:
         message = p.decode(frame)
+        if isinstance(message, p.Batch):
+            for inner in message.frames:
+                self._arrived(inner)
+            return
         if isinstance(message, p.Ack):
             self._replay.acked(message.count)
             return
