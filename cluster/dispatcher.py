@@ -4,8 +4,9 @@ A task goes to a worker with room, idle ones first, preferring the one that alre
 most of its inputs. Each worker runs one task at a time, in the order it got them, and
 may hold a *window* of tasks queued behind the one it runs, so it starts the next one
 without waiting for a round trip through the coordinator (what makes tiny tasks fast).
-The window opens only while the worker's tasks are short (``SHORT``): a long task would
-hold back the ones queued behind it from workers that are idle. Results stay on the
+The window is sized by how long the worker's last task took, to hold about
+``QUEUED_WORK`` seconds of work: a long task would hold back the ones queued behind it
+from workers that become idle. Results stay on the
 worker that computed them (small ones are also kept here, to ride along with the reply);
 the directory in ``store`` says where.
 
@@ -67,11 +68,12 @@ class Task:
 
 #: Seconds between two counts of one map forwarded to its client.
 PROGRESS_EVERY = 0.2
-#: Tasks a worker may hold at once (the one it runs and those queued behind it) while its
-#: tasks are short: enough to cover the round trip of ``done`` and the next ``run``.
+#: Most tasks a worker may hold at once (the one it runs and those queued behind it):
+#: enough to cover the round trip of ``done`` and the next ``run`` for tiny tasks.
 WINDOW = 16
-#: A task that ran for less than this (seconds, as seen from here) is short.
-SHORT = 0.005
+#: Seconds of work a worker's window holds, judged by its last task's time (as seen from
+#: here: from sending it, or from the previous ``done``, to its own ``done``).
+QUEUED_WORK = 0.02
 
 
 class Dispatcher:
@@ -268,7 +270,8 @@ class Dispatcher:
         if worker.task is task:
             now = time.monotonic()
             if self.limits.get(worker):
-                self.limits[worker] = WINDOW if now - task.started < SHORT else 1
+                took = max(now - task.started, 1e-6)
+                self.limits[worker] = max(1, min(WINDOW, int(QUEUED_WORK / took)))
             worker.task = next(iter(window.values()), None)
             if worker.task is not None:
                 worker.task.started = now
@@ -470,7 +473,8 @@ class Dispatcher:
 
     def status(self) -> dict:
         return {
-            "workers": [w.describe() for w in self.workers],
+            "workers": [{**w.describe(), "window": len(self.windows.get(w, ()))}
+                        for w in self.workers],
             "tasks": {"queued": self._queued(),
                       "running": sum(1 for w in self.workers if w.task is not None),
                       "done": self.done, "failed": self.failed},

@@ -47,6 +47,22 @@ async def test_submit_define_and_proxy_calls(aex):
     assert await wait(aex.getWorkerCount()) == 2
 
 
+async def test_a_function_redefined_ships_its_new_code(aex):
+    """As in a notebook: the same cell run again with a changed body, a changed global,
+    the code patched in place (autoreload). Each submit runs what the function is now."""
+    cell = {"__name__": "__main__", "K": 1}
+    exec("def f(x):\n    return x + K\n", cell)
+    assert await (await wait(aex.submit(cell["f"], 1))).toLocal() == 2
+    assert await (await wait(aex.submit(cell["f"], 1))).toLocal() == 2      # kept pickle
+    exec("def f(x):\n    return x * 10 + K\n", cell)
+    assert await (await wait(aex.submit(cell["f"], 1))).toLocal() == 11
+    cell["K"] = 5
+    assert await (await wait(aex.submit(cell["f"], 1))).toLocal() == 15
+    exec("def g(x):\n    return -x - K\n", cell)
+    cell["f"].__code__ = cell["g"].__code__
+    assert await (await wait(aex.submit(cell["f"], 1))).toLocal() == -6
+
+
 async def test_proxies_in_closures_and_default_arguments(aex):
     base = await wait(aex.submit(square, 3))
     offset = await wait(aex.define(100))

@@ -14,7 +14,8 @@ import time
 
 import psutil
 import pytest
-from conftest import UNIT, ClusterProcess, alive, busy, http_status, wait_until
+from conftest import (UNIT, ClusterProcess, alive, async_wait_until, busy, http_status,
+                      wait_until)
 
 import pyfora
 from pyfora import aio
@@ -65,6 +66,16 @@ def mix(a, b):
 
 def square(x):
     return x * x
+
+
+def until_file(path, then_exit):
+    """Runs until ``path`` exists (30 s at most), then exits its worker or returns."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if then_exit:
+        os._exit(9)
+    return "released"
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -332,3 +343,56 @@ def test_cancel_queued_running_and_fetching_keeps_workers_and_directory_sound(on
         wait_until(lambda: objects() == 1, T, "one live object")   # the square's proxy died
         del big
         wait_until(lambda: objects() == 0, T, "everything released")
+
+
+# -- tasks queued in a worker's window (cluster.dispatcher) --------------------------------
+
+@pytest.fixture
+async def windowed(monkeypatch):
+    """An embedded cluster of one worker whose window always opens (whatever the machine's
+    load makes the tasks' times), so tasks queue on the worker itself."""
+    from cluster import dispatcher
+    monkeypatch.setattr(dispatcher, "QUEUED_WORK", 3600.0)
+    async with aio.connect(None, workers=1) as executor:
+        assert await (await executor.submit(square, 2)).toLocal() == 4   # opens the window
+        yield executor
+
+
+async def window(ex) -> int:
+    return (await ex.status())["workers"][0]["window"]
+
+
+async def test_a_worker_dying_with_tasks_in_its_window_fails_the_running_one_only(
+        windowed, tmp_path):
+    marker = tmp_path / "go"
+    crasher = asyncio.ensure_future(windowed.submit(until_file, str(marker), True))
+    queued = [asyncio.ensure_future(windowed.submit(square, i)) for i in range(10)]
+    await async_wait_until(lambda: window(windowed), T, "the worker to hold the tasks")
+    await async_wait_until(lambda: _equals(window(windowed), 11), T, "all 11 in its window")
+    marker.touch()
+    with pytest.raises(pyfora.WorkerCrashedError, match="code 9"):
+        await (await asyncio.wait_for(crasher, T)).toLocal()
+    # The queued ones never started: they run on the replacement, not fail.
+    results = await asyncio.wait_for(asyncio.gather(*queued), T)
+    assert [await r.toLocal() for r in results] == [i * i for i in range(10)]
+
+
+async def test_cancelling_a_task_in_a_workers_window_answers_it_at_once(windowed, tmp_path):
+    marker = tmp_path / "go"
+    running = asyncio.ensure_future(windowed.submit(until_file, str(marker), False))
+    queued = asyncio.ensure_future(windowed.submit(square, 5))
+    await async_wait_until(lambda: _equals(window(windowed), 2), T, "both in the window")
+    queued.cancel()
+    # The worker drops it while the first still runs, freeing its place in the window.
+    await async_wait_until(lambda: _equals(window(windowed), 1), T, "the cancel")
+    assert not running.done()
+    marker.touch()
+    assert await (await asyncio.wait_for(running, T)).toLocal() == "released"
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert await (await windowed.submit(square, 6)).toLocal() == 36     # worker usable
+    assert (await windowed.status())["tasks"]["queued"] == 0
+
+
+async def _equals(awaitable, value) -> bool:
+    return await awaitable == value
