@@ -6,7 +6,9 @@ may hold a *window* of tasks queued behind the one it runs, so it starts the nex
 without waiting for a round trip through the coordinator (what makes tiny tasks fast).
 The window is sized by how long the worker's last task took, to hold about
 ``QUEUED_WORK`` seconds of work: a long task would hold back the ones queued behind it
-from workers that become idle. Results stay on the
+from workers that become idle. It opens only within a stream of tasks: a worker left with
+nothing to do starts again from one, so a burst of long tasks after short ones is not
+queued on the first workers that ask. Results stay on the
 worker that computed them (small ones are also kept here, to ride along with the reply);
 the directory in ``store`` says where.
 
@@ -277,6 +279,8 @@ class Dispatcher:
                 worker.task.started = now
         if not window and self.limits.get(worker):
             self.idle[worker] = None
+            if not self.queue:
+                self.limits[worker] = 1
         if msg.error is not None and msg.error["type"] == CRASHED:
             # An input was lost with another worker: the task waits for it to be computed
             # again (see lineage.ready), at no cost to its retries.

@@ -349,12 +349,12 @@ def test_cancel_queued_running_and_fetching_keeps_workers_and_directory_sound(on
 
 @pytest.fixture
 async def windowed(monkeypatch):
-    """An embedded cluster of one worker whose window always opens (whatever the machine's
-    load makes the tasks' times), so tasks queue on the worker itself."""
+    """An embedded cluster of one worker whose window opens after any task (whatever the
+    machine's load makes the tasks' times), so tasks queue on the worker itself. It opens
+    within a stream of tasks: each test starts its stream with ``square(1)``."""
     from cluster import dispatcher
     monkeypatch.setattr(dispatcher, "QUEUED_WORK", 3600.0)
     async with aio.connect(None, workers=1) as executor:
-        assert await (await executor.submit(square, 2)).toLocal() == 4   # opens the window
         yield executor
 
 
@@ -365,8 +365,10 @@ async def window(ex) -> int:
 async def test_a_worker_dying_with_tasks_in_its_window_fails_the_running_one_only(
         windowed, tmp_path):
     marker = tmp_path / "go"
+    first = asyncio.ensure_future(windowed.submit(square, 1))
     crasher = asyncio.ensure_future(windowed.submit(until_file, str(marker), True))
     queued = [asyncio.ensure_future(windowed.submit(square, i)) for i in range(10)]
+    assert await (await asyncio.wait_for(first, T)).toLocal() == 1
     await async_wait_until(lambda: window(windowed), T, "the worker to hold the tasks")
     await async_wait_until(lambda: _equals(window(windowed), 11), T, "all 11 in its window")
     marker.touch()
@@ -379,8 +381,10 @@ async def test_a_worker_dying_with_tasks_in_its_window_fails_the_running_one_onl
 
 async def test_cancelling_a_task_in_a_workers_window_answers_it_at_once(windowed, tmp_path):
     marker = tmp_path / "go"
+    first = asyncio.ensure_future(windowed.submit(square, 1))
     running = asyncio.ensure_future(windowed.submit(until_file, str(marker), False))
     queued = asyncio.ensure_future(windowed.submit(square, 5))
+    assert await (await asyncio.wait_for(first, T)).toLocal() == 1
     await async_wait_until(lambda: _equals(window(windowed), 2), T, "both in the window")
     queued.cancel()
     # The worker drops it while the first still runs, freeing its place in the window.
@@ -392,6 +396,28 @@ async def test_cancelling_a_task_in_a_workers_window_answers_it_at_once(windowed
         await queued
     assert await (await windowed.submit(square, 6)).toLocal() == 36     # worker usable
     assert (await windowed.status())["tasks"]["queued"] == 0
+
+
+async def test_long_tasks_after_a_stream_of_short_ones_are_not_queued_on_a_worker(
+        monkeypatch, tmp_path):
+    """Windows open within a stream of short tasks; a worker left idle starts from one,
+    so a burst of long tasks waits centrally for whichever worker is free first."""
+    from cluster import dispatcher
+    monkeypatch.setattr(dispatcher, "QUEUED_WORK", 3600.0)
+    marker = tmp_path / "go"
+    async with aio.connect(None, workers=2) as ex:
+        await asyncio.wait_for(asyncio.gather(*(ex.submit(square, i) for i in range(50))), T)
+        long = [asyncio.ensure_future(ex.submit(until_file, str(marker), False))
+                for _ in range(4)]
+
+        async def windows():
+            status = await ex.status()
+            return sorted(w["window"] for w in status["workers"]), status["tasks"]["queued"]
+        await async_wait_until(lambda: _equals(windows(), ([1, 1], 2)), T,
+                               "one long task per worker, two waiting centrally")
+        marker.touch()
+        for proxy in await asyncio.wait_for(asyncio.gather(*long), T):
+            assert await proxy.toLocal() == "released"
 
 
 async def _equals(awaitable, value) -> bool:
