@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from .. import protocol as p
@@ -38,7 +38,7 @@ class Sender:
     only queued until ``start()`` (the other end expects another frame first).
     """
 
-    def __init__(self, send: Callable[[bytes], Awaitable[Any]],
+    def __init__(self, send: Callable[[bytes], Coroutine[Any, Any, Any]],
                  gone: tuple[type[BaseException], ...],
                  ready: Callable[[], bool] = lambda: True, paused: bool = False) -> None:
         self._send = send
