@@ -48,6 +48,15 @@ class Backend:
         return p.Done(id=msg.id, oid=record.oid, size=record.size, type=record.type,
                       value=msg.payload if size <= p.INLINE_LIMIT and not msg.oob else None)
 
+    def cancel(self, session: Any, request_id: int) -> None:
+        raise NotImplementedError
+
+    def session_closed(self, session: Any) -> None:
+        """Cancel what ``session`` queued or ran and release what it held."""
+        for task in [t for t in self.tasks.values() if t.session is session]:
+            self.cancel(session, task.request_id)
+        self.store.release_owned_by(session)
+
     def _dependency(self, session: Any, oid: int) -> ObjectRecord:
         record = self.store.get(oid)
         if record is None:
@@ -55,6 +64,18 @@ class Backend:
                                    "by another cluster)")
         if record.owner is not session:
             raise ForeignProxyError(f"object {oid} belongs to another session")
+        return record
+
+    def _record(self, oid: int, session: Any = None) -> ObjectRecord:
+        """Object ``oid``, checked as ``session``'s (any session's when None).
+
+        Raises:
+            PyforaUsageError: unknown, or not ``session``'s.
+        """
+        record = (self._dependency(session, oid) if session is not None
+                  else self.store.get(oid))
+        if record is None:
+            raise PyforaUsageError(f"object {oid} is not on this cluster")
         return record
 
     def load(self) -> dict:

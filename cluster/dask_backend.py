@@ -201,11 +201,6 @@ class DaskBackend(Backend):
             self._stopped[task.tid] = now
         asyncio.ensure_future(self._stop(task, worker))
 
-    def session_closed(self, session: Any) -> None:
-        for task in [t for t in self.tasks.values() if t.session is session]:
-            self.cancel(session, task.request_id)
-        self.store.release_owned_by(session)
-
     async def object_bytes(self, oid: int, session: Any = None,
                            rebuild: bool = True) -> p.Value:
         """The pickle of an object (a ``value`` with its buffers, to send under the
@@ -217,10 +212,7 @@ class DaskBackend(Backend):
                 one whose computation failed.
             WorkerCrashedError: Dask gave up on it: workers kept dying while it ran.
         """
-        record = (self._dependency(session, oid) if session is not None
-                  else self.store.get(oid))
-        if record is None:
-            raise PyforaUsageError(f"object {oid} is not on this cluster")
+        record = self._record(oid, session)
         if record.data is not None:
             return p.Value(id=0, data=record.data, oob=record.oob, frames=record.frames)
         if record.error is not None or oid not in self.futures:

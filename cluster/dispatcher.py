@@ -147,11 +147,6 @@ class Dispatcher(Backend):
             task.cancelled = True
             task.worker.send(p.Cancel(target=task.tid))
 
-    def session_closed(self, session: Any) -> None:
-        for task in [t for t in self.tasks.values() if t.session is session]:
-            self.cancel(session, task.request_id)
-        self.store.release_owned_by(session)
-
     async def object_bytes(self, oid: int, session: Any = None,
                            rebuild: bool = True) -> p.Value:
         """The pickle of an object (a ``value`` with its buffers' frames, to relay under
@@ -166,10 +161,7 @@ class Dispatcher(Backend):
                 it was computed again.
         """
         for _ in range(8):      # each pass makes progress unless workers keep dying
-            record = (self._dependency(session, oid) if session is not None
-                      else self.store.get(oid))
-            if record is None:
-                raise PyforaUsageError(f"object {oid} is not on this cluster")
+            record = self._record(oid, session)
             if record.data is not None:
                 return p.Value(id=0, data=record.data, oob=record.oob, frames=record.frames)
             if record.holders:
