@@ -168,7 +168,7 @@ class Coordinator:
             await worker.serve()
         finally:
             # No new task for it while we wait to learn why it went.
-            self.dispatcher.idle.pop(worker, None)
+            self.dispatcher.worker_leaving(worker)
             if self.pool is not None and self.pool.started(worker.name):
                 why = await self.pool.exit_reason(worker.name)
             else:   # a pyfora-worker started by hand: its exit status is not ours to see

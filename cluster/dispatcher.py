@@ -1,19 +1,28 @@
 """Queueing, routing and cancellation of tasks.
 
-A task runs on an idle worker, preferring the one that already holds most of its inputs.
-Each worker runs one task at a time. Results stay on the worker that computed them (small
-ones are also kept here, to ride along with the reply); the directory in ``store`` says
-where.
+A task goes to a worker with room, idle ones first, preferring the one that already holds
+most of its inputs. Each worker runs one task at a time, in the order it got them, and
+may hold a *window* of tasks queued behind the one it runs, so it starts the next one
+without waiting for a round trip through the coordinator (what makes tiny tasks fast).
+The window is sized by how long the worker's last task took, to hold about
+``QUEUED_WORK`` seconds of work: a long task would hold back the ones queued behind it
+from workers that become idle. It opens only within a stream of tasks: a worker left with
+nothing to do starts again from one, so a burst of long tasks after short ones is not
+queued on the first workers that ask. Results stay on the worker that computed them
+(small ones are also kept here, to ride along with the reply); the directory in ``store``
+says where.
 
 A running task may hand parts of its work (*pieces*, automatic parallelism) to workers
-that are idle right now; a piece is refused rather than queued, so a task never waits for
+that are idle right now (nothing in their window); a piece is refused rather than queued, so a task never waits for
 work that cannot start. Its result goes back inline to the worker that asked, and is not
 kept. While a session has tasks, it gets ``info`` pushes with ``cpus`` (busy workers).
 A ``map``'s counts of elements done (``progress``, from its task and from its running
 pieces) are summed here and forwarded to the session that submitted it.
 
 A task whose worker dies fails with a ``WorkerCrashedError`` saying why, or is queued
-again if it was submitted with ``retries``. Objects that die with their worker are
+again if it was submitted with ``retries``. The tasks queued behind it in the worker's
+window never started (the worker writes a task's ``done`` before it starts the next), so
+they are queued again as they were. Objects that die with their worker are
 computed again from their lineage when next needed (``lineage``).
 
 Runs on the coordinator's event loop. Everything but ``object_bytes`` and ``split`` is
@@ -25,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import time
 from typing import Any
 
 from pyfora import protocol as p
@@ -57,8 +67,17 @@ class Task:
                                                              # {0: its own, piece tid: ...}
     counted_at: float = 0.0         # time.monotonic() of the last ``progress`` forwarded
     counted: int = 0                # the last count forwarded
+    started: float = 0.0            # time.monotonic() when it became its worker's first
     oob: list = dataclasses.field(default_factory=list)     # the payload's buffers' sizes
     frames: list = dataclasses.field(default_factory=list)  # and their frames, to relay
+
+
+#: Most tasks a worker may hold at once (the one it runs and those queued behind it):
+#: enough to cover the round trip of ``done`` and the next ``run`` for tiny tasks.
+WINDOW = 16
+#: Seconds of work a worker's window holds, judged by its last task's time (as seen from
+#: here: from sending it, or from the previous ``done``, to its own ``done``).
+QUEUED_WORK = 0.02
 
 
 class Dispatcher(Backend):
@@ -73,6 +92,10 @@ class Dispatcher(Backend):
         self.queue: collections.deque[Task] = collections.deque()
         self.idle: dict[Any, None] = {}     # an ordered set of idle WorkerLinks
         self.workers: dict[Any, None] = {}
+        # Each worker taking tasks: the tasks it holds ({tid: Task}, in the order sent; the
+        # first is the one it runs, ``worker.task``), and how many it may hold now.
+        self.windows: dict[Any, dict[int, Task]] = {}
+        self.limits: dict[Any, int] = {}
 
     # -- from client sessions ---------------------------------------------------------
 
@@ -187,26 +210,55 @@ class Dispatcher(Backend):
     def worker_joined(self, worker: Any) -> None:
         self.workers[worker] = None
         self.idle[worker] = None
+        self.windows[worker] = {}
+        self.limits[worker] = 1        # until its first task shows how long they take
         self.schedule()
+
+    def worker_leaving(self, worker: Any) -> None:
+        """``worker``'s connection ended: give it no new task (it is lost once we know
+        why)."""
+        self.idle.pop(worker, None)
+        self.limits[worker] = 0
 
     def worker_lost(self, worker: Any, why: str) -> None:
         self.workers.pop(worker, None)
         self.idle.pop(worker, None)
+        self.limits.pop(worker, None)
+        window = self.windows.pop(worker, {})
         for piece in [t for t in self.tasks.values() if t.session is worker]:
             self.cancel(worker, piece.request_id)
-        task, worker.task = worker.task, None
+        worker.task = None
         # Objects only it held are lost; they are computed again when next needed.
         self.store.forget_holder(worker)
-        if task is not None:
-            self.crashed(task, crash_error(why, worker.name))
+        error = crash_error(why, worker.name)
+        tasks = list(window.values())
+        for task in reversed(tasks[1:]):       # never started: queued again, in order
+            if task.cancelled:
+                self.crashed(task, error)      # settles it, as it would have on the worker
+            else:
+                task.worker = None
+                self.enqueue(task, front=True)
+        if tasks:
+            self.crashed(tasks[0], error)
         self.schedule()
 
     def task_done(self, worker: Any, msg: p.Done) -> None:
-        task = worker.task
-        if task is None or task.tid != msg.id:
+        window = self.windows.get(worker)
+        task = window.pop(msg.id, None) if window is not None else None
+        if task is None:
             return
-        worker.task = None
-        self.idle[worker] = None
+        if worker.task is task:
+            now = time.monotonic()
+            if self.limits.get(worker):
+                took = max(now - task.started, 1e-6)
+                self.limits[worker] = max(1, min(WINDOW, int(QUEUED_WORK / took)))
+            worker.task = next(iter(window.values()), None)
+            if worker.task is not None:
+                worker.task.started = now
+        if not window and self.limits.get(worker):
+            self.idle[worker] = None
+            if not self.queue:
+                self.limits[worker] = 1
         if msg.error is not None and msg.error["type"] == CRASHED:
             # An input was lost with another worker: the task waits for it to be computed
             # again (see lineage.ready), at no cost to its retries.
@@ -270,22 +322,40 @@ class Dispatcher(Backend):
     # -- internals --------------------------------------------------------------------
 
     def schedule(self) -> None:
-        while self.queue and self.idle:
-            task = self.queue.popleft()
-            self._start(task, self._pick(task))
+        while self.queue:
+            worker = self._pick(self.queue[0])
+            if worker is None:
+                return
+            self._start(self.queue.popleft(), worker)
 
     def _start(self, task: Task, worker: Any) -> None:
-        del self.idle[worker]
-        task.worker, worker.task = worker, task
+        self.windows[worker][task.tid] = task
+        task.worker = worker
+        if worker.task is None:
+            del self.idle[worker]
+            worker.task = task
+            task.started = time.monotonic()
         worker.send(p.Run(id=task.tid, oid=task.oid, payload=task.payload,
                           deps=task.deps, inline=task.inline, oob=task.oob, frames=task.frames))
         self._status_changed()
 
     def _pick(self, task: Task) -> Any:
+        """The worker for ``task``: an idle one if any, else one with room in its window
+        (the emptiest); among those, the one holding most of its inputs. None: all full."""
+        if self.idle:
+            candidates: Any = self.idle
+        else:
+            candidates = [w for w, window in self.windows.items()
+                          if len(window) < self.limits[w]]
+            if not candidates:
+                return None
         if not task.deps:
-            return next(iter(self.idle))
+            if candidates is self.idle:
+                return next(iter(self.idle))
+            return min(candidates, key=lambda w: len(self.windows[w]))
         records = [r for r in map(self.store.get, task.deps) if r is not None]
-        return max(self.idle, key=lambda w: sum(r.size for r in records if w in r.holders))
+        return max(candidates, key=lambda w: (sum(r.size for r in records if w in r.holders),
+                                              -len(self.windows[w])))
 
     def _finish(self, task: Task, msg: p.Done, holder: Any) -> None:
         if self.tasks.get(task.tid) is not task:
@@ -342,7 +412,11 @@ class Dispatcher(Backend):
 
     def load(self) -> dict:
         return {"cpus": sum(1 for w in self.workers if w.task is not None),
-                "workers": len(self.workers), "queued": len(self.queue)}
+                "workers": len(self.workers), "queued": self._queued()}
+
+    def _queued(self) -> int:
+        """Tasks waiting to start: here, and behind the running one in workers' windows."""
+        return len(self.queue) + sum(max(0, len(w) - 1) for w in self.windows.values())
 
     def _free(self, record: ObjectRecord) -> None:
         for holder in record.holders:
@@ -357,8 +431,9 @@ class Dispatcher(Backend):
 
     def status(self) -> dict:
         return {
-            "workers": [w.describe() for w in self.workers],
-            "tasks": {"queued": len(self.queue),
+            "workers": [{**w.describe(), "window": len(self.windows.get(w, ()))}
+                        for w in self.workers],
+            "tasks": {"queued": self._queued(),
                       "running": sum(1 for w in self.workers if w.task is not None),
                       "done": self.done, "failed": self.failed},
             "objects": {"count": len(self.store), "bytes": self.store.total_bytes()},

@@ -1,7 +1,7 @@
 """``pyfora-worker``: a worker process. Connects to a coordinator, runs tasks, holds results.
 
-Tasks run one at a time on a single executor thread while the event loop keeps answering
-the coordinator (object fetches, frees, cancellation). What a task prints is captured and
+Tasks run one at a time, in the order they came, on a single executor thread while the
+event loop keeps answering the coordinator (object fetches, frees, cancellation). What a task prints is captured and
 sent, a whole line at a time, to the client that submitted it.
 
 Started by the coordinator's pool (``--parent-pipe``: exit when stdin closes, so a worker
@@ -63,6 +63,7 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         self.store: dict[int, _Entry] = {}
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="pyfora-task")
+        self.turn = asyncio.Lock()
         # Each item: the frames of one message (``protocol.to_frames``), sent together.
         self.outbox: asyncio.Queue[list] = asyncio.Queue()
         self.pending: dict[int, asyncio.Future] = {}
@@ -117,21 +118,26 @@ class Worker:
                     raise ProtocolError(f"a worker does not expect {message.op!r}")
 
     async def run(self, message: p.Run) -> None:
-        try:
-            missing = [oid for oid in message.deps if oid not in self.store]
-            if missing:
-                await asyncio.gather(*map(self.get, missing))
-        except InputUnavailable as exc:
-            with self.running_lock:
-                self.waiting.discard(message.id)
-                self.cancelled.discard(message.id)
-            error = serialization.describe_exception(exc, self.name)
-            if exc.kind == "WorkerCrashedError":
-                error["type"] = "pyfora.WorkerCrashedError"     # queued again to wait for it
-            self.send(p.Done(id=message.id, oid=message.oid, size=0, type="", error=error))
-            return
-        done = await self.loop.run_in_executor(self.pool, self.execute, message)
-        self.send(done)
+        # One task at a time, in the order they came (the lock is first come, first
+        # served), and the next only once this one's done is queued for writing: the
+        # coordinator may send several ahead (its window) and, when we die, takes every
+        # task it has no done for but the first as never started.
+        async with self.turn:
+            try:
+                missing = [oid for oid in message.deps if oid not in self.store]
+                if missing:
+                    await asyncio.gather(*map(self.get, missing))
+            except InputUnavailable as exc:
+                with self.running_lock:
+                    self.waiting.discard(message.id)
+                    self.cancelled.discard(message.id)
+                error = serialization.describe_exception(exc, self.name)
+                if exc.kind == "WorkerCrashedError":
+                    error["type"] = "pyfora.WorkerCrashedError"     # queued again for it
+                self.send(p.Done(id=message.id, oid=message.oid, size=0, type="",
+                                 error=error))
+                return
+            self.send(await self.loop.run_in_executor(self.pool, self.execute, message))
 
     async def get(self, oid: int) -> None:
         """Fetch an input this worker does not hold, through the coordinator."""

@@ -14,7 +14,8 @@ import time
 
 import psutil
 import pytest
-from conftest import UNIT, ClusterProcess, alive, busy, http_status, wait_until
+from conftest import (UNIT, ClusterProcess, alive, async_wait_until, busy, http_status,
+                      wait_until)
 
 import pyfora
 from pyfora import aio
@@ -65,6 +66,16 @@ def mix(a, b):
 
 def square(x):
     return x * x
+
+
+def until_file(path, then_exit):
+    """Runs until ``path`` exists (30 s at most), then exits its worker or returns."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if then_exit:
+        os._exit(9)
+    return "released"
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -332,3 +343,79 @@ def test_cancel_queued_running_and_fetching_keeps_workers_and_directory_sound(on
         wait_until(lambda: objects() == 1, T, "one live object")   # the square's proxy died
         del big
         wait_until(lambda: objects() == 0, T, "everything released")
+
+
+# -- tasks queued in a worker's window (cluster.dispatcher) --------------------------------
+
+@pytest.fixture
+async def windowed(monkeypatch):
+    """An embedded cluster of one worker whose window opens after any task (whatever the
+    machine's load makes the tasks' times), so tasks queue on the worker itself. It opens
+    within a stream of tasks: each test starts its stream with ``square(1)``."""
+    from cluster import dispatcher
+    monkeypatch.setattr(dispatcher, "QUEUED_WORK", 3600.0)
+    async with aio.connect(None, workers=1) as executor:
+        yield executor
+
+
+async def window(ex) -> int:
+    return (await ex.status())["workers"][0]["window"]
+
+
+async def _equals(awaitable, value) -> bool:
+    return await awaitable == value
+
+
+async def test_a_worker_dying_with_tasks_in_its_window_fails_the_running_one_only(
+        windowed, tmp_path):
+    marker = tmp_path / "go"
+    first = asyncio.ensure_future(windowed.submit(square, 1))
+    crasher = asyncio.ensure_future(windowed.submit(until_file, str(marker), True))
+    queued = [asyncio.ensure_future(windowed.submit(square, i)) for i in range(10)]
+    assert await (await asyncio.wait_for(first, T)).toLocal() == 1
+    await async_wait_until(lambda: _equals(window(windowed), 11), T, "all 11 in its window")
+    marker.touch()
+    with pytest.raises(pyfora.WorkerCrashedError, match="code 9"):
+        await (await asyncio.wait_for(crasher, T)).toLocal()
+    # The queued ones never started: they run on the replacement, not fail.
+    results = await asyncio.wait_for(asyncio.gather(*queued), T)
+    assert [await r.toLocal() for r in results] == [i * i for i in range(10)]
+
+
+async def test_a_task_cancelled_in_a_workers_window_never_runs(windowed, tmp_path):
+    marker, ran = tmp_path / "go", tmp_path / "ran"
+    first = asyncio.ensure_future(windowed.submit(square, 1))
+    running = asyncio.ensure_future(windowed.submit(until_file, str(marker), False))
+    queued = asyncio.ensure_future(windowed.submit(until_file, str(ran), False))
+    assert await (await asyncio.wait_for(first, T)).toLocal() == 1
+    await async_wait_until(lambda: _equals(window(windowed), 2), T, "both in the window")
+    queued.cancel()
+    marker.touch()
+    assert await (await asyncio.wait_for(running, T)).toLocal() == "released"
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    await async_wait_until(lambda: _equals(window(windowed), 0), T, "the window to empty")
+    assert await (await windowed.submit(square, 6)).toLocal() == 36     # worker usable
+    assert (await windowed.status())["tasks"]["queued"] == 0
+
+
+async def test_long_tasks_after_a_stream_of_short_ones_are_not_queued_on_a_worker(
+        monkeypatch, tmp_path):
+    """Windows open within a stream of short tasks; a worker left idle starts from one,
+    so a burst of long tasks waits centrally for whichever worker is free first."""
+    from cluster import dispatcher
+    monkeypatch.setattr(dispatcher, "QUEUED_WORK", 3600.0)
+    marker = tmp_path / "go"
+    async with aio.connect(None, workers=2) as ex:
+        await asyncio.wait_for(asyncio.gather(*(ex.submit(square, i) for i in range(50))), T)
+        long = [asyncio.ensure_future(ex.submit(until_file, str(marker), False))
+                for _ in range(4)]
+
+        async def windows():
+            status = await ex.status()
+            return sorted(w["window"] for w in status["workers"]), status["tasks"]["queued"]
+        await async_wait_until(lambda: _equals(windows(), ([1, 1], 2)), T,
+                               "one long task per worker, two waiting centrally")
+        marker.touch()
+        for proxy in await asyncio.wait_for(asyncio.gather(*long), T):
+            assert await proxy.toLocal() == "released"
