@@ -142,7 +142,7 @@ class DaskBackend(Backend):
             raise
         backend = cls(client, cluster)
         try:
-            await client.wait_for_workers(max(1, workers if cluster is not None else 1))
+            await client.wait_for_workers(workers if cluster is not None else 1)
             await backend._poll_once()
         except BaseException:
             await backend.close()
