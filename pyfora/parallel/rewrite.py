@@ -141,11 +141,10 @@ def _closing_over_runtime(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> list[
 def _copy(node: Any) -> Any:
     """A deep copy of an AST (``copy.deepcopy`` costs three times as much)."""
     if isinstance(node, ast.AST):
-        new = node.__class__()
-        for name in node._fields + node._attributes:
-            if hasattr(node, name):
-                setattr(new, name, _copy(getattr(node, name)))
-        return new
+        # Fields as arguments: a node made without its required fields is deprecated (3.13).
+        return node.__class__(**{name: _copy(getattr(node, name))
+                                 for name in node._fields + node._attributes
+                                 if hasattr(node, name)})
     if isinstance(node, list):
         return [_copy(item) for item in node]
     return node
