@@ -430,11 +430,11 @@ class Dispatcher(Backend):
             self.lineage.abandon(rebuild)
 
     def status(self) -> dict:
+        load = self.load()
         return {
             "workers": [{**w.describe(), "window": len(self.windows.get(w, ()))}
                         for w in self.workers],
-            "tasks": {"queued": self._queued(),
-                      "running": sum(1 for w in self.workers if w.task is not None),
+            "tasks": {"queued": load["queued"], "running": load["cpus"],
                       "done": self.done, "failed": self.failed},
             "objects": {"count": len(self.store), "bytes": self.store.total_bytes()},
             # Records kept (dormant ones too, as inputs of recipes); objects recomputed.

@@ -11,6 +11,7 @@ the same generators for 10,000 and more (figures in docs/reliability.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import threading
@@ -212,52 +213,54 @@ def test_fuzz_handshakes(fuzz_cluster, path):
     print(f"handshake fuzz {path}:", prober.stats)
 
 
-def test_frames_over_the_maximum_are_refused_clearly():
+@pytest.fixture(scope="module")
+def small_frames():
+    """A coordinator that accepts frames and messages of at most 64 KiB."""
     cluster = ClusterProcess(1, "--max-frame", "64KiB")
-    try:
-        ws_url = cluster.url.replace("http", "ws", 1) + "api/session"
-        with connect(ws_url, open_timeout=T, max_size=None) as ws:
-            ws.send(p.encode(p.Hello(version=p.VERSION, role="client")))
+    yield cluster
+    cluster.stop()
+
+
+@contextlib.contextmanager
+def raw_session(url: str):
+    """A websocket on ``url``'s session endpoint, past its hello."""
+    with connect(url.replace("http", "ws", 1) + "api/session", open_timeout=T,
+                 max_size=None) as ws:
+        ws.send(p.encode(p.Hello(version=p.VERSION, role="client")))
+        ws.recv(T)
+        yield ws
+
+
+def test_frames_over_the_maximum_are_refused_clearly(small_frames):
+    with raw_session(small_frames.url) as ws:
+        ws.send(b"\x00" * 100_000)
+        with pytest.raises(ConnectionClosed) as info:
             ws.recv(T)
-            ws.send(b"\x00" * 100_000)
-            with pytest.raises(ConnectionClosed) as info:
-                ws.recv(T)
-        assert info.value.rcvd.code == 1009          # MESSAGE_TOO_BIG
-        with pyfora.connect(cluster.url) as ex:                    # others carry on
-            assert ex.submit(pow, 3, 2).result(T).toLocal().result(T) == 9
-            # out of band, in frames under the limit, but more than it in all
-            with pytest.raises(pyfora.ConnectionError,
-                               match=r"submit of 100,\d+ bytes is over its size limit of "
-                                     r"65,536 bytes \(pyfora-cluster --max-frame\)"):
-                ex.submit(len, b"x" * 100_000).result(T)
-    finally:
-        cluster.stop()
+    assert info.value.rcvd.code == 1009          # MESSAGE_TOO_BIG
+    with pyfora.connect(small_frames.url) as ex:               # others carry on
+        assert ex.submit(pow, 3, 2).result(T).toLocal().result(T) == 9
+        # out of band, in frames under the limit, but more than it in all
+        with pytest.raises(pyfora.ConnectionError,
+                           match=r"submit of 100,\d+ bytes is over its size limit of "
+                                 r"65,536 bytes \(pyfora-cluster --max-frame\)"):
+            ex.submit(len, b"x" * 100_000).result(T)
 
 
-def test_buffers_over_the_maximum_are_refused_before_they_are_buffered():
+def test_buffers_over_the_maximum_are_refused_before_they_are_buffered(small_frames):
     """A peer cannot make the coordinator hold more than --max-frame for one message:
     an envelope declaring more is refused at once, however small its frames."""
-    cluster = ClusterProcess(1, "--max-frame", "64KiB")
-    try:
-        ws_url = cluster.url.replace("http", "ws", 1) + "api/session"
-        with connect(ws_url, open_timeout=T, max_size=None) as ws:
-            ws.send(p.encode(p.Hello(version=p.VERSION, role="client")))
+    with raw_session(small_frames.url) as ws:
+        ws.send(p.encode(p.Submit(id=1, payload=b"", oob=[[1 << 40, True]])))
+        with pytest.raises(ConnectionClosed) as info:
             ws.recv(T)
-            ws.send(p.encode(p.Submit(id=1, payload=b"", oob=[[1 << 40, True]])))
-            with pytest.raises(ConnectionClosed) as info:
-                ws.recv(T)
-        assert info.value.rcvd.code == 1009
-        assert "over its size limit of 65,536 bytes" in info.value.rcvd.reason
-        with connect(ws_url, open_timeout=T, max_size=None) as ws:
-            ws.send(p.encode(p.Hello(version=p.VERSION, role="client")))
+    assert info.value.rcvd.code == 1009
+    assert "over its size limit of 65,536 bytes" in info.value.rcvd.reason
+    with raw_session(small_frames.url) as ws:
+        ws.send(p.encode(p.Submit(id=1, payload=b"", oob=[[10, True]])))
+        ws.send(b"x" * 11)          # more than the buffer it belongs to
+        with pytest.raises(ConnectionClosed) as info:
             ws.recv(T)
-            ws.send(p.encode(p.Submit(id=1, payload=b"", oob=[[10, True]])))
-            ws.send(b"x" * 11)          # more than the buffer it belongs to
-            with pytest.raises(ConnectionClosed) as info:
-                ws.recv(T)
-        assert info.value.rcvd.code == 1002          # PROTOCOL_ERROR
-        assert "do not fit" in info.value.rcvd.reason
-        with pyfora.connect(cluster.url) as ex:                    # others carry on
-            assert ex.submit(pow, 3, 2).result(T).toLocal().result(T) == 9
-    finally:
-        cluster.stop()
+    assert info.value.rcvd.code == 1002          # PROTOCOL_ERROR
+    assert "do not fit" in info.value.rcvd.reason
+    with pyfora.connect(small_frames.url) as ex:               # others carry on
+        assert ex.submit(pow, 3, 2).result(T).toLocal().result(T) == 9
