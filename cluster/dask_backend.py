@@ -53,8 +53,9 @@ log = logging.getLogger("cluster")
 POLL = 0.5
 #: Seconds a cancelled task is remembered, in case the news that it started comes late.
 STOP_LATE = 60.0
-#: Seconds to wait for a finished task's done event (it comes first, from the same worker).
-DONE_LATE = 30.0
+#: Seconds to wait for a finished task's done event (it comes first, from the same worker)
+#: before asking its worker for the outcome with a Dask task of its own.
+DONE_LATE = 5.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -70,6 +71,7 @@ class DaskTask:
     started: float = 0.0
     cancelled: bool = False
     outcome: asyncio.Future | None = None   # its done event: (size, type, value, error)
+    inline: int = 0                 # the largest result to send with its done reply
     total: int = 0                  # a map's elements, from its first progress event
     counts: dict = dataclasses.field(default_factory=dict)
     counted_at: float = 0.0
@@ -168,7 +170,8 @@ class DaskBackend(Backend):
         records = [self._dependency(session, oid) for oid in msg.deps]
         for record in records:
             record.refs += 1
-        task = DaskTask(self._ids(), session, msg.id, self.store.new_id(), list(msg.deps))
+        task = DaskTask(self._ids(), session, msg.id, self.store.new_id(), list(msg.deps),
+                        inline=msg.inline)
         self.tasks[task.tid] = task
         self._by_request[(session, msg.id)] = task
         self.active[session] += 1
@@ -260,7 +263,7 @@ class DaskBackend(Backend):
         try:
             await wait(task.future)
             if task.future.status == "finished":
-                outcome = await asyncio.wait_for(asyncio.shield(task.outcome), DONE_LATE)
+                outcome = await self._outcome(task)
             else:       # Dask gave up on it: KilledWorker, a scheduler gone
                 exc = await task.future.exception()
                 outcome = 0, "", None, crash_error(
@@ -271,6 +274,26 @@ class DaskBackend(Backend):
                 return
             raise
         self._finish(task, *outcome)
+
+    async def _outcome(self, task: DaskTask) -> tuple:
+        """A finished task's outcome: from its done event, or, when that never comes (a
+        scheduler dropping events under load), from its worker (``dask_tasks.describe``)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(task.outcome), DONE_LATE)
+        except TimeoutError:
+            log.warning("task %d: no done event %.0f s after it finished; asking its "
+                        "worker", task.tid, DONE_LATE)
+        described = self.client.submit(dask_tasks.describe, task.future, task.inline,
+                                       pure=False)
+        try:
+            msg = await described
+        except Exception as exc:
+            return 0, "", None, crash_error(
+                f"Dask could not describe the task's result: {type(exc).__name__}: {exc}",
+                dask_tasks.worker_label(task.worker or ""))
+        finally:
+            described.release()
+        return msg["size"], msg["type"], msg["value"], msg["error"]
 
     def _finish(self, task: DaskTask, size: int, type_: str, value: bytes | None,
                 error: dict | None) -> None:

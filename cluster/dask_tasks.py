@@ -6,7 +6,8 @@ them, or the error its call raised (``describe_exception``), so a failed task is
 task that succeeded and Dask's own retries are left for workers that die. The
 coordinator never unpickles a value: a task tells it its size, type, error and, when
 small enough to ride along with the reply, its pickle, in an event on ``DONE_TOPIC``
-(one Dask task per pyfora task: a second one to describe the result halved the rate);
+(one Dask task per pyfora task: a second one to describe the result halved the rate,
+so ``describe`` runs as a task only when a finished task's event never came);
 for a ``toLocal`` it asks for ``fetch(held)`` (the pickle).
 
 What a task prints goes to the coordinator as Dask events on ``OUTPUT_TOPIC``, a line at
@@ -97,15 +98,22 @@ def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: l
         data, _ = serialization.dumps(value, buffers=out)
     except BaseException as exc:   # noqa: B036 - user code may raise SystemExit too
         held = Held(error=serialization.describe_exception(exc, name))
-        worker.log_event(DONE_TOPIC, {"task": tid, "size": 0, "type": "", "value": None,
-                                      "error": held.error})
-        return held
-    size = len(data) + sum(length for length, _ in p.oob_layout(out))
-    worker.log_event(DONE_TOPIC, {"task": tid, "size": size,
-                                  "type": serialization.type_name(type(value)),
-                                  "value": data if size <= inline and not out else None,
-                                  "error": None})
-    return Held(value, data, out)
+    else:
+        held = Held(value, data, out)
+    worker.log_event(DONE_TOPIC, {"task": tid, **describe(held, inline)})
+    return held
+
+
+def describe(held: Held, inline: int) -> dict:
+    """A task's outcome as its done event gives it: size, type, error, and the pickle
+    when it is at most ``inline`` bytes and has no out-of-band buffers. Also run as a
+    Dask task of its own when a finished task's event never came."""
+    if held.error is not None:
+        return {"size": 0, "type": "", "value": None, "error": held.error}
+    size = len(held.data) + sum(length for length, _ in p.oob_layout(held.buffers))
+    return {"size": size, "type": serialization.type_name(type(held.value)),
+            "value": held.data if size <= inline and not held.buffers else None,
+            "error": None}
 
 
 def load(data: bytes, oob: list, buffers: list) -> Held:

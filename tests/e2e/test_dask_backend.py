@@ -24,6 +24,7 @@ distributed = pytest.importorskip("distributed", reason="dask[distributed] is no
                                   "(pip install -e '.[dask]')")
 
 from pyfora import aio  # noqa: E402
+from pyfora.errors import ComputationError  # noqa: E402
 
 T = 60 * UNIT
 TOKEN = "dask-backend-test-token-0123456789"
@@ -146,6 +147,41 @@ async def test_a_lost_dask_worker_is_recovered_from_lineage(coordinator, dask_cl
         await async_wait_until(
             lambda: len(dask_client.scheduler_info()["workers"]) == len(workers), T,
             "the nannies to replace both workers")
+
+
+def _drop_done_events(dask_scheduler, drop=True):
+    """On the scheduler: lose (or stop losing) every pyfora done event, as a scheduler
+    might under load."""
+    from cluster.dask_tasks import DONE_TOPIC
+    if not drop:
+        dask_scheduler.__dict__.pop("log_event", None)
+        return
+    log_event = type(dask_scheduler).log_event.__get__(dask_scheduler)
+    dask_scheduler.log_event = lambda topic, msg: (
+        None if topic == DONE_TOPIC else log_event(topic, msg))
+
+
+def fail(message):
+    raise ValueError(message)
+
+
+async def test_a_task_whose_done_event_is_lost_still_answers(coordinator, dask_client):
+    dask_client.run_on_scheduler(_drop_done_events)
+    try:
+        async with aio.connect(coordinator.url, token=TOKEN) as ex:
+            small, big, failed = await asyncio.wait_for(asyncio.gather(
+                ex.submit(make_list, 3), ex.submit(make_list, 100_000),
+                ex.submit(fail, "from the task"), return_exceptions=True), T)
+            # The coordinator asked the workers instead (after DONE_LATE): the small
+            # result still rides with the reply, the large one stays on Dask.
+            assert small._inline is not None and big._inline is None
+            assert await asyncio.wait_for(small.toLocal(), T) == [0, 1, 2]
+            assert await asyncio.wait_for(big.toLocal(), T) == list(range(100_000))
+            assert failed.failed
+            with pytest.raises(ComputationError, match="from the task"):
+                await asyncio.wait_for(failed.toLocal(), T)
+    finally:
+        dask_client.run_on_scheduler(_drop_done_events, drop=False)
 
 
 def test_a_pyfora_worker_cannot_join_a_dask_backed_coordinator(coordinator):
