@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-frame", type=parse_size, default=None, metavar="SIZE",
                         help="largest websocket frame, and largest message (a value with "
                              "its buffers), accepted (default 1GiB)")
+    parser.add_argument("--no-shared-memory", dest="shared_memory", action="store_false",
+                        help="send every buffer over the websockets, even to clients and "
+                             "workers on this machine (default: large buffers between "
+                             "processes of this machine go through /dev/shm)")
     parser.add_argument("--session-grace", type=float, default=30.0, metavar="SECONDS",
                         help="how long a client whose connection broke has to reconnect "
                              "and resume its session before everything it held is "
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     config = Config(host=args.host, port=args.port, workers=args.workers, token=args.token,
                     certfile=args.certfile, keyfile=args.keyfile,
                     memory_limit=args.memory_limit, session_grace=args.session_grace,
-                    backend=args.backend, scheduler=args.scheduler)
+                    backend=args.backend, scheduler=args.scheduler,
+                    shared_memory=args.shared_memory)
     if args.max_frame is not None:
         config.max_frame = args.max_frame
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

@@ -19,6 +19,7 @@ import uuid
 from aiohttp import WSCloseCode, web
 
 from pyfora import protocol as p
+from pyfora import shared_memory
 from pyfora.errors import ProtocolError, PyforaUsageError
 
 from . import dashboard
@@ -48,6 +49,8 @@ class Config:
     ``backend`` is what runs the tasks: ``"pool"``, worker subprocesses of the
     coordinator's own, or ``"dask"``, the Dask cluster whose scheduler is at
     ``scheduler`` (a local one of ``workers`` processes when None; ``dask_backend``).
+    ``shared_memory``: clients and workers on this machine hand large buffers over
+    through ``/dev/shm`` (``pyfora.shared_memory``).
     """
     host: str = "127.0.0.1"
     port: int = 8000
@@ -61,6 +64,7 @@ class Config:
     token_generated: bool = False
     backend: str = "pool"
     scheduler: str | None = None
+    shared_memory: bool = True
 
     def __post_init__(self) -> None:
         if self.workers is None:
@@ -88,14 +92,22 @@ class Coordinator:
         self.worker_token = config.token or new_token()
         self.pool: WorkerPool | None = None
         self._joined = asyncio.Event()
+        self.host = shared_memory.host_id()
+        self.shm = shared_memory.Directory.create() if config.shared_memory else None
 
-    def welcome(self, session: str) -> p.Welcome:
+    def shm_for(self, hello: p.Hello) -> shared_memory.Directory | None:
+        """The shared-memory directory for the peer that said ``hello``, if it is on this
+        machine."""
+        return self.shm if hello.host is not None and hello.host == self.host else None
+
+    def welcome(self, session: str, shm: shared_memory.Directory | None) -> p.Welcome:
         return p.Welcome(session=session, workers=len(self.dispatcher.workers),
-                         cluster=self.cluster_id)
+                         cluster=self.cluster_id, shm=shm.path if shm else None)
 
     def status(self) -> dict:
         info = self.dispatcher.status()
         info["sessions"] = len(self.sessions)
+        info["shared_memory"] = self.shm.usage() if self.shm is not None else None
         return info
 
     async def wait_for_workers(self, count: int, timeout: float = JOIN_TIMEOUT) -> None:
@@ -109,7 +121,7 @@ class Coordinator:
 
         def welcome(ws: web.WebSocketResponse, hello: p.Hello) -> p.Welcome | p.Error:
             if hello.resume is None:
-                session = ClientSession(ws, self)
+                session = ClientSession(ws, self, self.shm_for(hello))
                 self.resumable[session.resume_token] = session
             else:
                 found = self.resumable.get(hello.resume)
@@ -151,7 +163,7 @@ class Coordinator:
     async def worker_handler(self, request: web.Request) -> web.StreamResponse:
         def welcome(ws: web.WebSocketResponse, hello: p.Hello) -> p.Welcome | p.Error:
             if isinstance(self.dispatcher, Dispatcher):
-                return self.welcome("")
+                return self.welcome("", self.shm_for(hello))
             return p.Error(id=0, kind="PyforaUsageError", message=(
                 "this coordinator runs its tasks on Dask: add Dask workers to its "
                 "scheduler (dask worker tcp://SCHEDULER:8786), not pyfora-workers"))
@@ -161,7 +173,8 @@ class Coordinator:
         if accepted is None:
             return web.Response()
         ws, hello = accepted
-        worker = WorkerLink(ws, self, hello.name or f"worker@{request.remote}")
+        worker = WorkerLink(ws, self, hello.name or f"worker@{request.remote}",
+                            self.shm_for(hello))
         self.dispatcher.worker_joined(worker)
         self._joined.set()
         try:
@@ -227,6 +240,8 @@ class RunningCluster:
         await self.runner.cleanup()
         if not isinstance(self.coordinator.dispatcher, Dispatcher):
             await self.coordinator.dispatcher.close()
+        if self.coordinator.shm is not None:
+            self.coordinator.shm.remove()
 
 
 async def start_cluster(config: Config) -> RunningCluster:

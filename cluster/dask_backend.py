@@ -41,6 +41,7 @@ from distributed.client import FutureCancelledError
 
 from pyfora import protocol as p
 from pyfora.errors import PyforaUsageError, WorkerCrashedError
+from pyfora.shared_memory import Shared
 
 from . import dask_parallel, dask_tasks
 from .backend import Backend
@@ -421,13 +422,13 @@ class DaskBackend(Backend):
 
 def _joined(oob: list, frames: list) -> list:
     """Out-of-band buffers whole, from the frames the coordinator keeps them in (a buffer
-    over ``protocol.CHUNK`` came in several)."""
+    over ``protocol.CHUNK`` came in several, one in shared memory as a ``Shared``)."""
     buffers, parts = [], iter(frames)
-    for size, _ in oob:
+    for size, *_ in oob:
         pieces, got = [], 0
         while got < size:
             piece = next(parts)
-            pieces.append(piece)
             got += len(piece)
+            pieces.append(piece.read() if isinstance(piece, Shared) else piece)
         buffers.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
     return buffers

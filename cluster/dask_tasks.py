@@ -55,8 +55,7 @@ class Held:
 def _received(oob: list, buffers: list) -> list:
     """Buffers as they came from the coordinator (bytes): writable ones are made
     writable again (a copy), so arrays arrive writable as on the built-in workers."""
-    return [bytearray(data) if writable else data
-            for data, (_, writable) in zip(buffers, oob)]
+    return [bytearray(data) if entry[1] else data for data, entry in zip(buffers, oob)]
 
 
 def worker_label(address: str) -> str:

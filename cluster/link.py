@@ -19,6 +19,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from pyfora import protocol as p
 from pyfora.errors import ProtocolError, PyforaError
+from pyfora.shared_memory import Directory
 
 from .auth import handshake_allowed, token_ok
 
@@ -78,10 +79,12 @@ async def _refuse(ws: web.WebSocketResponse, kind: str, message: str, code: int)
 class Link:
     """The coordinator's end of one websocket."""
 
-    def __init__(self, ws: web.WebSocketResponse, name: str, max_size: int = p.MAX_FRAME) -> None:
+    def __init__(self, ws: web.WebSocketResponse, name: str, max_size: int = p.MAX_FRAME,
+                 shm: Directory | None = None) -> None:
         self.ws = ws
         self.name = name
         self.max_size = max_size        # of one message from the peer, buffers included
+        self.shm = shm                  # the peer is on this machine: buffers go there
         self.closed = False
         # Each item: the frames of one message (``protocol.to_frames``).
         self._queue: asyncio.Queue[list | None] = asyncio.Queue()
@@ -90,7 +93,7 @@ class Link:
 
     def send(self, message: p.Message) -> None:
         if not self.closed:
-            self._queue.put_nowait(p.to_frames(message))
+            self._queue.put_nowait(p.to_frames(message, self.shm))
 
     def send_error(self, request_id: int, exc: Exception) -> None:
         kind = type(exc).__name__ if isinstance(exc, PyforaError) else "InternalError"
@@ -123,7 +126,7 @@ class Link:
         """Read frames until the peer goes away; ``handle`` each one."""
         ws, queue = self.ws, self._queue
         writer = asyncio.create_task(self._write(ws, queue))
-        assembler = p.Assembler(join=False, max_size=self.max_size)
+        assembler = p.Assembler(join=False, max_size=self.max_size, shm=self.shm)
         try:
             async for msg in ws:
                 if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
@@ -148,6 +151,9 @@ class Link:
                 except Exception as exc:   # a bug here must not take down other sessions
                     log.exception("error handling %s from %s", message.op, self.name)
                     self.send_error(getattr(message, "id", 0), exc)
+                # Held until the next frame otherwise: a buffer in shared memory is
+                # released when the message is.
+                whole = message = None
         finally:
             queue.put_nowait(None)
             self.disconnected(ws)

@@ -39,8 +39,8 @@ _names = itertools.count(1)
 
 
 class ClientSession(Link):
-    def __init__(self, ws: web.WebSocketResponse, coordinator) -> None:
-        super().__init__(ws, f"session-{next(_names)}", coordinator.config.max_frame)
+    def __init__(self, ws: web.WebSocketResponse, coordinator, shm=None) -> None:
+        super().__init__(ws, f"session-{next(_names)}", coordinator.config.max_frame, shm)
         self.coordinator = coordinator
         self.dispatcher = coordinator.dispatcher
         self.resume_token = secrets.token_urlsafe(32)
@@ -53,7 +53,7 @@ class ClientSession(Link):
             return
         if not self.attached and isinstance(message, p.Info) and message.id == 0:
             return      # load pushes are stale by the time it resumes: not worth keeping
-        frames = p.to_frames(message)
+        frames = p.to_frames(message, self.shm)
         self.replay.record(frames)
         if self.attached:
             self._queue.put_nowait(frames)
@@ -72,7 +72,8 @@ class ClientSession(Link):
         return p.Welcome(session=self.name, workers=len(self.dispatcher.workers),
                          cluster=self.coordinator.cluster_id,
                          resume=self.resume_token if grace > 0 else None, grace=grace,
-                         received=self.replay.received)
+                         received=self.replay.received,
+                         shm=self.shm.path if self.shm is not None else None)
 
     def resume(self, ws: web.WebSocketResponse, received: int) -> None:
         """Attach a new socket from a client that has ``received`` frames of this session.

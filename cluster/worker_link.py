@@ -15,8 +15,8 @@ from .link import Link
 
 
 class WorkerLink(Link):
-    def __init__(self, ws, coordinator, name: str) -> None:
-        super().__init__(ws, name, coordinator.config.max_frame)
+    def __init__(self, ws, coordinator, name: str, shm=None) -> None:
+        super().__init__(ws, name, coordinator.config.max_frame, shm)
         self.coordinator = coordinator
         self.dispatcher = coordinator.dispatcher
         self._task = None

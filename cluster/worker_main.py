@@ -24,7 +24,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from pyfora import protocol as p
-from pyfora import serialization
+from pyfora import serialization, shared_memory
 from pyfora.aio.tls import client_context
 from pyfora.errors import ProtocolError, PyforaConnectionError
 from pyfora.parallel import _runtime as parallel_runtime
@@ -57,9 +57,10 @@ class _Entry:
 
 
 class Worker:
-    def __init__(self, ws, name: str) -> None:
+    def __init__(self, ws, name: str, shm: shared_memory.Directory | None = None) -> None:
         self.ws = ws
         self.name = name
+        self.shm = shm      # on the coordinator's machine: large buffers go there
         self.loop = asyncio.get_running_loop()
         self.store: dict[int, _Entry] = {}
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="pyfora-task")
@@ -79,10 +80,10 @@ class Worker:
         parallel_runtime.install(self.parallel)
 
     def send(self, message: p.Message) -> None:
-        self.outbox.put_nowait(p.to_frames(message))
+        self.outbox.put_nowait(p.to_frames(message, self.shm))
 
     def send_threadsafe(self, message: p.Message) -> None:
-        self.loop.call_soon_threadsafe(self.outbox.put_nowait, p.to_frames(message))
+        self.loop.call_soon_threadsafe(self.outbox.put_nowait, p.to_frames(message, self.shm))
 
     async def writer(self) -> None:
         while True:
@@ -90,7 +91,7 @@ class Worker:
                 await self.ws.send(frame)
 
     async def serve(self) -> None:
-        assembler = p.Assembler(join=True)
+        assembler = p.Assembler(join=True, shm=self.shm)
         async for frame in self.ws:
             whole = assembler.feed(frame)
             if whole is None:
@@ -230,11 +231,12 @@ async def run_worker(url: str, token: str | None, name: str,
                          f"{exc}") from None
     async with connection as ws:
         await ws.send(p.encode(p.Hello(version=p.VERSION, role="worker", token=token,
-                                       name=name)))
+                                       name=name, host=shared_memory.host_id())))
         reply = p.decode(await ws.recv())
         if isinstance(reply, p.Error):
             raise SystemExit(f"pyfora-worker: {reply.message}")
-        worker = Worker(ws, name)
+        worker = Worker(ws, name,
+                        shared_memory.Directory(reply.shm) if reply.shm else None)
         writer = asyncio.create_task(worker.writer())
         stats = asyncio.create_task(worker_stats.report(worker.send))
         try:

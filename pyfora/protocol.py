@@ -13,12 +13,14 @@ buffer, and its bytes follow as frames of at most ``CHUNK`` bytes, in order, non
 straddling two buffers. So msgpack never copies a large value, the sender sends views of
 the value's own memory, the receiver gathers each buffer once, the coordinator relays the
 frames as they came (``Assembler`` with ``join=False``), and no frame exceeds the frame
-limit however large the value.
+limit however large the value. Between processes of one machine, a large buffer goes
+through shared memory instead, and the envelope names its file (``shared_memory``).
 
 Requests carry an ``id`` chosen by the sender; the reply names the same ``id``. Messages
 whose ``id`` is 0 want no reply.
 
-Runs on any thread; imports neither asyncio nor websockets.
+Runs on any thread; imports neither asyncio nor websockets (its only I/O: the files of
+buffers in shared memory, when given a ``shared_memory.Directory``).
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from typing import Any, ClassVar, dataclass_transform
 import msgpack
 
 from .errors import ProtocolError
+from .shared_memory import MIN_SIZE as SHARED_MIN_SIZE
+from .shared_memory import Directory, Shared
 
-VERSION = 2
+VERSION = 3
 #: Largest frame either end accepts, and largest message (envelope and buffers), unless
 #: configured otherwise.
 MAX_FRAME = 1 << 30
@@ -55,7 +59,8 @@ class Message:
 
 def _oob():
     """The ``oob`` field of messages that carry a pickle: ``[size, writable]`` of each
-    out-of-band buffer whose frames follow the envelope."""
+    out-of-band buffer whose frames follow the envelope, or ``[size, writable, name]`` of
+    one in shared memory (``shared_memory``: no frames follow for it)."""
     return dataclasses.field(default_factory=list)
 
 
@@ -92,19 +97,23 @@ class Hello(Message):
     name: str | None = None
     resume: str | None = dataclasses.field(default=None, repr=False)
     received: int = 0
+    host: str | None = None     # ``shared_memory.host_id()``: may it share memory
 
 
 @_message("welcome")
 class Welcome(Message):
     """The answer to ``hello``. For a client: ``resume`` is the session's secret for
     resuming it within ``grace`` seconds of a broken connection (None: it cannot be
-    resumed), and ``received`` how many messages of the session the coordinator has."""
+    resumed), and ``received`` how many messages of the session the coordinator has.
+    ``shm``: for a peer on the coordinator's machine, the directory through which large
+    buffers go (``shared_memory``)."""
     session: str
     workers: int
     cluster: str
     resume: str | None = dataclasses.field(default=None, repr=False)
     grace: float = 0.0
     received: int = 0
+    shm: str | None = None
 
 
 @_message("ack")
@@ -286,26 +295,56 @@ _FIELDS = {op: {f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type
            for op, cls in _OPS.items()}
 
 
-def encode(message: Message) -> bytes:
-    """Encode one message's envelope as a frame (its buffers' frames: ``to_frames``)."""
+def encode(message: Message, **fields: Any) -> bytes:
+    """Encode one message's envelope as a frame (its buffers' frames: ``to_frames``),
+    with ``fields`` in place of its own."""
     data = {"op": message.op}
     for name in _FIELDS[message.op]:
         data[name] = getattr(message, name)
+    data.update(fields)
     return msgpack.packb(data, use_bin_type=True)
 
 
-def to_frames(message: Message) -> list:
+def to_frames(message: Message, shm: Directory | None = None) -> list:
     """Every frame of one message: its envelope, then its buffers in ``CHUNK``-sized
-    frames (views, not copies). Send them in order, with no other frame in between."""
-    frames: list = [encode(message)]
-    for data in getattr(message, "frames", ()):
-        view = memoryview(data).cast("B")
-        if len(view) <= CHUNK:
-            if view:
+    frames (views, not copies). Send them in order, with no other frame in between.
+
+    ``shm``: the receiver shares this machine's memory, through that directory. Buffers
+    of at least ``SHARED_MIN_SIZE`` bytes then go as files (a buffer the coordinator
+    holds as a ``Shared``, by a new link to it), and the envelope names them."""
+    if not getattr(message, "frames", None):
+        return [encode(message)]
+    frames: list = [b""]
+    oob = []
+    parts = (part for part in message.frames if _nbytes(part))
+    for size, writable, *_ in message.oob:
+        pieces, got = [], 0
+        while got < size:
+            pieces.append(next(parts))
+            got += _nbytes(pieces[-1])
+        if len(pieces) == 1 and isinstance(pieces[0], Shared):
+            if shm is not None:
+                oob.append([size, writable, pieces[0].link()])
+                continue
+            pieces = [pieces[0].read()]     # to another machine
+        elif shm is not None and size >= SHARED_MIN_SIZE and len(pieces) == 1:
+            name = shm.put(pieces[0])
+            if name is not None:
+                oob.append([size, writable, name])
+                continue
+        oob.append([size, writable])
+        for data in pieces:
+            view = memoryview(data).cast("B")
+            if len(view) <= CHUNK:
                 frames.append(view)
-        else:
-            frames.extend(view[i:i + CHUNK] for i in range(0, len(view), CHUNK))
+            else:
+                frames.extend(view[i:i + CHUNK] for i in range(0, len(view), CHUNK))
+    frames[0] = encode(message, oob=oob)
     return frames
+
+
+def _nbytes(part: Any) -> int:
+    return part.nbytes if isinstance(part, Shared) else memoryview(part).nbytes
 
 
 def oob_layout(buffers: list) -> list:
@@ -319,7 +358,7 @@ def oob_layout(buffers: list) -> list:
 
 def message_size(message: Message, envelope: int) -> int:
     """Bytes on the wire of a message whose envelope is ``envelope`` bytes."""
-    return envelope + sum(size for size, _ in getattr(message, "oob", ()))
+    return envelope + sum(entry[0] for entry in getattr(message, "oob", ()))
 
 
 def decode(frame: bytes | str) -> Message:
@@ -379,11 +418,12 @@ def _check_types(message: Message) -> None:
             ok = type(value) is list and all(type(v) is int for v in value)
         elif name == "oob":
             ok = type(value) is list and all(
-                type(b) is list and len(b) == 2 and type(b[0]) is int and b[0] >= 0
-                and type(b[1]) is bool for b in value)
+                type(b) is list and len(b) in (2, 3) and type(b[0]) is int and b[0] >= 0
+                and type(b[1]) is bool and (len(b) == 2 or type(b[2]) is str)
+                for b in value)
         elif name in ("stream", "text", "kind", "message", "role", "type"):
             ok = type(value) is str
-        elif name in ("token", "name", "resume"):
+        elif name in ("token", "name", "resume", "host", "shm"):
             ok = value is None or type(value) is str
         elif name == "value":
             ok = value is None or type(value) is bytes
@@ -410,13 +450,19 @@ class Assembler:
     writable ``memoryview`` of it (``getbuffer``), so numpy arrays come back writable.
     ``join=False`` (the coordinator, which relays): the frames are kept as they came.
 
+    A buffer in shared memory (``shm``: the directory, for a peer on this machine) is
+    taken as its envelope arrives: read or mapped, and its name unlinked, when joining;
+    kept as a ``Shared`` by the coordinator.
+
     ``max_size`` bounds one message, envelope and buffers: a peer cannot make this end
     hold more than that for a message it has not finished sending.
     """
 
-    def __init__(self, join: bool, max_size: int = MAX_FRAME) -> None:
+    def __init__(self, join: bool, max_size: int = MAX_FRAME,
+                 shm: Directory | None = None) -> None:
         self.join = join
         self.max_size = max_size
+        self.shm = shm
         self._message: Message | None = None
         self._size = 0              # bytes of the message being assembled
         self._layout: list = []     # [size, writable] of the buffers still to come
@@ -470,12 +516,31 @@ class Assembler:
 
     def _next_buffer(self) -> None:
         while self._layout and self._left == 0:
-            size, writable = self._layout.pop()
+            size, writable, *name = self._layout.pop()
+            if name:
+                self._frames.append(self._shared(name[0], size, writable))
+                continue
             self._left, self._readonly = size, not writable
             if self.join:
                 self._buffer = io.BytesIO()
             if size == 0:
                 self._end_buffer()
+
+    def _shared(self, name: str, size: int, writable: bool) -> Any:
+        op = self._message.op if self._message is not None else "?"
+        try:
+            if self.shm is None:
+                raise OSError("this end shares no memory with its peer")
+            if self.join:
+                return self.shm.take(name, size, writable)
+            shared = self.shm.keep(name)
+            if len(shared) != size:
+                raise OSError(f"not {size} bytes")
+            return shared
+        except OSError as exc:
+            self._message, self._layout, self._frames = None, [], []
+            raise _fatal(1002, f"{op}: its buffer in shared memory cannot be used "
+                         f"({exc})") from None
 
     def _end_buffer(self) -> None:
         if self.join:

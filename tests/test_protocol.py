@@ -1,12 +1,14 @@
 """``pyfora.protocol``: pure unit tests, no I/O."""
 
 import dataclasses
+import os
 
 import msgpack
 import pytest
 
 from pyfora import errors
 from pyfora import protocol as p
+from pyfora import shared_memory
 
 SAMPLES = [
     p.Hello(version=p.VERSION, role="client", token="t", name=None),
@@ -240,3 +242,70 @@ def test_the_assembler_refuses_what_does_not_fit():
     assert info.value.close_code is None
     with pytest.raises(errors.ProtocolError, match="oob"):
         p.decode(msgpack.packb({"op": "submit", "id": 1, "payload": b"", "oob": [[-1, True]]}))
+
+
+def test_large_buffers_go_through_shared_memory_and_are_taken_once(tmp_path):
+    shm = shared_memory.Directory(str(tmp_path))
+    big, writable = b"r" * shared_memory.MIN_SIZE, bytearray(b"w" * (3 * shared_memory.MIN_SIZE))
+    frames = p.to_frames(buffers_message(big, writable, b"small"), shm)
+    # only the small buffer follows the envelope; the large ones are named files
+    oob = p.decode(frames[0]).oob
+    assert [entry[:2] for entry in oob] == [[len(big), False], [len(writable), True],
+                                            [5, False]]
+    assert len(oob[0]) == len(oob[1]) == 3 and len(oob[2]) == 2
+    assert sorted(os.listdir(tmp_path)) == sorted([oob[0][2], oob[1][2]])
+    assert [bytes(f) for f in frames[1:]] == [b"small"]
+    message, size = None, 0
+    assembler = p.Assembler(join=True, shm=shm)
+    for frame in frames:
+        message, size = assembler.feed(bytes(frame)) or (None, 0)
+    assert size == len(frames[0]) + len(big) + len(writable) + 5
+    got_big, got_writable, got_small = message.frames
+    assert type(got_big) is bytes and got_big == big
+    assert not got_writable.readonly and bytes(got_writable) == writable
+    got_writable[0] = 0         # copy-on-write: the file's pages are not changed
+    assert got_small == b"small"
+    assert os.listdir(tmp_path) == []           # the receiver unlinked what it took
+
+
+def test_the_coordinator_relays_shared_buffers_by_link_or_over_the_wire(tmp_path):
+    shm = shared_memory.Directory(str(tmp_path))
+    data = bytes(range(256)) * (shared_memory.MIN_SIZE // 256 * 5)      # over one chunk
+    frames = p.to_frames(buffers_message(data), shm)
+    message, _ = p.Assembler(join=False, shm=shm).feed(frames[0])
+    [held] = message.frames
+    assert isinstance(held, shared_memory.Shared) and len(held) == len(data)
+    # to a peer on this machine: a new name for the same file, taken by the receiver
+    local = p.to_frames(message, shm)
+    assert len(local) == 1 and len(os.listdir(tmp_path)) == 2
+    got, _ = p.Assembler(join=True, shm=shm).feed(local[0])
+    assert got.frames == [data]
+    # to a peer elsewhere: read, and sent in chunks
+    remote = p.to_frames(message, None)
+    assert p.decode(remote[0]).oob == [[len(data), False]]
+    assert b"".join(remote[1:]) == data and len(remote) == 3
+    del message, held, got
+    assert os.listdir(tmp_path) == []           # the coordinator's name went with it
+
+
+def test_a_buffer_that_cannot_be_written_to_shared_memory_goes_over_the_wire(tmp_path):
+    gone = shared_memory.Directory(str(tmp_path / "removed"))
+    data = b"x" * shared_memory.MIN_SIZE
+    frames = p.to_frames(buffers_message(data), gone)
+    assert p.decode(frames[0]).oob == [[len(data), False]]
+    assert b"".join(frames[1:]) == data
+
+
+@pytest.mark.parametrize("shm, name, words", [
+    (False, "1-2-ab", "shares no memory"),
+    (True, "../1-2-ab", "not a shared buffer name"),
+    (True, "1-2-ab", "No such file"),
+])
+def test_the_assembler_refuses_a_bad_shared_buffer(tmp_path, shm, name, words):
+    assembler = p.Assembler(join=True, shm=shared_memory.Directory(str(tmp_path)) if shm
+                            else None)
+    with pytest.raises(errors.ProtocolError, match=words) as info:
+        assembler.feed(p.encode(p.Submit(id=1, payload=b"", oob=[[10, False, name]])))
+    assert info.value.close_code == 1002
+    status = p.encode(p.Status(id=2))       # the connection could go on
+    assert assembler.feed(status) == (p.Status(id=2), len(status))

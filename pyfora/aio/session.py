@@ -34,6 +34,7 @@ import websockets
 from websockets.asyncio.client import connect as ws_connect
 
 from .. import protocol as p
+from .. import shared_memory
 from ..errors import (AuthenticationError, ExecutorClosedError, ProtocolError,
                       PyforaConnectionError, SessionClosedOK, SessionLost)
 from .tls import client_context
@@ -64,6 +65,8 @@ class Session:
         self.on_push = on_push
         self._reconnect = reconnect     # opens a new websocket to the same endpoint
         self._token = token
+        # On the cluster's machine, large buffers go through shared memory.
+        self._shm = shared_memory.Directory(welcome.shm) if welcome.shm else None
         self._replay = p.Replay()
         self._resuming = False
         self._pending: dict[int, asyncio.Future] = {}
@@ -121,7 +124,8 @@ class Session:
                 f"cannot reach the cluster at {url}: {exc}; is it running? "
                 "(start one with `pyfora-cluster`, or call pyfora.connect() with no URL)") from None
         try:
-            await ws.send(p.encode(p.Hello(version=p.VERSION, role="client", token=token)))
+            await ws.send(p.encode(p.Hello(version=p.VERSION, role="client", token=token,
+                                           host=shared_memory.host_id())))
             reply = p.decode(await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT))
         except (websockets.ConnectionClosed, TimeoutError) as exc:
             await ws.close()
@@ -179,7 +183,7 @@ class Session:
             pass
 
     def _send(self, message: p.Message) -> None:
-        frames = p.to_frames(message)
+        frames = p.to_frames(message, self._shm)
         self._replay.record(frames)     # kept until acked: sent again on resuming
         self._outbox.put_nowait(frames)
 
@@ -212,7 +216,7 @@ class Session:
     async def _read_socket(self, ws) -> tuple[PyforaConnectionError, bool]:
         """Read ``ws`` until it ends; return the failure it ends with, and whether it
         broke without a close frame (the session may be resumed)."""
-        assembler = p.Assembler(join=True)
+        assembler = p.Assembler(join=True, shm=self._shm)
         try:
             async for frame in ws:
                 self._arrived(frame, assembler)
@@ -282,7 +286,8 @@ class Session:
         try:
             await ws.send(p.encode(p.Hello(
                 version=p.VERSION, role="client", token=self._token,
-                resume=self.welcome.resume, received=self._replay.received)))
+                resume=self.welcome.resume, received=self._replay.received,
+                host=shared_memory.host_id())))
             return p.decode(await ws.recv())
         except BaseException:
             await ws.close()

@@ -132,6 +132,14 @@ def resumable():
 
 
 @pytest.fixture(scope="module")
+def resumable_wire():
+    """As ``resumable``, with every buffer over the websocket (where a cut can fall)."""
+    cluster = ClusterProcess(1, "--no-shared-memory")
+    yield cluster
+    assert cluster.stop() == 0
+
+
+@pytest.fixture(scope="module")
 def short_grace():
     cluster = ClusterProcess(1, "--session-grace", "1")
     yield cluster
@@ -172,17 +180,21 @@ async def test_proxies_and_requests_sent_during_the_cut_work_after_it(resumable)
         # Requests made while cut off wait for the resume, then are sent once.
         during = asyncio.ensure_future(ex.submit(square, computed))
         fetch = asyncio.ensure_future(defined.toLocal())
+        blob = os.urandom(3 * p.CHUNK)      # goes through shared memory
+        large = asyncio.ensure_future(ex.submit(sha256, blob))
         await asyncio.sleep(0.2 * UNIT)      # give them time to be (not) sent
-        assert not during.done() and not fetch.done()
+        assert not during.done() and not fetch.done() and not large.done()
         proxy.refusing = False
         assert await wait(fetch) == list(range(100_000))
         assert await wait((await wait(during)).toLocal()) == 144 ** 2
         assert await wait(computed.toLocal()) == 144
         assert await wait(big.toLocal()) == bytes(200_000)
         assert await wait((await wait(ex.submit(len, defined))).toLocal()) == 100_000
-        # Each of the four tasks ran exactly once: nothing was lost or run twice.
-        assert (await status(url))["tasks"]["done"] == before + 4
+        assert await wait((await wait(large)).toLocal()) == sha256(blob)
+        # Each of the five tasks ran exactly once: nothing was lost or run twice.
+        assert (await status(url))["tasks"]["done"] == before + 5
         assert proxy.accepted == 2
+        assert (await status(url))["shared_memory"]["files"] == 0
 
 
 def sha256(data: bytes) -> str:
@@ -190,11 +202,11 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-async def test_a_large_message_cut_in_the_middle_is_sent_again_whole(resumable):
+async def test_a_large_message_cut_in_the_middle_is_sent_again_whole(resumable_wire):
     """A message and its buffers' frames are one unit for ``protocol.Replay``: a cut
     inside the buffers (of a submit going up, of a value coming down) loses the part
     that came, and the whole message is sent again after the resume."""
-    url = resumable.url
+    url = resumable_wire.url
     blob = os.urandom(3 * p.CHUNK + 12345)
     async with Proxy(port_of(url)) as proxy, aio.connect(proxy.url) as ex:
         before = (await status(url))["tasks"]["done"]

@@ -1,16 +1,25 @@
 """Large values end to end: their buffers travel out of band, in frames of at most
 ``protocol.CHUNK`` bytes, relayed by the coordinator without decoding
-(``pyfora/protocol.py``, ``pyfora/serialization.py``). Real coordinator, real workers."""
+(``pyfora/protocol.py``, ``pyfora/serialization.py``), or, between processes of this
+machine, as files in shared memory (``pyfora/shared_memory.py``). Each round trip runs
+both ways: on the shared clusters (shared memory) and on a ``--no-shared-memory`` one.
+Real coordinator, real workers."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 
 import numpy as np
-from conftest import UNIT
+import pytest
+from conftest import UNIT, ClusterProcess, http_status, wait_idle, wait_until
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
+import pyfora
+from pyfora import aio, shared_memory
 from pyfora import protocol as p
 
 T = 60 * UNIT
@@ -35,7 +44,27 @@ def pids_and_sums(a, b) -> tuple:
     return a[0], b[0], float(a[1].sum()), float(b[1].sum())
 
 
-async def test_large_bytes_and_arrays_round_trip_intact(aex):
+@pytest.fixture(scope="module")
+def wire_cluster(backend):
+    cluster = ClusterProcess(2, "--backend", backend, "--no-shared-memory")
+    yield cluster
+    assert cluster.stop() == 0
+
+
+@pytest.fixture(params=["shared-memory", "wire"])
+async def tex(request, cluster_url):
+    """An executor on a shared cluster (buffers through shared memory) or on one whose
+    buffers all go over the websockets."""
+    url = cluster_url if request.param == "shared-memory" else \
+        request.getfixturevalue("wire_cluster").url
+    await asyncio.to_thread(wait_idle, url)
+    assert (http_status(url)["shared_memory"] is None) == (request.param == "wire")
+    async with aio.connect(url) as executor:
+        yield executor
+
+
+async def test_large_bytes_and_arrays_round_trip_intact(tex):
+    aex = tex
     blob = os.urandom(24 * MB)
     array = np.random.default_rng(0).random(3 * MB)            # 24 MB of float64
     for value in (blob, array, bytearray(blob[:9 * MB])):
@@ -54,7 +83,8 @@ async def test_large_bytes_and_arrays_round_trip_intact(aex):
             assert back == value
 
 
-async def test_a_large_defined_value_round_trips_and_feeds_tasks(aex):
+async def test_a_large_defined_value_round_trips_and_feeds_tasks(tex):
+    aex = tex
     array = np.arange(2 * p.CHUNK // 8 + 3, dtype=np.int64)
     proxy = await asyncio.wait_for(aex.define(array), T)
     assert np.array_equal(await asyncio.wait_for(proxy.toLocal(), T), array)
@@ -62,7 +92,8 @@ async def test_a_large_defined_value_round_trips_and_feeds_tasks(aex):
     assert await total.toLocal() == int(array.sum())
 
 
-async def test_a_value_over_the_chunk_size_passes_between_workers_as_a_proxy(aex):
+async def test_a_value_over_the_chunk_size_passes_between_workers_as_a_proxy(tex):
+    aex = tex
     n = 3 * p.CHUNK // 8 + 5         # over three chunks of float64
     first, second = await asyncio.wait_for(asyncio.gather(
         aex.submit(pid_and_array, n, 0.5 * UNIT), aex.submit(pid_and_array, n + 1, 0.5 * UNIT)), T)
@@ -72,3 +103,76 @@ async def test_a_value_over_the_chunk_size_passes_between_workers_as_a_proxy(aex
     pid_a, pid_b, sum_a, sum_b = await result.toLocal()
     assert pid_a != pid_b, "the two producers ran on the same worker"
     assert (sum_a, sum_b) == (n * (n - 1) / 2, (n + 1) * n / 2)
+
+
+def length_when_set(data: bytes, path: str) -> int:
+    """``len(data)`` once the file ``path`` exists: the test holds the task running."""
+    import time
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return len(data)
+
+
+def test_large_arguments_go_through_shared_memory_and_nothing_is_left(cluster_url, backend,
+                                                                     tmp_path):
+    wait_idle(cluster_url)
+    data = os.urandom(8 * MB)
+    release = tmp_path / "release"
+
+    def usage():
+        return http_status(cluster_url)["shared_memory"]
+
+    assert usage()["files"] == 0
+    with pyfora.connect(cluster_url) as ex:
+        running = ex.submit(length_when_set, data, str(release))
+        # While its task runs, the pool's coordinator holds the argument as one file (to
+        # run it again if the worker dies); the worker has taken its own link to it. (The
+        # Dask backend reads it and hands it to Dask.)
+        alone = {"path": "", "files": 1, "bytes": 8 * MB}
+        wait_until(lambda: backend == "dask" or usage() | {"path": ""} == alone, T,
+                   lambda: f"the argument alone in shared memory: {usage()}")
+        release.touch()
+        proxy = running.result(T)
+        assert proxy.toLocal().result(T) == 8 * MB
+        back = ex.submit(identity, data).result(T)
+        assert back.toLocal().result(T) == data
+        del back, proxy
+        wait_until(lambda: usage()["files"] == 0, T, "shared memory to be empty")
+    wait_until(lambda: usage()["files"] == 0, T, "shared memory to be empty")
+
+
+@contextlib.contextmanager
+def hello(url: str, host: str | None):
+    """A raw session on ``url`` from a peer on ``host``: the websocket and its welcome."""
+    with connect(url.replace("http", "ws", 1) + "api/session", open_timeout=T,
+                 max_size=None) as ws:
+        ws.send(p.encode(p.Hello(version=p.VERSION, role="client", host=host)))
+        yield ws, p.decode(ws.recv(T))
+
+
+def test_only_a_peer_on_this_machine_is_offered_shared_memory(cluster_url):
+    with hello(cluster_url, shared_memory.host_id()) as (_, welcome):
+        assert welcome.shm == http_status(cluster_url)["shared_memory"]["path"]
+    for host in (None, "another-machine"):
+        with hello(cluster_url, host) as (_, welcome):
+            assert welcome.shm is None
+
+
+@pytest.mark.parametrize("host, name, why", [
+    (None, "1-2-abcdef", "this end shares no memory with its peer"),
+    ("local", "../../etc/passwd", "not a shared buffer name"),
+    ("local", "1-2-abcdef", "No such file"),
+])
+def test_a_bad_shared_buffer_closes_that_connection_only(cluster_url, host, name, why):
+    wait_idle(cluster_url)
+    with hello(cluster_url, shared_memory.host_id() if host == "local" else None) as (ws, _):
+        ws.send(p.encode(p.Submit(id=1, payload=b"", oob=[[10, False, name]])))
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(T)
+    assert info.value.rcvd.code == 1002
+    assert "submit: its buffer in shared memory cannot be used" in info.value.rcvd.reason
+    assert why in info.value.rcvd.reason
+    assert os.path.exists("/etc/passwd")
+    with pyfora.connect(cluster_url) as ex:            # others carry on
+        assert ex.submit(len, b"x" * (2 * MB)).result(T).toLocal().result(T) == 2 * MB
