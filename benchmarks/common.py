@@ -1,11 +1,14 @@
-"""Measurement helpers shared by the per-system modules: percentiles, and a sampler of the
-resident memory (RSS) of the client, the coordinator and the workers.
+"""Measurement helpers shared by the per-system modules: percentiles, a sampler of the
+resident memory (RSS) of the client, the coordinator and the workers, and W3's timing.
 
 Runs in the child process that drives one system; the sampler runs on its own thread.
 """
 
 from __future__ import annotations
 
+import gc
+import os
+import statistics
 import threading
 import time
 from typing import Callable, Iterable
@@ -13,6 +16,43 @@ from typing import Callable, Iterable
 import psutil
 
 MB = 1_000_000
+#: W3 times each transfer this many times with no sampler running, and reports the
+#: median: the sampler polls every process's RSS every 2 ms from a thread of the client,
+#: which contends for the client's GIL and slowed pyfora's transfers by up to 2x.
+TIMED_ROUNDS = 3
+
+
+def median_seconds(run: Callable[[], object], rounds: int = TIMED_ROUNDS) -> float:
+    """The median time of ``run()`` over ``rounds`` calls."""
+    times = []
+    for _ in range(rounds):
+        gc.collect()
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def shm_bytes(prefix: str = "pyfora-") -> int:
+    """Bytes in the files of ``/dev/shm/<prefix>*`` directories (each file once, however
+    many names it has): memory that is in no process's RSS until it is mapped."""
+    sizes: dict[int, int] = {}
+    try:
+        roots = [e.path for e in os.scandir("/dev/shm") if e.name.startswith(prefix)]
+    except OSError:
+        return 0
+    for root in roots:
+        try:
+            with os.scandir(root) as entries:
+                for entry in entries:
+                    try:
+                        stat = entry.stat()
+                    except OSError:
+                        continue
+                    sizes[stat.st_ino] = stat.st_size
+        except OSError:
+            pass
+    return sum(sizes.values())
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -34,11 +74,14 @@ class RssSampler:
 
     For each role it reports the largest peak, and the largest growth of one process over
     its own RSS when sampling started (``delta``): the memory a transfer cost it. Roles
-    are callables so that processes appearing meanwhile are picked up.
+    are callables so that processes appearing meanwhile are picked up. ``sizes``: other
+    memory to sample and report as roles, by name (bytes now, e.g. ``shm_bytes``).
     """
 
-    def __init__(self, roles: Roles, interval: float = 0.002) -> None:
+    def __init__(self, roles: Roles, interval: float = 0.002,
+                 sizes: dict[str, Callable[[], int]] | None = None) -> None:
         self.roles = roles
+        self.sizes = sizes or {}
         self.interval = interval
         self.base: dict[int, int] = {}
         self.peak: dict[int, int] = {}
@@ -47,6 +90,8 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def _sample(self) -> None:
+        for name, size in self.sizes.items():
+            self._record(name, name, size())
         for role, procs in self.roles.items():
             try:
                 members = list(procs())
@@ -57,11 +102,13 @@ class RssSampler:
                     rss = proc.memory_info().rss
                 except psutil.Error:
                     continue
-                pid = proc.pid
-                self.role_of[pid] = role
-                self.base.setdefault(pid, rss)
-                if rss > self.peak.get(pid, 0):
-                    self.peak[pid] = rss
+                self._record(proc.pid, role, rss)
+
+    def _record(self, key, role: str, size: int) -> None:
+        self.role_of[key] = role
+        self.base.setdefault(key, size)
+        if size > self.peak.get(key, 0):
+            self.peak[key] = size
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -80,7 +127,7 @@ class RssSampler:
 
     def report(self, payload: int) -> dict:
         out = {}
-        for role in self.roles:
+        for role in [*self.roles, *self.sizes]:
             pids = [pid for pid, r in self.role_of.items() if r == role]
             if not pids:
                 continue

@@ -5,8 +5,9 @@
     .venv-bench/bin/python benchmarks/run.py --runs 3 --json benchmarks/results/latest.json
 
 Workloads (``--workloads w1,w2,...``): W1 no-op round-trip latency, W2 tiny-task throughput,
-W3 100 MB transfer each way with peak RSS, W4 parallel isPrime count, W5 start-up and
-shut-down. Systems (``--systems pyfora,ppe,dask,ray``; ``local`` is the sequential W4
+W3 100 MB transfer each way (MB/s: the median of ``common.TIMED_ROUNDS`` transfers with no
+sampler running; peak RSS, and pyfora's files in /dev/shm, from one more transfer
+sampled), W4 parallel isPrime count, W5 start-up and shut-down. Systems (``--systems pyfora,ppe,dask,ray``; ``local`` is the sequential W4
 reference): a system whose package is not installed is reported as such.
 
 Each (run, system, workload) runs in a fresh child process of its own session, with a time
@@ -60,6 +61,7 @@ METRICS = [
     ("w3", "copies.client", "W3 peak copies, client", "×payload", False),
     ("w3", "copies.coordinator", "W3 peak copies, coordinator", "×payload", False),
     ("w3", "copies.worker", "W3 peak copies, worker", "×payload", False),
+    ("w3", "copies.shared memory", "W3 peak copies, /dev/shm", "×payload", False),
     ("w4", "with_block.seconds", "W4 isPrime count", "s", False),
     ("w4", "chunks.seconds", "W4 isPrime, submit chunks", "s", False),
     ("w5", "start_to_first_s", "W5 import→first result", "s", False),

@@ -103,25 +103,35 @@ def w3(cfg: dict) -> dict:
     roles = {"client": common.me, "worker": lambda: common.descendants(common.me()[0].pid)}
     try:
         for kind, make in (("bytes", tasks.make_bytes), ("numpy", tasks.make_array)):
+            def up(payload):
+                assert client.submit(tasks.nbytes, payload, pure=False).result() == size
+
             gc.collect()
             with RssSampler(roles) as rss:
                 payload = make(size)
                 with Stopwatch() as sw:
-                    assert client.submit(tasks.nbytes, payload, pure=False).result() == size
+                    up(payload)
                 del payload
-            out[f"up_{kind}"] = {"mb_per_s": size / common.MB / sw.seconds,
-                                 "seconds": sw.seconds, "rss": rss.report(size)}
+            payload = make(size)
+            seconds = common.median_seconds(lambda: up(payload))
+            del payload
+            out[f"up_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
+                                 "sampled_seconds": sw.seconds, "rss": rss.report(size)}
+
+            def down():
+                future.result()
+
             gc.collect()
             future = client.submit(make, size, pure=False)
             wait(future)
             time.sleep(0.2)
             with RssSampler(roles) as rss:
                 with Stopwatch() as sw:
-                    value = future.result()
-                del value
+                    down()
+            seconds = common.median_seconds(down)
             del future
-            out[f"down_{kind}"] = {"mb_per_s": size / common.MB / sw.seconds,
-                                   "seconds": sw.seconds, "rss": rss.report(size)}
+            out[f"down_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
+                                   "sampled_seconds": sw.seconds, "rss": rss.report(size)}
             time.sleep(0.2)
     finally:
         _close(cluster, client)

@@ -74,22 +74,32 @@ def w3(cfg: dict) -> dict:
     with _pool() as pool:
         roles = {"client": common.me, "worker": lambda: common.descendants(common.me()[0].pid)}
         for kind, make in (("bytes", tasks.make_bytes), ("numpy", tasks.make_array)):
+            def up(payload):
+                assert pool.submit(tasks.nbytes, payload).result() == size
+
             gc.collect()
             with RssSampler(roles) as rss:
                 payload = make(size)
                 with Stopwatch() as sw:
-                    assert pool.submit(tasks.nbytes, payload).result() == size
+                    up(payload)
                 del payload
-            out[f"up_{kind}"] = {"mb_per_s": size / common.MB / sw.seconds,
-                                 "seconds": sw.seconds, "rss": rss.report(size)}
+            payload = make(size)
+            seconds = common.median_seconds(lambda: up(payload))
+            del payload
+            out[f"up_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
+                                 "sampled_seconds": sw.seconds, "rss": rss.report(size)}
             make_s = min(pool.submit(tasks.time_make, kind, size).result() for _ in range(3))
+
+            def down():
+                pool.submit(make, size).result()
+
             gc.collect()
             with RssSampler(roles) as rss:
                 with Stopwatch() as sw:
-                    value = pool.submit(make, size).result()
-                del value
-            seconds = max(sw.seconds - make_s, 1e-6)
+                    down()
+            seconds = max(common.median_seconds(down) - make_s, 1e-6)
             out[f"down_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
+                                   "sampled_seconds": sw.seconds - make_s,
                                    "worker_make_s": make_s, "rss": rss.report(size)}
     return out
 

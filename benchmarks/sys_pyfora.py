@@ -147,31 +147,42 @@ def w3(cfg: dict) -> dict:
     coord = psutil.Process(proc.pid)
     roles = {"client": common.me, "coordinator": lambda: [coord],
              "worker": lambda: coord.children(recursive=True)}
+    sizes = {"shared memory": common.shm_bytes}     # buffers in flight between them
     out = {}
     ex = _connect(url)
     try:
         _warm(ex, 10)
         for kind, make in (("bytes", tasks.make_bytes), ("numpy", tasks.make_array)):
+            def up(payload):
+                got = ex.submit(tasks.nbytes, payload).result().toLocal().result()
+                assert got == size, got
+
             gc.collect()
-            with RssSampler(roles) as rss:
+            with RssSampler(roles, sizes=sizes) as rss:
                 payload = make(size)
                 with Stopwatch() as sw:
-                    got = ex.submit(tasks.nbytes, payload).result().toLocal().result()
-                assert got == size, got
+                    up(payload)
                 del payload
-            out[f"up_{kind}"] = {"mb_per_s": size / common.MB / sw.seconds,
-                                 "seconds": sw.seconds, "rss": rss.report(size)}
+            payload = make(size)
+            seconds = common.median_seconds(lambda: up(payload))
+            del payload
+            out[f"up_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
+                                 "sampled_seconds": sw.seconds, "rss": rss.report(size)}
+
+            def down():
+                value = proxy.toLocal().result()
+                assert len(value) * getattr(value, "itemsize", 1) == size
+
             gc.collect()
             proxy = ex.submit(make, size).result()
             time.sleep(0.2)
-            with RssSampler(roles) as rss:
+            with RssSampler(roles, sizes=sizes) as rss:
                 with Stopwatch() as sw:
-                    value = proxy.toLocal().result()
-                assert len(value) * getattr(value, "itemsize", 1) == size
-                del value
+                    down()
+            seconds = common.median_seconds(down)
             del proxy
-            out[f"down_{kind}"] = {"mb_per_s": size / common.MB / sw.seconds,
-                                   "seconds": sw.seconds, "rss": rss.report(size)}
+            out[f"down_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
+                                   "sampled_seconds": sw.seconds, "rss": rss.report(size)}
             time.sleep(0.2)
     finally:
         ex.close()

@@ -100,25 +100,36 @@ def w3(cfg: dict) -> dict:
     try:
         for kind in ("bytes", "numpy"):
             make = tasks.make_bytes if kind == "bytes" else tasks.make_array
+
+            def up(payload):
+                assert ray.get(r["nbytes"].remote(payload)) == size
+
             gc.collect()
             with RssSampler(roles) as rss:
                 payload = make(size)
                 with Stopwatch() as sw:
-                    assert ray.get(r["nbytes"].remote(payload)) == size
+                    up(payload)
                 del payload
-            out[f"up_{kind}"] = {"mb_per_s": size / common.MB / sw.seconds,
-                                 "seconds": sw.seconds, "rss": rss.report(size)}
+            payload = make(size)
+            seconds = common.median_seconds(lambda: up(payload))
+            del payload
+            out[f"up_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
+                                 "sampled_seconds": sw.seconds, "rss": rss.report(size)}
+
+            def down():
+                ray.get(ref)
+
             gc.collect()
             ref = r[f"make_{'bytes' if kind == 'bytes' else 'array'}"].remote(size)
             ray.wait([ref])
             time.sleep(0.2)
             with RssSampler(roles) as rss:
                 with Stopwatch() as sw:
-                    value = ray.get(ref)
-                del value
+                    down()
+            seconds = common.median_seconds(down)
             del ref
-            out[f"down_{kind}"] = {"mb_per_s": size / common.MB / sw.seconds,
-                                   "seconds": sw.seconds, "rss": rss.report(size)}
+            out[f"down_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
+                                   "sampled_seconds": sw.seconds, "rss": rss.report(size)}
             time.sleep(0.2)
     finally:
         ray.shutdown()
