@@ -235,8 +235,7 @@ async def run_worker(url: str, token: str | None, name: str,
         reply = p.decode(await ws.recv())
         if isinstance(reply, p.Error):
             raise SystemExit(f"pyfora-worker: {reply.message}")
-        worker = Worker(ws, name,
-                        shared_memory.Directory(reply.shm) if reply.shm else None)
+        worker = Worker(ws, name, shared_memory.Directory.offered(reply.shm))
         writer = asyncio.create_task(worker.writer())
         stats = asyncio.create_task(worker_stats.report(worker.send))
         try:

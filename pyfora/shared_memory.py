@@ -91,6 +91,15 @@ class Directory:
         os.rename(made, path)
         return cls(path, lock)
 
+    @classmethod
+    def offered(cls, path: str | None) -> Directory | None:
+        """The directory a coordinator's ``welcome`` offers, if it is one (a coordinator
+        must not make a client write or unlink files anywhere else)."""
+        if (path and os.path.dirname(path) == ROOT
+                and os.path.basename(path).startswith("pyfora-") and os.path.isdir(path)):
+            return cls(path)
+        return None
+
     def remove(self) -> None:
         """Remove the directory and whatever was left in it."""
         shutil.rmtree(self.path, ignore_errors=True)

@@ -41,3 +41,14 @@ def test_a_dead_coordinators_directory_is_removed_by_the_next_one_not_a_live_one
         live.remove()
         again.remove()
     assert not os.path.exists(live.path)
+
+
+def test_a_client_takes_only_a_coordinators_directory_in_dev_shm(tmp_path):
+    directory = shared_memory.Directory.create()
+    try:
+        assert shared_memory.Directory.offered(directory.path).path == directory.path
+    finally:
+        directory.remove()
+    for path in (None, "", str(tmp_path), "/etc", "/dev/shm", "/dev/shm/../etc",
+                 directory.path):       # removed by now
+        assert shared_memory.Directory.offered(path) is None, path

@@ -66,7 +66,7 @@ class Session:
         self._reconnect = reconnect     # opens a new websocket to the same endpoint
         self._token = token
         # On the cluster's machine, large buffers go through shared memory.
-        self._shm = shared_memory.Directory(welcome.shm) if welcome.shm else None
+        self._shm = shared_memory.Directory.offered(welcome.shm)
         self._replay = p.Replay()
         self._resuming = False
         self._pending: dict[int, asyncio.Future] = {}
