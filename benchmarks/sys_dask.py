@@ -102,6 +102,7 @@ def w3(cfg: dict) -> dict:
     cluster, client = _client()
     roles = {"client": common.me, "worker": lambda: common.descendants(common.me()[0].pid)}
     try:
+        client.gather(client.map(tasks.import_numpy, [0.2] * (3 * WORKERS), pure=False))
         for kind, make in (("bytes", tasks.make_bytes), ("numpy", tasks.make_array)):
             def up(payload):
                 assert client.submit(tasks.nbytes, payload, pure=False).result() == size

@@ -152,6 +152,7 @@ def w3(cfg: dict) -> dict:
     ex = _connect(url)
     try:
         _warm(ex, 10)
+        [f.result() for f in [ex.submit(tasks.import_numpy) for _ in range(3 * WORKERS)]]
         for kind, make in (("bytes", tasks.make_bytes), ("numpy", tasks.make_array)):
             def up(payload):
                 got = ex.submit(tasks.nbytes, payload).result().toLocal().result()

@@ -24,7 +24,8 @@ def _init():
     ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False,
              logging_level=logging.ERROR)
     remote = {name: ray.remote(getattr(tasks, name)) for name in
-              ("noop", "inc", "nbytes", "make_bytes", "make_array", "count_primes")}
+              ("noop", "inc", "nbytes", "make_bytes", "make_array", "count_primes",
+               "import_numpy")}
     ray.get([remote["inc"].remote(i) for i in range(50)])
     return ray, remote
 
@@ -98,6 +99,7 @@ def w3(cfg: dict) -> dict:
     roles = _ray_roles()
     out = {}
     try:
+        ray.get([r["import_numpy"].remote() for _ in range(3 * WORKERS)])
         for kind in ("bytes", "numpy"):
             make = tasks.make_bytes if kind == "bytes" else tasks.make_array
 

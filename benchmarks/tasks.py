@@ -25,6 +25,17 @@ def nbytes(value) -> int:
     return getattr(value, "nbytes", None) or len(value)
 
 
+def import_numpy(seconds: float = 0.2) -> int:
+    """Import numpy in a worker before W3 times anything (a first array unpickled there
+    would otherwise pay the import: about 0.2 s). Several at once, each ``seconds`` long,
+    so every worker gets one."""
+    import os
+
+    import numpy  # noqa: F401
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def make_bytes(size: int) -> bytes:
     return b"\x01" * size
 

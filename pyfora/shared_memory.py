@@ -34,6 +34,7 @@ Runs on any thread.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import glob
 import itertools
@@ -202,16 +203,55 @@ class Shared:
 
 
 def _read(fd: int, size: int) -> bytes:
-    data = os.read(fd, size)
-    if len(data) == size:
+    """``size`` bytes of ``fd`` as ``bytes``, in one copy. Most of that copy's time is
+    faulting in the new object's fresh pages, one per 4 KiB: when it can (CPython on
+    Linux), this makes the object itself, asks for huge pages for its memory (one fault
+    per 2 MiB), and reads into it before anything else sees it, as ``os.read`` does with
+    the object it makes (2.0-2.5 GB/s against 0.9 for ``os.read``, 100 MB, this machine)."""
+    if size >= _HUGE_PAGE and _libc is not None:
+        data = _new_bytes(None, size)
+        start = _bytes_address(data)
+        first = -start % _HUGE_PAGE
+        _libc.madvise(start + first, (size - first) // _HUGE_PAGE * _HUGE_PAGE,
+                      _MADV_HUGEPAGE)       # advice only: a refusal changes nothing
+        done = 0
+        while done < size:      # a read may return less than asked (over 2 GiB on Linux)
+            got = _libc.read(fd, start + done, size - done)
+            if got <= 0:
+                raise OSError(ctypes.get_errno(), f"shared buffer: {done} of {size} bytes")
+            done += got
         return data
-    parts = [data]      # a read may return less than asked (over 2 GiB on Linux)
-    while (got := sum(map(len, parts))) < size:
-        part = os.read(fd, size - got)
+    parts = [os.read(fd, size)]
+    while (done := sum(map(len, parts))) < size:
+        part = os.read(fd, size - done)
         if not part:
-            raise OSError(f"shared buffer: {got} of {size} bytes")
+            raise OSError(f"shared buffer: {done} of {size} bytes")
         parts.append(part)
-    return b"".join(parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+
+
+def _bind_libc():
+    """The C functions ``_read`` uses (None where there are none: not CPython, not
+    Linux). ``read`` through ctypes releases the GIL, as ``os.read`` does."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        libc.read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+        libc.read.restype = ctypes.c_ssize_t
+        new = ctypes.pythonapi.PyBytes_FromStringAndSize
+        new.argtypes, new.restype = [ctypes.c_void_p, ctypes.c_ssize_t], ctypes.py_object
+        address = ctypes.pythonapi.PyBytes_AsString
+        address.argtypes, address.restype = [ctypes.py_object], ctypes.c_void_p
+    except (AttributeError, OSError):
+        return None, None, None
+    return libc, new, address
+
+
+_libc, _new_bytes, _bytes_address = _bind_libc()
 
 
 def _lock(directory: str) -> int | None:

@@ -246,7 +246,9 @@ def test_the_assembler_refuses_what_does_not_fit():
 
 def test_large_buffers_go_through_shared_memory_and_are_taken_once(tmp_path):
     shm = shared_memory.Directory(str(tmp_path))
-    big, writable = b"r" * shared_memory.MIN_SIZE, bytearray(b"w" * (3 * shared_memory.MIN_SIZE))
+    # (over 2 MiB and not a multiple of it: read into huge pages, with a tail)
+    big = bytes(range(256)) * (5 * shared_memory.MIN_SIZE // 256) + b"tail"
+    writable = bytearray(b"w" * (3 * shared_memory.MIN_SIZE))
     frames = p.to_frames(buffers_message(big, writable, b"small"), shm)
     # only the small buffer follows the envelope; the large ones are named files
     oob = p.decode(frames[0]).oob
