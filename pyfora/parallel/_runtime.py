@@ -6,10 +6,11 @@ call runs the original comprehension at once: the machinery costs one function c
 On a worker (``install`` was called with the worker's context), a comprehension runs its
 first ``FIRST`` elements alone and times them. When even ten times that rate leaves the
 rest too small to split, the rest runs at once over the same iterator: small work costs
-two comprehensions instead of one, two clock readings and (for lists and sets) a merge
-of the first elements in, nothing per element (dicts and generator expressions pay one
-C-level call per element, see ``dictcomp`` and ``genexp``; a generator expression on a
-worker is an iterator, without ``send``/``throw``/``close``). Every call times its own
+two comprehensions instead of one (a dict comprehension: one, over two parts), two clock
+readings and (for lists and sets) a merge of the first elements in, nothing per element.
+A generator expression pays one C-level call per element (see ``genexp``; on a worker it
+is an iterator, without ``send``/``throw``/``close``), except as the argument of ``sum``,
+which sums the rest from the first elements' sum (see ``sum_genexp``). Every call times its own
 first elements: a call site that was cheap once still splits when its elements are
 expensive. Otherwise it goes on in growing batches, and when the rest is worth splitting
 (``WORTH`` seconds at the measured rate) and the coordinator reports idle workers, the
@@ -251,18 +252,20 @@ def _sum_rest(partial: Any, kept: Any, rest: Any) -> Any:
         # Neither an int, a float nor a complex number: ``sum`` left its fast paths for
         # its generic loop, ``+`` from left to right (a restart would also refuse a str).
         return reduce(add, rest, partial)
-    if kept is None or (type(partial) is int and _long_ints(kept)):
+    if kept is None:
+        return sum(rest, partial)
+    kept = list(kept)
+    if type(partial) is int and _long_ints(kept):
         return sum(rest, partial)
     # A compensated float (or complex) sum: one sum again, from the first element. The
     # first elements are not computed again, but they are added again.
     return sum(chain(kept, rest))
 
 
-def _long_ints(values: Any) -> bool:
+def _long_ints(values: list) -> bool:
     """Whether ``sum`` over ``values`` stayed on its path of C ``long`` integers (every
     value an exact int or a bool, no partial sum beyond a C ``long``), whose only state
     is the sum it returns."""
-    values = list(values)
     return set(map(type, values)) <= _INT_TYPES and sum(map(abs, values)) <= _LONG_MAX
 
 
