@@ -7,6 +7,11 @@ generator expression of a module into a call of ``pyfora.parallel._runtime``::
     # becomes
     _pyfora_rt.listcomp(IT, lambda _pyfora_it: [E for T in _pyfora_it if C for U in IT2])
 
+A dict comprehension's lambda runs over each of the iterables it is given in turn
+(``{K: V for _pyfora_part in _pyfora_it for T in _pyfora_part ...}``), and
+``sum(<generator expression>)`` becomes ``_pyfora_rt.sum_genexp(sum, IT, lambda ...)``
+(see ``_runtime``: both take their elements straight from the iterator).
+
 The outermost iterable ``IT`` is evaluated where it always was (in the enclosing scope);
 everything else runs in a lambda scope, which is what a comprehension scope is. The one
 lambda is both the sequential path (over everything, or over the first elements and then
