@@ -10,9 +10,9 @@ two comprehensions instead of one (a dict comprehension: one, over two parts), t
 readings and (for lists and sets) a merge of the first elements in, nothing per element.
 A generator expression pays one C-level call per element (see ``genexp``; on a worker it
 is an iterator, without ``send``/``throw``/``close``), except as the argument of ``sum``,
-which sums the rest from the first elements' sum (see ``sum_genexp``). Every call times its own
-first elements: a call site that was cheap once still splits when its elements are
-expensive. Otherwise it goes on in growing batches, and when the rest is worth splitting
+which sums the rest from the first elements' sum (see ``sum_genexp``). Every call times
+its own first elements: a call site that was cheap once still splits when its elements
+are expensive. Otherwise it goes on in growing batches, and when the rest is worth splitting
 (``WORTH`` seconds at the measured rate) and the coordinator reports idle workers, the
 rest becomes an ``_Engine``:
 
@@ -102,10 +102,10 @@ def install(context: Any) -> None:
 # ``fn`` is the comprehension itself, over the iterable it is given. Each entry point
 # runs the first ``FIRST`` elements alone and times them; when even ten times that rate
 # leaves the rest too small to split, the rest runs at once, as one more call of ``fn``
-# on the same iterator (this is the path of small comprehensions, written out in each
-# entry point: an iterator and an ``islice`` cost less than slicing a range, and much
-# less than copying a list). Otherwise ``_collect`` goes on in growing batches and may
-# split.
+# on the same iterator, or (dicts) as the same call going on over it (this is the path
+# of small comprehensions, written out in each entry point: an iterator and an
+# ``islice`` cost less than slicing a range, and much less than copying a list).
+# Otherwise ``_collect`` goes on in growing batches and may split.
 
 def listcomp(it: Any, fn: Callable, report: _Report | None = None) -> list:
     if _context is None or type(it) not in _SIZED or (n := len(it)) <= FIRST:
@@ -231,32 +231,32 @@ def sum_genexp(reducer: Any, it: Any, fn: Callable) -> Any:
     if _COMPENSATED:
         # The first elements are kept (the sum may have to start again over them).
         summed, kept = tee(fn(islice(items, FIRST)))
-        partial = sum(summed)
+        first_sum = sum(summed)
     else:
-        kept, partial = None, sum(fn(islice(items, FIRST)))
+        kept, first_sum = None, sum(fn(islice(items, FIRST)))
     seconds = perf_counter() - t0
     if (n - FIRST) * seconds < _CHEAP:
-        return _sum_rest(partial, kept, fn(items))
+        return _sum_rest(first_sum, kept, fn(items))
     probe = _Probe(n, _context)
     if probe.measured(FIRST, seconds):
         rest = _Engine(it, probe.pos, fn, _context, probe.rate, probe.idle).results()
     else:
         rest = _genexp_rest(it, items, fn, _context, probe)
-    return _sum_rest(partial, kept, rest)
+    return _sum_rest(first_sum, kept, rest)
 
 
-def _sum_rest(partial: Any, kept: Any, rest: Any) -> Any:
+def _sum_rest(first_sum: Any, kept: Any, rest: Any) -> Any:
     """What one ``sum`` over the first elements (``kept``, only from 3.12 on), which gave
-    ``partial``, and then over ``rest`` gives."""
-    if type(partial) not in _SUM_FAST:
+    ``first_sum``, and then over ``rest`` gives."""
+    if type(first_sum) not in _SUM_FAST:
         # Neither an int, a float nor a complex number: ``sum`` left its fast paths for
         # its generic loop, ``+`` from left to right (a restart would also refuse a str).
-        return reduce(add, rest, partial)
+        return reduce(add, rest, first_sum)
     if kept is None:
-        return sum(rest, partial)
+        return sum(rest, first_sum)
     kept = list(kept)
-    if type(partial) is int and _long_ints(kept):
-        return sum(rest, partial)
+    if type(first_sum) is int and _long_ints(kept):
+        return sum(rest, first_sum)
     # A compensated float (or complex) sum: one sum again, from the first element. The
     # first elements are not computed again, but they are added again.
     return sum(chain(kept, rest))
