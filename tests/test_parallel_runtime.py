@@ -10,7 +10,11 @@ worker is idle, so nothing is ever split (splitting is tested on a cluster, in
 from __future__ import annotations
 
 import ast
+import enum
+import math
 import time
+import traceback
+from fractions import Fraction
 
 import pytest
 
@@ -35,6 +39,22 @@ def gen(items, bad):
 
 def paced(n, seconds):
     return [pause(x, seconds) for x in range(n)]
+
+
+def total_of(items, f):
+    return sum(f(x) for x in items)
+
+
+def paced_sum(n, seconds):
+    return sum(pause(x, seconds) for x in range(n))
+
+
+def shadowed(items, sum=max):
+    return sum(x for x in items)
+
+
+def table(pairs, f):
+    return {k: f(v) for k, v in pairs}
 '''
 
 
@@ -103,3 +123,102 @@ def test_a_call_site_cheap_once_still_asks_for_workers_when_expensive(context):
     assert context.asked == 0, "cheap work runs at once"
     assert paced(200, 0.002) == list(range(200))
     assert context.asked > 0
+
+
+# -- sum() of a generator expression: the first elements summed, then the rest from there --
+
+class Text:
+    """``0 + Text()`` is ``"t"``: ``sum`` goes on from a str, which it refuses as a start."""
+
+    def __radd__(self, other):
+        return "t"
+
+
+class Flag(enum.IntEnum):
+    ON = 1
+
+
+FLOATS = [math.sin(x) * 10.0 ** (x % 9 - 4) for x in range(1000)]
+SUMS = {
+    "ints": list(range(1000)),
+    "floats": FLOATS,
+    "ints and floats": [x if x % 3 else x / 7 for x in range(1000)],
+    "ints, then floats": list(range(16)) + FLOATS,
+    "beyond a C long and back, then floats": [2 ** 62] * 4 + [-2 ** 62] * 4 + FLOATS,
+    "an IntEnum, then floats": [Flag.ON] + list(range(15)) + FLOATS,
+    "bools": [x % 3 == 0 for x in range(1000)],
+    "fractions": [Fraction(1, x + 1) for x in range(200)],
+    "a user type, then a str": [Text()] * 40,
+    "complex": [complex(x, -x) / 3 for x in range(200)],
+}
+
+
+@pytest.mark.parametrize("compensated", [False, True])
+@pytest.mark.parametrize("name", SUMS)
+def test_sum_of_a_generator_is_the_sequential_sum(context, monkeypatch, name, compensated):
+    # ``compensated``: the path taken where sum() compensates float rounding (3.12 on),
+    # forced here too; on 3.11 both paths must give 3.11's plain left fold.
+    monkeypatch.setattr(_runtime, "_COMPENSATED", compensated)
+    values = SUMS[name]
+    got = compiled(True)["total_of"](values, lambda x: x)
+    expected = compiled(False)["total_of"](values, lambda x: x)
+    assert type(got) is type(expected) and repr(got) == repr(expected)
+
+
+def test_a_float_sum_is_not_a_plain_left_fold_everywhere():
+    # What the test above guards against from 3.12 on: there the partial sum of the
+    # first elements does not hold all of sum()'s state.
+    assert not _runtime._long_ints([0.5] + list(range(15)))
+    assert not _runtime._long_ints([Flag.ON, 2])
+    assert not _runtime._long_ints([2 ** 62, 2 ** 62, -2 ** 62])
+    assert _runtime._long_ints([True, 2, -3, 2 ** 40])
+
+
+def test_sum_is_looked_up_where_it_was_written(context):
+    assert compiled(True)["shadowed"](list(range(100))) == 99
+
+
+def test_an_expensive_sum_still_asks_for_workers(context):
+    assert compiled(True)["paced_sum"](200, 0.002) == sum(range(200))
+    assert context.asked > 0
+
+
+def raised(fn, *args):
+    with pytest.raises(Exception) as info:
+        fn(*args)
+    frames = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
+    return type(info.value), str(info.value), frames[-1]
+
+
+def at(bad, text=None):
+    """An element function: 1 // 0 at ``bad``, a str at ``text`` (which ``+`` refuses)."""
+    return lambda x: "a" if x == text else 1 // (x - bad)
+
+
+# In the first elements, at their end, just after, in the rest; a str added before.
+@pytest.mark.parametrize("f", [at(5), at(15), at(16), at(500), at(5, text=3), at(500, text=3),
+                               at(500, text=300)])
+def test_the_first_error_of_a_sum_is_the_sequential_one(context, f):
+    items = list(range(1000))
+    got = raised(compiled(True)["total_of"], items, f)
+    expected = raised(compiled(False)["total_of"], items, f)
+    assert got[:2] == expected[:2]
+    # An element's error ends in the element's frame; a refused ``+`` in the frame that
+    # called sum, the runtime's here.
+    assert got[0] is TypeError or got[2] == expected[2] == "<lambda>"
+
+
+def test_a_dict_keeps_the_first_key_the_last_value_and_the_first_order(context):
+    # Equal keys in the first 16 elements and after them; 1, 1.0 and True are one key.
+    pairs = [(k % 20, k) for k in range(1000)] + [(1.0, "float"), (True, "bool")]
+    got = compiled(True)["table"](pairs, lambda v: v)
+    expected = compiled(False)["table"](pairs, lambda v: v)
+    assert list(got.items()) == list(expected.items())
+    assert [repr(k) for k in got] == [repr(k) for k in expected]
+
+
+@pytest.mark.parametrize("bad", [5, 16, 500])
+def test_the_first_error_of_a_dict_comprehension_is_the_sequential_one(context, bad):
+    pairs = [(k, k) for k in range(1000)]
+    got = raised(compiled(True)["table"], pairs, at(bad))
+    assert got == raised(compiled(False)["table"], pairs, at(bad))

@@ -6,12 +6,13 @@ call runs the original comprehension at once: the machinery costs one function c
 On a worker (``install`` was called with the worker's context), a comprehension runs its
 first ``FIRST`` elements alone and times them. When even ten times that rate leaves the
 rest too small to split, the rest runs at once over the same iterator: small work costs
-two comprehensions instead of one, two clock readings and (for lists and sets) a merge
-of the first elements in, nothing per element (dicts and generator expressions pay one
-C-level call per element, see ``dictcomp`` and ``genexp``; a generator expression on a
-worker is an iterator, without ``send``/``throw``/``close``). Every call times its own
-first elements: a call site that was cheap once still splits when its elements are
-expensive. Otherwise it goes on in growing batches, and when the rest is worth splitting
+two comprehensions instead of one (a dict comprehension: one, over two parts), two clock
+readings and (for lists and sets) a merge of the first elements in, nothing per element.
+A generator expression pays one C-level call per element (see ``genexp``; on a worker it
+is an iterator, without ``send``/``throw``/``close``), except as the argument of ``sum``,
+which sums the rest from the first elements' sum (see ``sum_genexp``). Every call times
+its own first elements: a call site that was cheap once still splits when its elements
+are expensive. Otherwise it goes on in growing batches, and when the rest is worth splitting
 (``WORTH`` seconds at the measured rate) and the coordinator reports idle workers, the
 rest becomes an ``_Engine``:
 
@@ -52,8 +53,12 @@ from __future__ import annotations
 
 import pickle
 import queue
+import struct
+import sys
 import threading
-from itertools import chain, islice
+from functools import partial, reduce
+from itertools import chain, islice, tee
+from operator import add
 from time import perf_counter
 from typing import Any, Callable
 
@@ -75,6 +80,13 @@ REPORT_DELAY = 0.5
 REPORT = 0.2
 
 _SIZED = (range, list, tuple)
+#: ``sum`` compensates float rounding from 3.12 on (complex numbers from 3.14 on) in state
+#: it keeps apart from the sum so far; before, every path of ``sum`` is a plain left fold.
+_COMPENSATED = sys.version_info >= (3, 12)
+#: The types ``sum`` has fast paths for, and the largest C ``long`` (its integer path).
+_SUM_FAST = (int, float, complex)
+_LONG_MAX = 2 ** (8 * struct.calcsize("l") - 1) - 1
+_INT_TYPES = {int, bool}
 _context: Any = None
 
 
@@ -90,10 +102,10 @@ def install(context: Any) -> None:
 # ``fn`` is the comprehension itself, over the iterable it is given. Each entry point
 # runs the first ``FIRST`` elements alone and times them; when even ten times that rate
 # leaves the rest too small to split, the rest runs at once, as one more call of ``fn``
-# on the same iterator (this is the path of small comprehensions, written out in each
-# entry point: an iterator and an ``islice`` cost less than slicing a range, and much
-# less than copying a list). Otherwise ``_collect`` goes on in growing batches and may
-# split.
+# on the same iterator, or (dicts) as the same call going on over it (this is the path
+# of small comprehensions, written out in each entry point: an iterator and an
+# ``islice`` cost less than slicing a range, and much less than copying a list).
+# Otherwise ``_collect`` goes on in growing batches and may split.
 
 def listcomp(it: Any, fn: Callable, report: _Report | None = None) -> list:
     if _context is None or type(it) not in _SIZED or (n := len(it)) <= FIRST:
@@ -127,16 +139,22 @@ def setcomp(it: Any, fn: Callable) -> set:
 
 
 def dictcomp(it: Any, fn: Callable) -> dict:
+    """``fn`` is the dict comprehension over each of the iterables it is given in turn
+    (``{K: V for _part in parts for T in _part}``, see ``rewrite.py``): one comprehension
+    goes on over the first elements and then, if cheap, the rest, each element taken
+    straight from the iterator. A dict keeps the order keys came in, so two dicts could
+    only be merged by inserting the rest again (+40% on cheap work)."""
     if _context is None or type(it) not in _SIZED or len(it) <= FIRST:
-        return fn(it)
-    # One comprehension over the first elements, then (if cheap) the rest: a dict keeps
-    # the order keys came in, so two could only be merged by inserting the rest again,
-    # which costs about half as much as the comprehension.
+        return fn((it,))
     timing: list[float] = []
-    head = fn(chain.from_iterable(_dict_input(it, timing)))
+    head = fn(_dict_input(it, timing))
     if not timing:
         return head
-    return _collect(it, fn, head, timing[0], dict.update)
+    return _collect(it, partial(_one_part, fn), head, timing[0], dict.update)
+
+
+def _one_part(fn: Callable, part: Any) -> dict:
+    return fn((part,))
 
 
 def _dict_input(it: Any, timing: list[float]):
@@ -157,24 +175,30 @@ def genexp(it: Any, fn: Callable) -> Any:
     element costs what it costs in CPython, plus one call inside ``chain``."""
     if _context is None or type(it) not in _SIZED or len(it) <= FIRST:
         return fn(it)
+    return _genexp_rest(it, iter(it), fn, _context, None)
+
+
+def _genexp_rest(it: Any, items: Any, fn: Callable, context: Any, probe: _Probe | None):
+    """The results of ``fn`` over what is left of ``items`` (an iterator over ``it``):
+    from the start without a probe, else after ``probe.pos`` elements."""
     rest: list = []
-    return chain.from_iterable(_genexp_parts(it, fn, _context, rest))
+    return chain.from_iterable(_genexp_parts(it, items, fn, context, probe, rest))
 
 
-def _genexp_parts(it: Any, fn: Callable, context: Any, rest: list):
-    yield _genexp_head(it, fn, context, rest)
+def _genexp_parts(it: Any, items: Any, fn: Callable, context: Any, probe: _Probe | None,
+                  rest: list):
+    yield _genexp_head(it, items, fn, context, probe, rest)
     # When the head raised and the consumer asked again, ``rest`` is empty: a generator
     # that raised is finished.
     if rest:
         yield rest[0]
 
 
-def _genexp_head(it: Any, fn: Callable, context: Any, rest: list):
-    """The first batches; puts what produces the rest into ``rest``."""
+def _genexp_head(it: Any, items: Any, fn: Callable, context: Any, probe: _Probe | None,
+                 rest: list):
+    """The next batches; puts what produces the rest into ``rest``."""
     n = len(it)
-    items = iter(it)
-    probe = None
-    a, b = 0, FIRST
+    a, b = probe.batch() if probe else (0, FIRST)
     while True:
         t0 = perf_counter()
         yield from fn(islice(items, b - a))
@@ -187,6 +211,62 @@ def _genexp_head(it: Any, fn: Callable, context: Any, rest: list):
             rest.append(_Engine(it, probe.pos, fn, context, probe.rate, probe.idle).results())
             return
         a, b = probe.batch()
+
+
+def sum_genexp(reducer: Any, it: Any, fn: Callable) -> Any:
+    """``sum`` of a generator expression (``reducer`` is what the name ``sum`` held where
+    the call was written: anything else is called as written). On a worker the first
+    elements are summed alone and timed, then the rest is summed from that partial sum:
+    ``sum`` calls the user's generator directly, with nothing per element in between.
+
+    Restarting ``sum`` from a partial sum is the same left fold, except that from 3.12
+    on ``sum`` compensates float rounding in state it does not return: there the restart
+    is only taken from a state ``sum`` can be given back (see ``_sum_rest``)."""
+    if reducer is not sum:
+        return reducer(genexp(it, fn))
+    if _context is None or type(it) not in _SIZED or (n := len(it)) <= FIRST:
+        return sum(fn(it))
+    items = iter(it)
+    t0 = perf_counter()
+    if _COMPENSATED:
+        # The first elements are kept (the sum may have to start again over them).
+        summed, kept = tee(fn(islice(items, FIRST)))
+        first_sum = sum(summed)
+    else:
+        kept, first_sum = None, sum(fn(islice(items, FIRST)))
+    seconds = perf_counter() - t0
+    if (n - FIRST) * seconds < _CHEAP:
+        return _sum_rest(first_sum, kept, fn(items))
+    probe = _Probe(n, _context)
+    if probe.measured(FIRST, seconds):
+        rest = _Engine(it, probe.pos, fn, _context, probe.rate, probe.idle).results()
+    else:
+        rest = _genexp_rest(it, items, fn, _context, probe)
+    return _sum_rest(first_sum, kept, rest)
+
+
+def _sum_rest(first_sum: Any, kept: Any, rest: Any) -> Any:
+    """What one ``sum`` over the first elements (``kept``, only from 3.12 on), which gave
+    ``first_sum``, and then over ``rest`` gives."""
+    if type(first_sum) not in _SUM_FAST:
+        # Neither an int, a float nor a complex number: ``sum`` left its fast paths for
+        # its generic loop, ``+`` from left to right (a restart would also refuse a str).
+        return reduce(add, rest, first_sum)
+    if kept is None:
+        return sum(rest, first_sum)
+    kept = list(kept)
+    if type(first_sum) is int and _long_ints(kept):
+        return sum(rest, first_sum)
+    # A compensated float (or complex) sum: one sum again, from the first element. The
+    # first elements are not computed again, but they are added again.
+    return sum(chain(kept, rest))
+
+
+def _long_ints(values: list) -> bool:
+    """Whether ``sum`` over ``values`` stayed on its path of C ``long`` integers (every
+    value an exact int or a bool, no partial sum beyond a C ``long``), whose only state
+    is the sum it returns."""
+    return set(map(type, values)) <= _INT_TYPES and sum(map(abs, values)) <= _LONG_MAX
 
 
 def pmap(fn: Callable, items: Any) -> list:

@@ -7,6 +7,11 @@ generator expression of a module into a call of ``pyfora.parallel._runtime``::
     # becomes
     _pyfora_rt.listcomp(IT, lambda _pyfora_it: [E for T in _pyfora_it if C for U in IT2])
 
+A dict comprehension's lambda runs over each of the iterables it is given in turn
+(``{K: V for _pyfora_part in _pyfora_it for T in _pyfora_part ...}``), and
+``sum(<generator expression>)`` becomes ``_pyfora_rt.sum_genexp(sum, IT, lambda ...)``
+(see ``_runtime``: both take their elements straight from the iterator).
+
 The outermost iterable ``IT`` is evaluated where it always was (in the enclosing scope);
 everything else runs in a lambda scope, which is what a comprehension scope is. The one
 lambda is both the sequential path (over everything, or over the first elements and then
@@ -49,6 +54,7 @@ from . import _runtime
 _IT = "_pyfora_it"
 _RT = "_pyfora_rt"
 _FN = "_pyfora_fn"
+_PART = "_pyfora_part"
 _COMPS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 _KIND = {ast.ListComp: "listcomp", ast.SetComp: "setcomp", ast.DictComp: "dictcomp",
          ast.GeneratorExp: "genexp"}
@@ -80,15 +86,23 @@ def _unsupported(node: Any) -> bool:
 
 
 def _with_iter(node: Any, iter_node: ast.expr) -> ast.expr:
-    """A copy of comprehension ``node``, its outermost loop over ``iter_node``."""
+    """A copy of comprehension ``node``, its outermost loop over ``iter_node``; a dict
+    comprehension's over each of the iterables in ``iter_node`` in turn (see
+    ``_runtime.dictcomp``)."""
     first = node.generators[0]
-    gens = [ast.comprehension(first.target, iter_node, first.ifs, 0)] + node.generators[1:]
+    outer = ast.comprehension(first.target, iter_node, first.ifs, 0)
+    gens = [outer] + node.generators[1:]
     if isinstance(node, ast.DictComp):
+        part = ast.copy_location(ast.Name(_PART, ast.Load()), iter_node)
+        outer.iter = part
+        parts = ast.comprehension(ast.copy_location(ast.Name(_PART, ast.Store()), iter_node),
+                                  iter_node, [], 0)
+        gens.insert(0, ast.copy_location(parts, first))
         new = ast.DictComp(node.key, node.value, gens)
     else:
         new = type(node)(node.elt, gens)
     ast.copy_location(new, node)
-    ast.copy_location(gens[0], first)
+    ast.copy_location(outer, first)
     return new
 
 
@@ -106,20 +120,30 @@ class _Rewriter(ast.NodeTransformer):
         self.runtime = runtime      # node -> the expression that reaches the runtime
         self.count = 0
 
-    def _rewrite(self, node):
+    def _rewrite(self, node, kind: str | None = None, before: list | None = None):
         if _unsupported(node):
             return self.generic_visit(node)
         first = node.generators[0]
         outer_iter = self.visit(first.iter)   # evaluated in the enclosing scope: rewrite it too
         it = ast.copy_location(ast.Name(_IT, ast.Load()), first.iter)
         fn = _lambda(_with_iter(node, it), node)
-        call = ast.Call(ast.Attribute(self.runtime(node), _KIND[type(node)], ast.Load()),
-                        [outer_iter, fn], [])
+        call = ast.Call(ast.Attribute(self.runtime(node), kind or _KIND[type(node)],
+                                      ast.Load()), (before or []) + [outer_iter, fn], [])
         ast.copy_location(call.func, node)
         self.count += 1
         return ast.copy_location(call, node)
 
     visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _rewrite
+
+    def visit_Call(self, node: ast.Call):
+        """``sum(<generator expression>)`` becomes ``sum_genexp(sum, IT, fn)``: ``sum``
+        is still looked up where it was (it may not be the builtin), before ``IT``."""
+        if isinstance(node.func, ast.Name) and node.func.id == "sum" and \
+                len(node.args) == 1 and not node.keywords and \
+                isinstance(node.args[0], ast.GeneratorExp) and not _unsupported(node.args[0]):
+            call = self._rewrite(node.args[0], "sum_genexp", [node.func])
+            return ast.copy_location(call, node)
+        return self.generic_visit(node)
 
 
 def _closing_over_runtime(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.stmt]:

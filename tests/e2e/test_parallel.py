@@ -56,6 +56,11 @@ def sum_of_slow(n):
     return sum(slow(x) for x in range(n))
 
 
+def elements_elsewhere(n):
+    here = os.getpid()
+    return sum(slow(os.getpid() != here) for x in range(n))
+
+
 def float_terms(n):
     return sum(slow(math.sin(x) * 10.0 ** (x % 9 - 4)) for x in range(n))
 
@@ -133,6 +138,12 @@ def test_a_call_site_cheap_once_still_splits_when_expensive(ufora):
 
 def test_generator_sum_is_the_sequential_sum(ufora):
     assert run(ufora, sum_of_slow, 2000) == sum(range(2000))
+
+
+def test_a_generator_sum_splits_across_workers(ufora):
+    # sum() of a generator expression sums its first elements, then the rest from there:
+    # the rest still goes parallel.
+    assert 0 < run(ufora, elements_elsewhere, 2000) < 2000
 
 
 def test_float_sum_equals_the_sequential_sum(ufora):
