@@ -91,7 +91,7 @@ class Coordinator:
 
     def welcome(self, session: str) -> p.Welcome:
         return p.Welcome(session=session, workers=len(self.dispatcher.workers),
-                         cluster=self.cluster_id)
+                         cluster=self.cluster_id, max_frame=self.config.max_frame)
 
     def status(self) -> dict:
         info = self.dispatcher.status()

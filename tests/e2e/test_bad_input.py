@@ -7,7 +7,7 @@ import asyncio
 import msgpack
 import pytest
 import websockets
-from conftest import UNIT
+from conftest import UNIT, messages_of
 
 from pyfora import protocol as p
 
@@ -18,8 +18,14 @@ def ws_url(cluster_url, path="api/session"):
     return cluster_url.replace("http://", "ws://") + path
 
 
+_received: dict = {}     # ws -> messages received in a batch, not returned yet
+
+
 async def recv(ws, timeout=T):
-    return p.decode(await asyncio.wait_for(ws.recv(), timeout))
+    pending = _received.setdefault(ws, [])
+    if not pending:
+        pending.extend(messages_of(await asyncio.wait_for(ws.recv(), timeout)))
+    return pending.pop(0)
 
 
 async def raw_session(cluster_url):

@@ -18,7 +18,7 @@ import threading
 
 import msgpack
 import pytest
-from conftest import UNIT, ClusterProcess, http_status
+from conftest import UNIT, ClusterProcess, http_status, messages_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
@@ -136,12 +136,11 @@ class Prober:
                 return
             self.probe_id += 1
             self.ws.send(p.encode(p.Status(id=self.probe_id)))
-            answered = False
-            while True:
-                reply = p.decode(self.ws.recv(T))
-                if isinstance(reply, p.Info) and reply.id == self.probe_id:
-                    break
-                answered |= isinstance(reply, p.Error)
+            answered = probed = False
+            while not probed:
+                for reply in messages_of(self.ws.recv(T)):
+                    probed |= isinstance(reply, p.Info) and reply.id == self.probe_id
+                    answered |= isinstance(reply, p.Error)
             assert answered or not bad, f"no error for undecodable frame {frame!r}"
             self.stats["errors" if answered else "accepted"] += 1
         except ConnectionClosed:
