@@ -72,3 +72,18 @@ async def test_a_value_over_the_chunk_size_passes_between_workers_as_a_proxy(aex
     pid_a, pid_b, sum_a, sum_b = await result.toLocal()
     assert pid_a != pid_b, "the two producers ran on the same worker"
     assert (sum_a, sum_b) == (n * (n - 1) / 2, (n + 1) * n / 2)
+
+
+async def test_a_burst_of_tiny_submits_around_large_arguments_arrives_whole_and_in_order(aex):
+    """Submits made in one go are sent together: the tiny ones share ``batch`` frames, each
+    one with a large out-of-band argument goes as its own frames between them. Every one
+    arrives whole and in the order made (the coordinator numbers results as submits
+    arrive), and every result comes back right."""
+    blobs = {i: os.urandom(p.CHUNK + 1000 * i) for i in (40, 41, 300, 599)}
+    calls = [aex.submit(digest, blobs[i]) if i in blobs else aex.submit(pow, i, 2)
+             for i in range(600)]
+    proxies = await asyncio.wait_for(asyncio.gather(*calls), T)
+    oids = [proxy.oid for proxy in proxies]
+    assert oids == sorted(oids), "submits arrived out of order"
+    values = await asyncio.wait_for(asyncio.gather(*(x.toLocal() for x in proxies)), T)
+    assert values == [digest(blobs[i]) if i in blobs else i * i for i in range(600)]
