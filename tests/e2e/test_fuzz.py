@@ -263,3 +263,23 @@ def test_buffers_over_the_maximum_are_refused_before_they_are_buffered(small_fra
     assert "do not fit" in info.value.rcvd.reason
     with pyfora.connect(small_frames.url) as ex:               # others carry on
         assert ex.submit(pow, 3, 2).result(T).toLocal().result(T) == 9
+
+
+def test_batches_stay_under_a_frame_limit_below_their_size():
+    """A burst of submits shares ``batch`` frames of at most the coordinator's
+    --max-frame (it says it in ``welcome``), here under the usual batch size: none is
+    refused, and every result comes back."""
+    cluster = ClusterProcess(1, "--max-frame", str(p.BATCH_BYTES // 4))
+    try:
+        with raw_session(cluster.url) as ws:
+            ws.send(b"\x00" * (p.BATCH_BYTES // 2))      # a frame over it is refused
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(T)
+        assert info.value.rcvd.code == 1009
+        with pyfora.connect(cluster.url) as ex:
+            futures = [ex.submit(pow, i, 2) for i in range(500)]
+            proxies = [f.result(T) for f in futures]
+            assert [x.toLocal().result(T) for x in proxies[::50]] == [
+                i * i for i in range(0, 500, 50)]
+    finally:
+        assert cluster.stop() == 0
