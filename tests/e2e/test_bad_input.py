@@ -65,6 +65,10 @@ BAD_FRAMES = [
     ("unknown object", p.encode(p.Fetch(id=9, oid=10**9)), 9, "not on this cluster"),
     ("unknown dependency", p.encode(p.Submit(id=10, payload=b"", deps=[10**9])), 10,
      "not on this cluster"),
+    ("bad message in a batch", p.encode(p.Batch(envelopes=[
+        msgpack.packb({"op": "fetch", "id": 11}), p.encode(p.Release(oids=[]))])), 11, "fetch:"),
+    ("batch in a batch", p.encode(p.Batch(envelopes=[p.encode(p.Batch(envelopes=[]))])), 0,
+     "a batch inside a batch"),
 ]
 
 

@@ -39,7 +39,8 @@ SAMPLES = [p.encode(m) for m in (
     p.Fetch(id=9, oid=3), p.Release(oids=[1, 99]), p.Cancel(target=7), p.Status(id=10),
     p.Hello(version=p.VERSION, role="client", token="t"), p.Done(id=1, oid=2, size=3, type=""),
     p.Get(id=4, oid=5), p.Run(id=1, oid=2, payload=b"", deps=[]),
-    p.Submit(id=11, payload=b"\x80\x05N.", oob=[[3, True], [0, False], [5, False]]))]
+    p.Submit(id=11, payload=b"\x80\x05N.", oob=[[3, True], [0, False], [5, False]]),
+    p.Batch(envelopes=[p.encode(p.Status(id=12)), p.encode(p.Cancel(target=7))]))]
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=20)
     | st.binary(max_size=40),
@@ -283,3 +284,14 @@ def test_batches_stay_under_a_frame_limit_below_their_size():
                 i * i for i in range(0, 500, 50)]
     finally:
         assert cluster.stop() == 0
+
+
+def test_a_batch_may_not_hold_a_message_whose_buffers_follow(small_frames):
+    with raw_session(small_frames.url) as ws:
+        ws.send(p.encode(p.Batch(envelopes=[
+            p.encode(p.Submit(id=1, payload=b"", oob=[[10, True]]))])))
+        ws.send(b"x" * 10)
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(T)
+    assert info.value.rcvd.code == 1002
+    assert "a batch holds submit with buffers" in info.value.rcvd.reason
