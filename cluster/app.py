@@ -102,7 +102,8 @@ class Coordinator:
 
     def welcome(self, session: str, shm: shared_memory.Directory | None) -> p.Welcome:
         return p.Welcome(session=session, workers=len(self.dispatcher.workers),
-                         cluster=self.cluster_id, shm=shm.path if shm else None)
+                         cluster=self.cluster_id, max_frame=self.config.max_frame,
+                         shm=shm.path if shm else None)
 
     def status(self) -> dict:
         info = self.dispatcher.status()

@@ -1,9 +1,10 @@
 """One websocket peer of the coordinator (a client session or a worker): the handshake,
-an ordered send queue, and requests that await their reply.
+ordered sends, and requests that await their reply.
 
-Sending never awaits, so the dispatcher can send from plain functions; a writer task
-drains the queue in order, a message and its buffers' frames together. Buffers are
-relayed as the frames they came in, never joined or decoded (``protocol.Assembler``).
+Sending never awaits, so the dispatcher can send from plain functions: a message is
+written at once, or queued behind those still waiting, a message and its buffers' frames
+together (``pyfora.aio.sender``). Buffers are relayed as the frames they came in, never
+joined or decoded (``protocol.Assembler``).
 
 Runs on the coordinator's event loop.
 """
@@ -18,6 +19,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from pyfora import protocol as p
+from pyfora.aio.sender import Sender
 from pyfora.errors import ProtocolError, PyforaError
 from pyfora.shared_memory import Directory
 
@@ -81,19 +83,23 @@ class Link:
 
     def __init__(self, ws: web.WebSocketResponse, name: str, max_size: int = p.MAX_FRAME,
                  shm: Directory | None = None) -> None:
-        self.ws = ws
         self.name = name
         self.max_size = max_size        # of one message from the peer, buffers included
         self.shm = shm                  # the peer is on this machine: buffers go there
         self.closed = False
-        # Each item: the frames of one message (``protocol.to_frames``).
-        self._queue: asyncio.Queue[list | None] = asyncio.Queue()
+        self.attach(ws)
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = p.RequestIds()
 
+    def attach(self, ws: web.WebSocketResponse) -> None:
+        """Send on ``ws`` from now on: from ``serve``, after the handshake's ``welcome``."""
+        self.ws = ws
+        # Peers accept frames of up to MAX_FRAME: batches are BATCH_BYTES at most.
+        self._sender = Sender(ws.send_bytes, (ConnectionError, RuntimeError), paused=True)
+
     def send(self, message: p.Message) -> None:
         if not self.closed:
-            self._queue.put_nowait(p.to_frames(message, self.shm))
+            self._sender.send(p.to_frames(message, self.shm))
 
     def send_error(self, request_id: int, exc: Exception) -> None:
         kind = type(exc).__name__ if isinstance(exc, PyforaError) else "InternalError"
@@ -124,40 +130,41 @@ class Link:
 
     async def serve(self) -> None:
         """Read frames until the peer goes away; ``handle`` each one."""
-        ws, queue = self.ws, self._queue
-        writer = asyncio.create_task(self._write(ws, queue))
+        ws, sender = self.ws, self._sender
+        sender.start()
         assembler = p.Assembler(join=False, max_size=self.max_size, shm=self.shm)
         try:
             async for msg in ws:
                 if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
                     continue
                 try:
-                    whole = assembler.feed(msg.data)
-                except ProtocolError as exc:
-                    if exc.close_code is not None:      # the frames that follow are lost
-                        await ws.close(code=exc.close_code, message=str(exc)[:120].encode())
-                        break
-                    self.arrived(None, len(msg.data))
-                    self.send_error(exc.request_id, exc)
-                    continue
-                if whole is None:
-                    continue        # a frame of a message's buffers: more to come
-                message, size = whole
-                self.arrived(message, size)
-                try:
-                    self.handle(message)
-                except PyforaError as exc:
-                    self.send_error(getattr(message, "id", 0), exc)
-                except Exception as exc:   # a bug here must not take down other sessions
-                    log.exception("error handling %s from %s", message.op, self.name)
-                    self.send_error(getattr(message, "id", 0), exc)
+                    arrived = assembler.feed(msg.data)
+                except ProtocolError as exc:    # the frames that follow are lost
+                    await ws.close(code=exc.close_code or WSCloseCode.PROTOCOL_ERROR,
+                                   message=str(exc)[:120].encode())
+                    break
+                for message, size in arrived:
+                    if isinstance(message, ProtocolError):
+                        self.arrived(None, size)
+                        self.send_error(message.request_id, message)
+                    else:
+                        self._take(message, size)
                 # Held until the next frame otherwise: a buffer in shared memory is
-                # released when the message is.
-                whole = message = None
+                # released when its message is.
+                arrived = message = None
         finally:
-            queue.put_nowait(None)
             self.disconnected(ws)
-            await writer
+            await sender.wait()
+
+    def _take(self, message: p.Message, size: int) -> None:
+        self.arrived(message, size)
+        try:
+            self.handle(message)
+        except PyforaError as exc:
+            self.send_error(getattr(message, "id", 0), exc)
+        except Exception as exc:   # a bug here must not take down other sessions
+            log.exception("error handling %s from %s", message.op, self.name)
+            self.send_error(getattr(message, "id", 0), exc)
 
     def disconnected(self, ws: web.WebSocketResponse) -> None:
         """The socket ``ws`` ended: nothing more can be sent or awaited on this link."""
@@ -165,15 +172,6 @@ class Link:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionResetError(f"{self.name} went away"))
-
-    @staticmethod
-    async def _write(ws: web.WebSocketResponse, queue: asyncio.Queue[list | None]) -> None:
-        try:
-            while (frames := await queue.get()) is not None:
-                for frame in frames:
-                    await ws.send_bytes(frame)
-        except (ConnectionError, RuntimeError):
-            pass   # the reader sees the close and cleans up
 
     def arrived(self, message: p.Message | None, size: int) -> None:
         """A message of ``size`` bytes arrived (``message`` None: it could not be

@@ -56,14 +56,14 @@ class ClientSession(Link):
         frames = p.to_frames(message, self.shm)
         self.replay.record(frames)
         if self.attached:
-            self._queue.put_nowait(frames)
+            self._sender.send(frames)
 
     def arrived(self, message: p.Message | None, size: int) -> None:
         if isinstance(message, p.Ack):
             return
         ack = self.replay.got(size)
         if ack is not None and self.attached:
-            self._queue.put_nowait([p.encode(ack)])     # acks are not counted nor kept
+            self._sender.send([p.encode(ack)])      # acks are not counted nor kept
 
     # -- connection and resumption ----------------------------------------------------
 
@@ -73,6 +73,7 @@ class ClientSession(Link):
                          cluster=self.coordinator.cluster_id,
                          resume=self.resume_token if grace > 0 else None, grace=grace,
                          received=self.replay.received,
+                         max_frame=self.coordinator.config.max_frame,
                          shm=self.shm.path if self.shm is not None else None)
 
     def resume(self, ws: web.WebSocketResponse, received: int) -> None:
@@ -85,10 +86,12 @@ class ClientSession(Link):
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        old, self.ws, self._queue = self.ws, ws, asyncio.Queue()
+        old = self.ws
+        self._sender.close()
+        self.attach(ws)         # written once serve starts, after the welcome
         self.attached = True
         for frames in missed:
-            self._queue.put_nowait(frames)
+            self._sender.send(frames)
         if not old.closed:      # a half-open socket the client has given up on
             self.spawn(old.close(code=WSCloseCode.GOING_AWAY, message=b"session resumed"))
         log.info("%s resumed; %d messages sent again", self.name, len(missed))

@@ -25,6 +25,7 @@ from websockets.asyncio.client import connect
 
 from pyfora import protocol as p
 from pyfora import serialization, shared_memory
+from pyfora.aio.sender import Sender
 from pyfora.aio.tls import client_context
 from pyfora.errors import ProtocolError, PyforaConnectionError
 from pyfora.parallel import _runtime as parallel_runtime
@@ -57,7 +58,8 @@ class _Entry:
 
 
 class Worker:
-    def __init__(self, ws, name: str, shm: shared_memory.Directory | None = None) -> None:
+    def __init__(self, ws, name: str, max_frame: int = p.MAX_FRAME,
+                 shm: shared_memory.Directory | None = None) -> None:
         self.ws = ws
         self.name = name
         self.shm = shm      # on the coordinator's machine: large buffers go there
@@ -65,8 +67,8 @@ class Worker:
         self.store: dict[int, _Entry] = {}
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="pyfora-task")
         self.turn = asyncio.Lock()
-        # Each item: the frames of one message (``protocol.to_frames``), sent together.
-        self.outbox: asyncio.Queue[list] = asyncio.Queue()
+        self.sender = Sender(ws.send, (websockets.ConnectionClosed,),
+                             lambda: ws.state is websockets.State.OPEN, limit=max_frame)
         self.pending: dict[int, asyncio.Future] = {}
         self.ids = p.RequestIds()
         self.running: tuple[int, int] | None = None      # (task id, thread ident)
@@ -80,43 +82,40 @@ class Worker:
         parallel_runtime.install(self.parallel)
 
     def send(self, message: p.Message) -> None:
-        self.outbox.put_nowait(p.to_frames(message, self.shm))
+        self.sender.send(p.to_frames(message, self.shm))
 
     def send_threadsafe(self, message: p.Message) -> None:
-        self.loop.call_soon_threadsafe(self.outbox.put_nowait, p.to_frames(message, self.shm))
-
-    async def writer(self) -> None:
-        while True:
-            for frame in await self.outbox.get():
-                await self.ws.send(frame)
+        self.loop.call_soon_threadsafe(self.sender.send, p.to_frames(message, self.shm))
 
     async def serve(self) -> None:
         assembler = p.Assembler(join=True, shm=self.shm)
         async for frame in self.ws:
-            whole = assembler.feed(frame)
-            if whole is None:
-                continue        # a frame of a message's buffers: more to come
-            message = whole[0]
-            if self.parallel.handle(message):
-                continue
-            match message:
-                case p.Run():
-                    with self.running_lock:
-                        self.waiting.add(message.id)
-                    asyncio.ensure_future(self.run(message))
-                case p.Fetch():
-                    self.fetch(message)
-                case p.Free():
-                    for oid in message.oids:
-                        self.store.pop(oid, None)
-                case p.Cancel():
-                    self.cancel(message.target)
-                case p.Value() | p.Error():
-                    future = self.pending.pop(message.id, None)
-                    if future is not None and not future.done():
-                        future.set_result(message)
-                case _:
-                    raise ProtocolError(f"a worker does not expect {message.op!r}")
+            for message, _ in assembler.feed(frame):
+                self.receive(message)
+
+    def receive(self, message: p.Message | ProtocolError) -> None:
+        if isinstance(message, ProtocolError):
+            raise message       # the coordinator sent what this version cannot read
+        if self.parallel.handle(message):
+            return
+        match message:
+            case p.Run():
+                with self.running_lock:
+                    self.waiting.add(message.id)
+                asyncio.ensure_future(self.run(message))
+            case p.Fetch():
+                self.fetch(message)
+            case p.Free():
+                for oid in message.oids:
+                    self.store.pop(oid, None)
+            case p.Cancel():
+                self.cancel(message.target)
+            case p.Value() | p.Error():
+                future = self.pending.pop(message.id, None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+            case _:
+                raise ProtocolError(f"a worker does not expect {message.op!r}")
 
     async def run(self, message: p.Run) -> None:
         # One task at a time, in the order they came (the lock is first come, first
@@ -139,6 +138,7 @@ class Worker:
                                  error=error))
                 return
             self.send(await self.loop.run_in_executor(self.pool, self.execute, message))
+            self.sender.flush()     # the done goes now, not after the next task started
 
     async def get(self, oid: int) -> None:
         """Fetch an input this worker does not hold, through the coordinator."""
@@ -235,15 +235,16 @@ async def run_worker(url: str, token: str | None, name: str,
         reply = p.decode(await ws.recv())
         if isinstance(reply, p.Error):
             raise SystemExit(f"pyfora-worker: {reply.message}")
-        worker = Worker(ws, name, shared_memory.Directory.offered(reply.shm))
-        writer = asyncio.create_task(worker.writer())
+        if not isinstance(reply, p.Welcome):
+            raise SystemExit(f"pyfora-worker: the coordinator answered hello with {reply.op!r}")
+        worker = Worker(ws, name, reply.max_frame, shared_memory.Directory.offered(reply.shm))
         stats = asyncio.create_task(worker_stats.report(worker.send))
         try:
             await worker.serve()
         except websockets.ConnectionClosed:
             pass
         finally:
-            writer.cancel()
+            worker.sender.close()
             stats.cancel()
 
 

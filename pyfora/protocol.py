@@ -16,6 +16,11 @@ frames as they came (``Assembler`` with ``join=False``), and no frame exceeds th
 limit however large the value. Between processes of one machine, a large buffer goes
 through shared memory instead, and the envelope names its file (``shared_memory``).
 
+Messages that are one envelope alone (no buffer frames follow it) may travel several to a
+frame, as a ``batch`` (``batch``, ``Batch``): a burst of tiny requests or replies costs a
+few frames instead of one each. A message with buffers is never part of a batch, so its
+frames still follow its envelope with no other frame in between.
+
 Requests carry an ``id`` chosen by the sender; the reply names the same ``id``. Messages
 whose ``id`` is 0 want no reply.
 
@@ -38,7 +43,7 @@ from .errors import ProtocolError
 from .shared_memory import MIN_SIZE as SHARED_MIN_SIZE
 from .shared_memory import Directory, Shared
 
-VERSION = 3
+VERSION = 3      # 2: out-of-band buffers; 3: ``batch`` frames, shared memory
 #: Largest frame either end accepts, and largest message (envelope and buffers), unless
 #: configured otherwise.
 MAX_FRAME = 1 << 30
@@ -47,6 +52,9 @@ MAX_FRAME = 1 << 30
 CHUNK = 4 << 20
 #: Results whose pickle is at most this many bytes ride along with their ``done`` reply.
 INLINE_LIMIT = 64 * 1024
+#: A ``batch`` frame is at most this many bytes (less if the peer's frame limit is lower):
+#: enough to carry a burst in few frames, small enough that no envelope waits long.
+BATCH_BYTES = 16 * 1024
 
 _OPS: dict[str, type[Message]] = {}
 
@@ -105,14 +113,16 @@ class Welcome(Message):
     """The answer to ``hello``. For a client: ``resume`` is the session's secret for
     resuming it within ``grace`` seconds of a broken connection (None: it cannot be
     resumed), and ``received`` how many messages of the session the coordinator has.
-    ``shm``: for a peer on the coordinator's machine, the directory through which large
-    buffers go (``shared_memory``)."""
+    ``max_frame``: the largest frame the coordinator accepts (``batch`` frames stay under
+    it). ``shm``: for a peer on the coordinator's machine, the directory through which
+    large buffers go (``shared_memory``)."""
     session: str
     workers: int
     cluster: str
     resume: str | None = dataclasses.field(default=None, repr=False)
     grace: float = 0.0
     received: int = 0
+    max_frame: int = MAX_FRAME
     shm: str | None = None
 
 
@@ -121,6 +131,14 @@ class Ack(Message):
     """Either end of a client session: ``count`` messages of it have arrived here, so the
     other end may forget them (``Replay``). Not counted itself; wants no reply."""
     count: int
+
+
+@_message("batch")
+class Batch(Message):
+    """Several messages in one frame: each an envelope with no buffers to follow it, in the
+    order they were sent. The receiver takes each as if it had come alone (counted, acked
+    and answered one by one). Built by ``batch``."""
+    envelopes: list
 
 
 # -- replies --------------------------------------------------------------------------
@@ -347,6 +365,43 @@ def _nbytes(part: Any) -> int:
     return part.nbytes if isinstance(part, Shared) else memoryview(part).nbytes
 
 
+#: Bytes a ``batch`` frame adds to its envelopes at most: its own map, and the header of
+#: its list (up to 5 bytes) and of each envelope (``_ENVELOPE_HEADER``).
+_BATCH_HEADER = len(msgpack.packb({"op": "batch", "envelopes": []})) + 4
+_ENVELOPE_HEADER = 5
+
+
+def batch(messages: list[list], limit: int = BATCH_BYTES) -> list:
+    """The frames that send ``messages`` (each the frames of one, ``to_frames``), in order:
+    each run of messages that are an envelope alone goes as ``batch`` frames of at most
+    ``limit`` bytes; a message with buffers goes as its own frames, never in a batch (nor
+    one envelope too big to share a frame)."""
+    out: list = []
+    run: list[bytes] = []
+    size = _BATCH_HEADER
+
+    def end_run() -> None:
+        out.append(run[0] if len(run) == 1 else encode(Batch(envelopes=run)))
+
+    for frames in messages:
+        if len(frames) == 1:
+            envelope = frames[0]
+            cost = len(envelope) + _ENVELOPE_HEADER
+            if run and size + cost > limit:
+                end_run()
+                run, size = [], _BATCH_HEADER
+            run.append(envelope)
+            size += cost
+        else:
+            if run:
+                end_run()
+                run, size = [], _BATCH_HEADER
+            out.extend(frames)
+    if run:
+        end_run()
+    return out
+
+
 def oob_layout(buffers: list) -> list:
     """The ``oob`` field describing ``buffers`` (bytes-like objects) to send."""
     layout = []
@@ -402,7 +457,7 @@ def _decode_map(data: dict) -> Message:
 
 
 _INT_FIELDS = {"id", "oid", "size", "target", "version", "workers", "inline", "rss", "retries",
-               "done", "total", "received", "count"}
+               "done", "total", "received", "count", "max_frame"}
 _BYTES_FIELDS = {"payload", "data"}
 
 
@@ -414,6 +469,8 @@ def _check_types(message: Message) -> None:
             ok = type(value) is int
         elif name in _BYTES_FIELDS:
             ok = type(value) is bytes
+        elif name == "envelopes":
+            ok = type(value) is list and all(type(v) is bytes for v in value)
         elif name in ("deps", "oids"):
             ok = type(value) is list and all(type(v) is int for v in value)
         elif name == "oob":
@@ -471,21 +528,48 @@ class Assembler:
         self._readonly = False      # and whether it is read-only
         self._frames: list = []
 
-    def feed(self, frame: bytes | str) -> tuple[Message, int] | None:
-        """Take one frame; return a message and its size on the wire once it is whole.
+    def feed(self, frame: bytes | str) -> list[tuple[Message | ProtocolError, int]]:
+        """Take one frame; return the messages it completes, in order, each with its size
+        on the wire: none while a message's buffers are still coming, one, or each of a
+        ``batch``. A message that cannot be decoded comes as the ``ProtocolError`` saying
+        why (see ``decode``): the connection can go on.
 
         Raises:
-            ProtocolError: the frame cannot be decoded (see ``decode``); the connection
-                can go on. With a ``close_code`` attribute (1009: the message is over
-                ``max_size``; 1002: a buffer's frames do not fit what its envelope said),
-                the connection cannot go on and must be closed with that code.
+            ProtocolError: the connection cannot go on and must be closed with the error's
+                ``close_code``: 1009, a message is over ``max_size``; 1002, a buffer's
+                frames do not fit what its envelope said, or a batch holds a message whose
+                buffers would have to follow it.
         """
-        if self._message is None:
-            return self._envelope(frame)
+        if self._message is not None:
+            return self._buffer_frame(frame)
+        try:
+            message = decode(frame)
+        except ProtocolError as exc:
+            return [(exc, len(frame))]
+        if type(message) is not Batch:
+            return self._envelope(message, len(frame))
+        arrived: list[tuple[Message | ProtocolError, int]] = []
+        for envelope in message.envelopes:
+            try:
+                inner = decode(envelope)
+                if type(inner) is Batch:
+                    raise ProtocolError("a batch inside a batch")
+            except ProtocolError as exc:
+                arrived.append((exc, len(envelope)))
+                continue
+            whole = self._envelope(inner, len(envelope))
+            if not whole:
+                self._reset()
+                raise _fatal(1002, f"a batch holds {inner.op} with buffers: its frames "
+                             "cannot follow it")
+            arrived += whole
+        return arrived
+
+    def _buffer_frame(self, frame: bytes | str) -> list[tuple[Message | ProtocolError, int]]:
+        assert self._message is not None
         if not isinstance(frame, (bytes, bytearray, memoryview)) or len(frame) > self._left:
             op = self._message.op
-            self._message, self._layout, self._left, self._buffer = None, [], 0, None
-            self._frames = []
+            self._reset()
             raise _fatal(1002, f"{op}: frames of its buffers do not fit the sizes its "
                          "envelope gave")
         self._left -= len(frame)
@@ -500,12 +584,15 @@ class Assembler:
             self._end_buffer()
         return self._done()
 
-    def _envelope(self, frame: bytes | str) -> tuple[Message, int] | None:
-        message = decode(frame)
+    def _reset(self) -> None:
+        self._message, self._layout, self._left, self._buffer = None, [], 0, None
+        self._frames = []
+
+    def _envelope(self, message: Message, length: int) -> list[tuple[Message | ProtocolError, int]]:
         layout = getattr(message, "oob", None)
         if not layout:         # most messages: nothing follows
-            return message, len(frame)
-        size = message_size(message, len(frame))
+            return [(message, length)]
+        size = message_size(message, length)
         if size > self.max_size:
             raise _fatal(1009, f"{message.op} of {size:,} bytes is over its size limit of "
                          f"{self.max_size:,} bytes (pyfora-cluster --max-frame)")
@@ -538,7 +625,7 @@ class Assembler:
                 raise OSError(f"not {size} bytes")
             return shared
         except OSError as exc:
-            self._message, self._layout, self._frames = None, [], []
+            self._reset()
             raise _fatal(1002, f"{op}: its buffer in shared memory cannot be used "
                          f"({exc})") from None
 
@@ -550,13 +637,13 @@ class Assembler:
             self._frames.append(buffer)
         self._next_buffer()
 
-    def _done(self) -> tuple[Message, int] | None:
+    def _done(self) -> list[tuple[Message | ProtocolError, int]]:
         if self._layout or self._left:
-            return None
+            return []
         message, self._message = self._message, None
         assert message is not None
         message.frames, self._frames = self._frames, []     # type: ignore[attr-defined]
-        return message, self._size
+        return [(message, self._size)]
 
 
 def _fatal(code: int, text: str) -> ProtocolError:

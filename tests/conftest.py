@@ -84,6 +84,15 @@ def http_status(url: str) -> dict:
         return json.loads(reply.read())
 
 
+def messages_of(frame: bytes) -> list:
+    """The messages in a frame a raw test client received: one, or each of a ``batch``."""
+    from pyfora import protocol as p
+    message = p.decode(frame)
+    if isinstance(message, p.Batch):
+        return [p.decode(envelope) for envelope in message.envelopes]
+    return [message]
+
+
 def wait_until(predicate, timeout: float, what: str = "the condition", interval: float = 0.02):
     """Poll ``predicate`` until it returns something true; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -172,9 +172,9 @@ def test_replay_sends_again_exactly_what_the_other_end_missed():
     for frames in sent:
         sender.record(frames)
     # Two whole messages and the envelope of the third arrived; the cut lost the rest.
-    arrived = [assembler.feed(bytes(f)) for frames in sent[:2] for f in frames]
-    assert assembler.feed(bytes(sent[2][0])) is None
-    for message, size in filter(None, arrived):
+    arrived = [whole for frames in sent[:2] for f in frames for whole in assembler.feed(bytes(f))]
+    assert assembler.feed(bytes(sent[2][0])) == []
+    for message, size in arrived:
         receiver.got(size)
     assert receiver.received == 2
     assert sender.after(receiver.received) == sent[2:]       # each message whole
@@ -214,8 +214,8 @@ def test_the_assembler_gives_each_message_with_its_buffers(join):
     frames.append(p.encode(p.Status(id=2)))
     assembler = p.Assembler(join=join)
     results = [assembler.feed(f) for f in frames]
-    assert results[:len(frames) - 2] == [None] * (len(frames) - 2)
-    message, size = results[-2]
+    assert results[:len(frames) - 2] == [[]] * (len(frames) - 2)
+    [(message, size)] = results[-2]
     assert size == len(frames[0]) + len(big) + len(small)
     assert b"".join(message.frames) == bytes(big) + small
     if join:        # one object per buffer, writable ones writable
@@ -224,7 +224,7 @@ def test_the_assembler_gives_each_message_with_its_buffers(join):
         assert message.frames[2] is frames[-2]      # a read-only buffer in one frame: as is
     else:           # relayed as they came
         assert message.frames == frames[1:-1]
-    assert results[-1] == (p.Status(id=2), len(frames[-1]))
+    assert results[-1] == [(p.Status(id=2), len(frames[-1]))]
 
 
 def test_the_assembler_refuses_what_does_not_fit():
@@ -233,15 +233,100 @@ def test_the_assembler_refuses_what_does_not_fit():
     with pytest.raises(errors.ProtocolError, match="over its size limit of 1,000") as info:
         assembler.feed(big)
     assert info.value.close_code == 1009
-    assert assembler.feed(p.encode(p.Submit(id=1, payload=b"", oob=[[10, True]]))) is None
+    assert assembler.feed(p.encode(p.Submit(id=1, payload=b"", oob=[[10, True]]))) == []
     with pytest.raises(errors.ProtocolError, match="do not fit") as info:
         assembler.feed(b"x" * 11)
     assert info.value.close_code == 1002
-    with pytest.raises(errors.ProtocolError) as info:     # an ordinary bad frame
-        assembler.feed(b"\xc1")
-    assert info.value.close_code is None
+    [(error, size)] = assembler.feed(b"\xc1")      # an ordinary bad frame: the connection goes on
+    assert isinstance(error, errors.ProtocolError) and error.close_code is None and size == 1
     with pytest.raises(errors.ProtocolError, match="oob"):
         p.decode(msgpack.packb({"op": "submit", "id": 1, "payload": b"", "oob": [[-1, True]]}))
+
+
+# -- batches --------------------------------------------------------------------------
+
+def envelope(i: int) -> list:
+    return p.to_frames(p.Cancel(target=i))
+
+
+def with_buffer(i: int, size: int) -> list:
+    return p.to_frames(p.Submit(id=i, payload=b"p", oob=[[size, False]],
+                                frames=[bytes([i % 256]) * size]))
+
+
+def test_a_batch_never_holds_buffers_and_order_is_kept_around_them():
+    big = with_buffer(100, 2 * p.CHUNK + 5)         # an envelope and three buffer frames
+    small = with_buffer(101, 10)                    # an envelope and one small buffer frame
+    messages = [envelope(0), envelope(1), big, envelope(2), small, envelope(3), envelope(4)]
+    frames = p.batch(messages)
+    # Runs of envelopes alone are batched; a message with buffers goes as its own frames,
+    # in place, its envelope never in a batch.
+    assert len(frames) == 1 + 4 + 1 + 2 + 1
+    assert frames[1:5] == big and frames[6:8] == small and frames[5] == envelope(2)[0]
+    for i in (0, 8):
+        batch = p.decode(frames[i])
+        assert isinstance(batch, p.Batch)
+        assert all(isinstance(p.decode(e), p.Cancel) for e in batch.envelopes)
+    # The receiving end gets every message whole, in the order sent.
+    for join in (True, False):
+        assembler = p.Assembler(join=join)
+        arrived = [m for f in frames for m, _ in assembler.feed(bytes(f))]
+        assert [getattr(m, "target", getattr(m, "id", None)) for m in arrived] == [
+            0, 1, 100, 2, 101, 3, 4]
+        assert b"".join(arrived[2].frames) == bytes([100]) * (2 * p.CHUNK + 5)
+        assert b"".join(arrived[4].frames) == bytes([101]) * 10
+
+
+def test_a_lone_envelope_is_not_wrapped_nor_a_big_one_batched():
+    assert p.batch([envelope(7)]) == envelope(7)
+    large = p.to_frames(p.Define(id=9, payload=b"x" * p.BATCH_BYTES))
+    frames = p.batch([envelope(0), large, envelope(1)])
+    assert frames == envelope(0) + large + envelope(1)
+
+
+@pytest.mark.parametrize("limit", [p.BATCH_BYTES, 1000, 64])
+def test_a_batch_respects_the_frame_limit(limit):
+    messages = [p.to_frames(p.Output(id=i, stream="stdout", text="x" * (i % 50)))
+                for i in range(3000)]
+    frames = p.batch(messages, limit)
+    batches = [f for f in frames if isinstance(p.decode(f), p.Batch)]
+    assert batches if limit >= 1000 else not batches    # 64 bytes: no two fit together
+    assert all(len(f) <= limit for f in batches)
+    if limit == p.BATCH_BYTES:
+        assert len(frames) < len(messages) / 50
+    arrived = [m for f in frames for m, _ in p.Assembler(join=True).feed(f)]
+    assert [m.id for m in arrived] == list(range(3000))
+
+
+def test_each_message_of_a_batch_is_counted_with_its_own_size():
+    messages = [envelope(i) for i in range(5)]
+    [frame] = p.batch(messages)
+    arrived = p.Assembler(join=False).feed(frame)
+    assert [size for _, size in arrived] == [len(m[0]) for m in messages]
+
+
+def test_a_bad_message_in_a_batch_is_answered_alone_and_the_rest_go_on():
+    good, bad = p.encode(p.Status(id=1)), msgpack.packb({"op": "fetch", "id": 2})
+    frame = p.encode(p.Batch(envelopes=[good, bad, p.encode(p.Batch(envelopes=[])), good]))
+    arrived = p.Assembler(join=False).feed(frame)
+    assert [type(m) for m, _ in arrived] == [p.Status, errors.ProtocolError,
+                                              errors.ProtocolError, p.Status]
+    assert arrived[1][0].request_id == 2
+    assert "batch inside a batch" in str(arrived[2][0])
+    with pytest.raises(errors.ProtocolError, match="envelopes"):
+        p.decode(msgpack.packb({"op": "batch", "envelopes": [1, 2]}))
+
+
+def test_a_batch_holding_a_message_whose_buffers_would_follow_is_refused():
+    declaring = p.encode(p.Submit(id=1, payload=b"", oob=[[10, True]]))
+    assembler = p.Assembler(join=False)
+    with pytest.raises(errors.ProtocolError, match="submit with buffers") as info:
+        assembler.feed(p.encode(p.Batch(envelopes=[p.encode(p.Status(id=3)), declaring])))
+    assert info.value.close_code == 1002
+    # Buffers of size 0 have no frames to follow: such a message may share a batch.
+    empty = p.encode(p.Submit(id=2, payload=b"", oob=[[0, True]]))
+    [(message, _)] = assembler.feed(p.encode(p.Batch(envelopes=[empty])))
+    assert message.id == 2 and message.frames == []
 
 
 def test_large_buffers_go_through_shared_memory_and_are_taken_once(tmp_path):
@@ -257,10 +342,8 @@ def test_large_buffers_go_through_shared_memory_and_are_taken_once(tmp_path):
     assert len(oob[0]) == len(oob[1]) == 3 and len(oob[2]) == 2
     assert sorted(os.listdir(tmp_path)) == sorted([oob[0][2], oob[1][2]])
     assert [bytes(f) for f in frames[1:]] == [b"small"]
-    message, size = None, 0
     assembler = p.Assembler(join=True, shm=shm)
-    for frame in frames:
-        message, size = assembler.feed(bytes(frame)) or (None, 0)
+    [(message, size)] = [whole for frame in frames for whole in assembler.feed(bytes(frame))]
     assert size == len(frames[0]) + len(big) + len(writable) + 5
     got_big, got_writable, got_small = message.frames
     assert type(got_big) is bytes and got_big == big
@@ -274,13 +357,13 @@ def test_the_coordinator_relays_shared_buffers_by_link_or_over_the_wire(tmp_path
     shm = shared_memory.Directory(str(tmp_path))
     data = bytes(range(256)) * (shared_memory.MIN_SIZE // 256 * 5)      # over one chunk
     frames = p.to_frames(buffers_message(data), shm)
-    message, _ = p.Assembler(join=False, shm=shm).feed(frames[0])
+    [(message, _)] = p.Assembler(join=False, shm=shm).feed(frames[0])
     [held] = message.frames
     assert isinstance(held, shared_memory.Shared) and len(held) == len(data)
     # to a peer on this machine: a new name for the same file, taken by the receiver
     local = p.to_frames(message, shm)
     assert len(local) == 1 and len(os.listdir(tmp_path)) == 2
-    got, _ = p.Assembler(join=True, shm=shm).feed(local[0])
+    [(got, _)] = p.Assembler(join=True, shm=shm).feed(local[0])
     assert got.frames == [data]
     # to a peer elsewhere: read, and sent in chunks
     remote = p.to_frames(message, None)
@@ -310,4 +393,16 @@ def test_the_assembler_refuses_a_bad_shared_buffer(tmp_path, shm, name, words):
         assembler.feed(p.encode(p.Submit(id=1, payload=b"", oob=[[10, False, name]])))
     assert info.value.close_code == 1002
     status = p.encode(p.Status(id=2))       # the connection could go on
-    assert assembler.feed(status) == (p.Status(id=2), len(status))
+    assert assembler.feed(status) == [(p.Status(id=2), len(status))]
+
+
+def test_a_message_whose_buffers_are_all_in_shared_memory_may_share_a_batch(tmp_path):
+    shm = shared_memory.Directory(str(tmp_path))
+    data = b"s" * shared_memory.MIN_SIZE
+    messages = [p.to_frames(p.Status(id=1)), p.to_frames(buffers_message(data), shm),
+                p.to_frames(p.Status(id=2))]
+    assert [len(frames) for frames in messages] == [1, 1, 1]    # envelopes alone
+    [frame] = p.batch(messages)
+    arrived = p.Assembler(join=True, shm=shm).feed(frame)
+    assert [m.op for m, _ in arrived] == ["status", "submit", "status"]
+    assert arrived[1][0].frames == [data] and os.listdir(tmp_path) == []

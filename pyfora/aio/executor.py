@@ -155,8 +155,11 @@ class Executor:
         if line is not None:
             self._counted[message.id] = line
         try:
-            async with asyncio.timeout(timeout):
+            if timeout is None:     # no Timeout object per call: W2 makes thousands
                 done = await self._session.request(message)
+            else:
+                async with asyncio.timeout(timeout):
+                    done = await self._session.request(message)
         except asyncio.CancelledError:
             self._session.post(p.Cancel(target=message.id))
             raise

@@ -1,7 +1,7 @@
 """One persistent websocket session to a coordinator.
 
 The handshake, a reader task that routes replies to the requests awaiting them and
-pushed messages (task output) to a callback, an ordered send queue, and close semantics:
+pushed messages (task output) to a callback, ordered sends (``sender``), and close semantics:
 when the connection ends, every pending request fails with ``SessionClosedOK`` or
 ``SessionLost``, so no future ever hangs.
 
@@ -32,11 +32,13 @@ from typing import Any, Awaitable, Callable
 
 import websockets
 from websockets.asyncio.client import connect as ws_connect
+from websockets.protocol import State
 
 from .. import protocol as p
 from .. import shared_memory
 from ..errors import (AuthenticationError, ExecutorClosedError, ProtocolError,
                       PyforaConnectionError, SessionClosedOK, SessionLost)
+from .sender import Sender
 from .tls import client_context
 
 log = logging.getLogger("pyfora")
@@ -74,12 +76,10 @@ class Session:
         # that in Jupyter (whose output streams route by a context variable) it lands in
         # the cell that made the call, not in the cell that opened the session.
         self._contexts: dict[int, contextvars.Context] = {}
-        # Each item: the frames of one message (``protocol.to_frames``), sent together.
-        self._outbox: asyncio.Queue[list | None] = asyncio.Queue()
+        self._sender = _sender(ws, welcome)
         self._ids = p.RequestIds()
         self._loop = asyncio.get_running_loop()
         self._closed: PyforaConnectionError | None = None
-        self._writer = asyncio.create_task(self._write(ws, self._outbox))
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -185,16 +185,7 @@ class Session:
     def _send(self, message: p.Message) -> None:
         frames = p.to_frames(message, self._shm)
         self._replay.record(frames)     # kept until acked: sent again on resuming
-        self._outbox.put_nowait(frames)
-
-    @staticmethod
-    async def _write(ws, outbox: asyncio.Queue[list | None]) -> None:
-        try:
-            while (frames := await outbox.get()) is not None:
-                for frame in frames:
-                    await ws.send(frame)
-        except websockets.ConnectionClosed:
-            pass
+        self._sender.send(frames)
 
     async def _read(self) -> None:
         while True:
@@ -230,17 +221,16 @@ class Session:
             return SessionLost(f"session failed: {exc!r}"), False
 
     def _arrived(self, frame: bytes, assembler: p.Assembler) -> None:
-        whole = assembler.feed(frame)
-        if whole is None:
-            return      # a frame of a message's buffers: more to come
-        message, size = whole
-        if isinstance(message, p.Ack):
-            self._replay.acked(message.count)
-            return
-        ack = self._replay.got(size)
-        if ack is not None:
-            self._outbox.put_nowait([p.encode(ack)])    # acks are neither counted nor kept
-        self._dispatch(message)
+        for message, size in assembler.feed(frame):
+            if isinstance(message, ProtocolError):
+                raise message       # the cluster sent what this version cannot read
+            if isinstance(message, p.Ack):
+                self._replay.acked(message.count)
+                continue
+            ack = self._replay.got(size)
+            if ack is not None:
+                self._sender.send([p.encode(ack)])      # acks are neither counted nor kept
+            self._dispatch(message)
 
     async def _resume(self) -> bool:
         """Reconnect with backoff until the grace period ends; True once resumed."""
@@ -271,11 +261,10 @@ class Session:
                 except ProtocolError:
                     await ws.close()
                     return False
-                self._outbox.put_nowait(None)           # ends the old writer
-                self._ws, self._outbox, self.welcome = ws, asyncio.Queue(), reply
+                self._sender.close()
+                self._ws, self._sender, self.welcome = ws, _sender(ws, reply), reply
                 for frames in missed:
-                    self._outbox.put_nowait(frames)
-                self._writer = asyncio.create_task(self._write(ws, self._outbox))
+                    self._sender.send(frames)
                 log.warning("pyfora: the session was resumed")
                 return True
             return False
@@ -325,12 +314,19 @@ class Session:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(failure)
-        self._outbox.put_nowait(None)
 
     async def close(self) -> None:
         """Close the session; pending requests fail with ``SessionClosedOK``."""
         self._shut(SessionClosedOK("the session was closed by the client", CLOSED_BY_CLIENT))
         if self._resuming:
             self._reader.cancel()       # no socket to close: stop reconnecting
+        self._sender.flush()            # what was posted last (releases) goes before the close
         await self._ws.close()
-        await asyncio.gather(self._reader, self._writer, return_exceptions=True)
+        await asyncio.gather(self._reader, self._sender.wait(), return_exceptions=True)
+
+
+def _sender(ws, welcome: p.Welcome) -> Sender:
+    # Started outside a task only while open: a closing connection's send waits for the
+    # close under a deadline, which needs a task of its own.
+    return Sender(ws.send, (websockets.ConnectionClosed,), lambda: ws.state is State.OPEN,
+                  limit=welcome.max_frame)

@@ -7,7 +7,7 @@ import asyncio
 import msgpack
 import pytest
 import websockets
-from conftest import UNIT
+from conftest import UNIT, messages_of
 
 from pyfora import protocol as p
 
@@ -18,8 +18,14 @@ def ws_url(cluster_url, path="api/session"):
     return cluster_url.replace("http://", "ws://") + path
 
 
+_received: dict = {}     # ws -> messages received in a batch, not returned yet
+
+
 async def recv(ws, timeout=T):
-    return p.decode(await asyncio.wait_for(ws.recv(), timeout))
+    pending = _received.setdefault(ws, [])
+    if not pending:
+        pending.extend(messages_of(await asyncio.wait_for(ws.recv(), timeout)))
+    return pending.pop(0)
 
 
 async def raw_session(cluster_url):
@@ -59,6 +65,10 @@ BAD_FRAMES = [
     ("unknown object", p.encode(p.Fetch(id=9, oid=10**9)), 9, "not on this cluster"),
     ("unknown dependency", p.encode(p.Submit(id=10, payload=b"", deps=[10**9])), 10,
      "not on this cluster"),
+    ("bad message in a batch", p.encode(p.Batch(envelopes=[
+        msgpack.packb({"op": "fetch", "id": 11}), p.encode(p.Release(oids=[]))])), 11, "fetch:"),
+    ("batch in a batch", p.encode(p.Batch(envelopes=[p.encode(p.Batch(envelopes=[]))])), 0,
+     "a batch inside a batch"),
 ]
 
 

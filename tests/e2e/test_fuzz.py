@@ -18,7 +18,7 @@ import threading
 
 import msgpack
 import pytest
-from conftest import UNIT, ClusterProcess, http_status
+from conftest import UNIT, ClusterProcess, http_status, messages_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
@@ -39,7 +39,8 @@ SAMPLES = [p.encode(m) for m in (
     p.Fetch(id=9, oid=3), p.Release(oids=[1, 99]), p.Cancel(target=7), p.Status(id=10),
     p.Hello(version=p.VERSION, role="client", token="t"), p.Done(id=1, oid=2, size=3, type=""),
     p.Get(id=4, oid=5), p.Run(id=1, oid=2, payload=b"", deps=[]),
-    p.Submit(id=11, payload=b"\x80\x05N.", oob=[[3, True], [0, False], [5, False]]))]
+    p.Submit(id=11, payload=b"\x80\x05N.", oob=[[3, True], [0, False], [5, False]]),
+    p.Batch(envelopes=[p.encode(p.Status(id=12)), p.encode(p.Cancel(target=7))]))]
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=20)
     | st.binary(max_size=40),
@@ -136,12 +137,11 @@ class Prober:
                 return
             self.probe_id += 1
             self.ws.send(p.encode(p.Status(id=self.probe_id)))
-            answered = False
-            while True:
-                reply = p.decode(self.ws.recv(T))
-                if isinstance(reply, p.Info) and reply.id == self.probe_id:
-                    break
-                answered |= isinstance(reply, p.Error)
+            answered = probed = False
+            while not probed:
+                for reply in messages_of(self.ws.recv(T)):
+                    probed |= isinstance(reply, p.Info) and reply.id == self.probe_id
+                    answered |= isinstance(reply, p.Error)
             assert answered or not bad, f"no error for undecodable frame {frame!r}"
             self.stats["errors" if answered else "accepted"] += 1
         except ConnectionClosed:
@@ -264,3 +264,34 @@ def test_buffers_over_the_maximum_are_refused_before_they_are_buffered(small_fra
     assert "do not fit" in info.value.rcvd.reason
     with pyfora.connect(small_frames.url) as ex:               # others carry on
         assert ex.submit(pow, 3, 2).result(T).toLocal().result(T) == 9
+
+
+def test_batches_stay_under_a_frame_limit_below_their_size():
+    """A burst of submits shares ``batch`` frames of at most the coordinator's
+    --max-frame (it says it in ``welcome``), here under the usual batch size: none is
+    refused, and every result comes back."""
+    cluster = ClusterProcess(1, "--max-frame", str(p.BATCH_BYTES // 4))
+    try:
+        with raw_session(cluster.url) as ws:
+            ws.send(b"\x00" * (p.BATCH_BYTES // 2))      # a frame over it is refused
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(T)
+        assert info.value.rcvd.code == 1009
+        with pyfora.connect(cluster.url) as ex:
+            futures = [ex.submit(pow, i, 2) for i in range(500)]
+            proxies = [f.result(T) for f in futures]
+            assert [x.toLocal().result(T) for x in proxies[::50]] == [
+                i * i for i in range(0, 500, 50)]
+    finally:
+        assert cluster.stop() == 0
+
+
+def test_a_batch_may_not_hold_a_message_whose_buffers_follow(small_frames):
+    with raw_session(small_frames.url) as ws:
+        ws.send(p.encode(p.Batch(envelopes=[
+            p.encode(p.Submit(id=1, payload=b"", oob=[[10, True]]))])))
+        ws.send(b"x" * 10)
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(T)
+    assert info.value.rcvd.code == 1002
+    assert "a batch holds submit with buffers" in info.value.rcvd.reason

@@ -99,10 +99,18 @@ class Proxy:
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 propagate, count) -> None:
+    """Forward ``reader`` to ``writer`` until ``reader`` ends. Once ``writer`` is cut, what
+    comes is dropped, but ``reader`` is still read to its end: a coordinator's side left
+    half-open (``sever(client_side_only=True)``) stays open until the coordinator closes
+    it, whatever it sends meanwhile."""
     try:
         while data := await reader.read(1 << 16):
-            writer.write(data)
-            await writer.drain()
+            if not writer.transport.is_closing():
+                writer.write(data)
+                try:
+                    await writer.drain()
+                except ConnectionError:
+                    pass
             count(len(data))
     except (ConnectionError, OSError):
         pass

@@ -105,6 +105,23 @@ async def test_a_value_over_the_chunk_size_passes_between_workers_as_a_proxy(tex
     assert (sum_a, sum_b) == (n * (n - 1) / 2, (n + 1) * n / 2)
 
 
+async def test_a_burst_of_tiny_submits_around_large_arguments_arrives_whole_and_in_order(tex):
+    """Submits made in one go are sent together: the tiny ones share ``batch`` frames, each
+    one with a large out-of-band argument goes as its own frames between them (or, in
+    shared memory, is an envelope alone like the others). Every one arrives whole and in
+    the order made (the coordinator numbers results as submits arrive), and every result
+    comes back right."""
+    aex = tex
+    blobs = {i: os.urandom(p.CHUNK + 1000 * i) for i in (40, 41, 300, 599)}
+    calls = [aex.submit(digest, blobs[i]) if i in blobs else aex.submit(pow, i, 2)
+             for i in range(600)]
+    proxies = await asyncio.wait_for(asyncio.gather(*calls), T)
+    oids = [proxy.oid for proxy in proxies]
+    assert oids == sorted(oids), "submits arrived out of order"
+    values = await asyncio.wait_for(asyncio.gather(*(x.toLocal() for x in proxies)), T)
+    assert values == [digest(blobs[i]) if i in blobs else i * i for i in range(600)]
+
+
 def length_when_set(data: bytes, path: str) -> int:
     """``len(data)`` once the file ``path`` exists: the test holds the task running."""
     import time
