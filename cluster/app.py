@@ -93,7 +93,15 @@ class Coordinator:
         self.pool: WorkerPool | None = None
         self._joined = asyncio.Event()
         self.host = shared_memory.host_id()
-        self.shm = shared_memory.Directory.create() if config.shared_memory else None
+        self.shm: shared_memory.Directory | None = None     # from the app's start to cleanup
+
+    async def open_shared_memory(self, app: web.Application) -> None:
+        if self.config.shared_memory:
+            self.shm = shared_memory.Directory.create()
+
+    async def close_shared_memory(self, app: web.Application) -> None:
+        if self.shm is not None:
+            self.shm.remove()
 
     def shm_for(self, hello: p.Hello) -> shared_memory.Directory | None:
         """The shared-memory directory for the peer that said ``hello``, if it is on this
@@ -220,7 +228,9 @@ def make_app(config: Config, backend: Backend | None = None) -> web.Application:
     app.router.add_get("/api/session", coordinator.session_handler)
     app.router.add_get("/api/worker", coordinator.worker_handler)
     dashboard.setup(app, coordinator)      # "/" and "/api/status"
+    app.on_startup.append(coordinator.open_shared_memory)
     app.on_shutdown.append(coordinator.on_shutdown)
+    app.on_cleanup.append(coordinator.close_shared_memory)
     return app
 
 
@@ -241,8 +251,6 @@ class RunningCluster:
         await self.runner.cleanup()
         if not isinstance(self.coordinator.dispatcher, Dispatcher):
             await self.coordinator.dispatcher.close()
-        if self.coordinator.shm is not None:
-            self.coordinator.shm.remove()
 
 
 async def start_cluster(config: Config) -> RunningCluster:

@@ -92,6 +92,9 @@ def chromium():
 
 @needs_chromium
 def test_dashboard_shows_workers_and_live_numbers(chromium, ufora, cluster_url):
+    # Leave the page of an earlier test (its cluster may be gone) and forget its log.
+    chromium.get("about:blank")
+    chromium.get_log("browser")
     browser.open_dashboard(chromium, cluster_url)
     expected = len(http_status(cluster_url)["workers"])
     browser.wait_for(chromium, f"return document.getElementById('worker-count').textContent"
