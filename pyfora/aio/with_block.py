@@ -273,6 +273,29 @@ def compile_block(with_node: ast.With, filename: str, local_names: set[str],
     # rebinds: inside the function both would otherwise be unbound locals.
     params = sorted(n for n in (names.loaded | names.bound)
                     if available(n) and (n in local_names or n in assigned))
+    # A block run again (a loop, a notebook cell run twice) is compiled once: rewriting
+    # it for automatic parallelism costs more than the whole round trip of small work.
+    key = (with_node, filename, frozenset(local_names), tuple(params), id(module_globals),
+           rewrite)
+    block = _compiled.get(key)
+    if block is not None and block.function.__globals__ is module_globals:
+        return block
+    block = _compile(with_node, filename, names, assigned, params, module_globals, rewrite)
+    if len(_compiled) >= COMPILED_KEPT:
+        del _compiled[next(iter(_compiled))]
+    _compiled[key] = block
+    return block
+
+
+#: Compiled blocks kept for running again, the oldest dropped first.
+COMPILED_KEPT = 256
+_compiled: dict[tuple, Block] = {}
+
+
+def _compile(with_node: ast.With, filename: str, names: _Names, assigned: set[str],
+             params: list[str], module_globals: dict,
+             rewrite: Callable[[ast.Module], ast.Module] | None) -> Block:
+    body = with_node.body
     instrumented = _Instrument().body(body)
     first = with_node
     args = [ast.arg(_OUT), ast.arg(_ASSIGNED)] + [ast.arg(n) for n in params]

@@ -112,6 +112,31 @@ def test_status_callback_reports_busy_cores(ufora):
 
 # -- scopes ---------------------------------------------------------------------------
 
+SCALE = 1
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_a_block_run_again_is_compiled_again_only_when_its_inputs_change(ufora, sequential,
+                                                                         monkeypatch):
+    from pyfora.aio import with_block as core
+    global SCALE
+    compiles = []
+    compile_block = core._compile
+    monkeypatch.setattr(core, "_compile", lambda *args: compiles.append(args[4]) or
+                        compile_block(*args))
+    monkeypatch.setattr(core, "_compiled", {})
+    remotely = ufora.remotely.sequential() if sequential else ufora.remotely
+    results = []
+    for i in range(4):
+        SCALE = 10 * (i + 1)          # a global the block reads: shipped as it is now
+        with remotely.downloadAll():
+            got = [x * SCALE + i for x in range(3)]
+        results.append(got)
+    assert results == [[x * 10 * (i + 1) + i for x in range(3)] for i in range(4)]
+    # once before ``got`` was bound, once after (the block then also takes it in)
+    assert compiles == [["i"], ["got", "i"]]
+
+
 def test_module_level_block(cluster_url, tmp_path):
     script = tmp_path / "module_block.py"
     script.write_text(textwrap.dedent(f"""
