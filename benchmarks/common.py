@@ -155,3 +155,34 @@ class Stopwatch:
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.t0
+
+
+def measure_up(up: Callable[[object], object], make: Callable[[int], object], size: int,
+               roles: Roles, sizes: dict[str, Callable[[], int]] | None = None) -> dict:
+    """W3 up: ``up(payload)`` once with the sampler running (the payload made inside it,
+    so the client's own copy counts), then ``median_seconds`` of it unsampled."""
+    gc.collect()
+    with RssSampler(roles, sizes=sizes) as rss:
+        payload = make(size)
+        with Stopwatch() as sw:
+            up(payload)
+        del payload
+    payload = make(size)
+    seconds = median_seconds(lambda: up(payload))
+    return {"mb_per_s": size / MB / seconds, "seconds": seconds,
+            "sampled_seconds": sw.seconds, "rss": rss.report(size)}
+
+
+def measure_down(down: Callable[[], object], size: int, roles: Roles,
+                 sizes: dict[str, Callable[[], int]] | None = None,
+                 overhead: float = 0.0) -> dict:
+    """W3 down: ``down()`` once with the sampler running, then ``median_seconds`` of it
+    unsampled, less ``overhead`` (the worker's time to make the value, where ``down``
+    includes it)."""
+    gc.collect()
+    with RssSampler(roles, sizes=sizes) as rss:
+        with Stopwatch() as sw:
+            down()
+    seconds = max(median_seconds(down) - overhead, 1e-6)
+    return {"mb_per_s": size / MB / seconds, "seconds": seconds,
+            "sampled_seconds": sw.seconds - overhead, "rss": rss.report(size)}

@@ -7,13 +7,12 @@ processes are its children. Async variants use ``Client(asynchronous=True)``.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 
 import common
 import tasks
-from common import RssSampler, Stopwatch, latency_summary
+from common import Stopwatch, latency_summary
 
 WORKERS = 2
 
@@ -107,32 +106,17 @@ def w3(cfg: dict) -> dict:
             def up(payload):
                 assert client.submit(tasks.nbytes, payload, pure=False).result() == size
 
-            gc.collect()
-            with RssSampler(roles) as rss:
-                payload = make(size)
-                with Stopwatch() as sw:
-                    up(payload)
-                del payload
-            payload = make(size)
-            seconds = common.median_seconds(lambda: up(payload))
-            del payload
-            out[f"up_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
-                                 "sampled_seconds": sw.seconds, "rss": rss.report(size)}
+            out[f"up_{kind}"] = common.measure_up(up, make, size, roles)
+
+            future = client.submit(make, size, pure=False)
+            wait(future)
 
             def down():
                 future.result()
 
-            gc.collect()
-            future = client.submit(make, size, pure=False)
-            wait(future)
             time.sleep(0.2)
-            with RssSampler(roles) as rss:
-                with Stopwatch() as sw:
-                    down()
-            seconds = common.median_seconds(down)
-            del future
-            out[f"down_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
-                                   "sampled_seconds": sw.seconds, "rss": rss.report(size)}
+            out[f"down_{kind}"] = common.measure_down(down, size, roles)
+            future = None       # released
             time.sleep(0.2)
     finally:
         _close(cluster, client)

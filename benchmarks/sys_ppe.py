@@ -6,13 +6,12 @@ Async variants await ``loop.run_in_executor(pool, ...)``, as an asyncio service 
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 import common
 import tasks
-from common import RssSampler, Stopwatch, latency_summary
+from common import Stopwatch, latency_summary
 
 WORKERS = 2
 
@@ -78,30 +77,14 @@ def w3(cfg: dict) -> dict:
             def up(payload):
                 assert pool.submit(tasks.nbytes, payload).result() == size
 
-            gc.collect()
-            with RssSampler(roles) as rss:
-                payload = make(size)
-                with Stopwatch() as sw:
-                    up(payload)
-                del payload
-            payload = make(size)
-            seconds = common.median_seconds(lambda: up(payload))
-            del payload
-            out[f"up_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
-                                 "sampled_seconds": sw.seconds, "rss": rss.report(size)}
+            out[f"up_{kind}"] = common.measure_up(up, make, size, roles)
             make_s = min(pool.submit(tasks.time_make, kind, size).result() for _ in range(3))
 
             def down():
                 pool.submit(make, size).result()
 
-            gc.collect()
-            with RssSampler(roles) as rss:
-                with Stopwatch() as sw:
-                    down()
-            seconds = max(common.median_seconds(down) - make_s, 1e-6)
-            out[f"down_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
-                                   "sampled_seconds": sw.seconds - make_s,
-                                   "worker_make_s": make_s, "rss": rss.report(size)}
+            out[f"down_{kind}"] = common.measure_down(down, size, roles, overhead=make_s)
+            out[f"down_{kind}"]["worker_make_s"] = make_s
     return out
 
 

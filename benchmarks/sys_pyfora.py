@@ -8,7 +8,6 @@ the coordinator's memory is separable from the client's (its children are the wo
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import time
 
 import common
 import tasks
-from common import RssSampler, Stopwatch, latency_summary
+from common import Stopwatch, latency_summary
 
 WORKERS = 2
 
@@ -158,32 +157,17 @@ def w3(cfg: dict) -> dict:
                 got = ex.submit(tasks.nbytes, payload).result().toLocal().result()
                 assert got == size, got
 
-            gc.collect()
-            with RssSampler(roles, sizes=sizes) as rss:
-                payload = make(size)
-                with Stopwatch() as sw:
-                    up(payload)
-                del payload
-            payload = make(size)
-            seconds = common.median_seconds(lambda: up(payload))
-            del payload
-            out[f"up_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
-                                 "sampled_seconds": sw.seconds, "rss": rss.report(size)}
+            out[f"up_{kind}"] = common.measure_up(up, make, size, roles, sizes)
+
+            proxy = ex.submit(make, size).result()
 
             def down():
                 value = proxy.toLocal().result()
                 assert len(value) * getattr(value, "itemsize", 1) == size
 
-            gc.collect()
-            proxy = ex.submit(make, size).result()
             time.sleep(0.2)
-            with RssSampler(roles, sizes=sizes) as rss:
-                with Stopwatch() as sw:
-                    down()
-            seconds = common.median_seconds(down)
-            del proxy
-            out[f"down_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
-                                   "sampled_seconds": sw.seconds, "rss": rss.report(size)}
+            out[f"down_{kind}"] = common.measure_down(down, size, roles, sizes)
+            proxy = None        # released
             time.sleep(0.2)
     finally:
         ex.close()

@@ -8,13 +8,12 @@ zero-copy from the shared-memory object store, which RSS counts where pages are 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 
 import common
 import tasks
-from common import RssSampler, Stopwatch, latency_summary
+from common import Stopwatch, latency_summary
 
 WORKERS = 2
 
@@ -106,32 +105,17 @@ def w3(cfg: dict) -> dict:
             def up(payload):
                 assert ray.get(r["nbytes"].remote(payload)) == size
 
-            gc.collect()
-            with RssSampler(roles) as rss:
-                payload = make(size)
-                with Stopwatch() as sw:
-                    up(payload)
-                del payload
-            payload = make(size)
-            seconds = common.median_seconds(lambda: up(payload))
-            del payload
-            out[f"up_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
-                                 "sampled_seconds": sw.seconds, "rss": rss.report(size)}
+            out[f"up_{kind}"] = common.measure_up(up, make, size, roles)
+
+            ref = r[f"make_{'bytes' if kind == 'bytes' else 'array'}"].remote(size)
+            ray.wait([ref])
 
             def down():
                 ray.get(ref)
 
-            gc.collect()
-            ref = r[f"make_{'bytes' if kind == 'bytes' else 'array'}"].remote(size)
-            ray.wait([ref])
             time.sleep(0.2)
-            with RssSampler(roles) as rss:
-                with Stopwatch() as sw:
-                    down()
-            seconds = common.median_seconds(down)
-            del ref
-            out[f"down_{kind}"] = {"mb_per_s": size / common.MB / seconds, "seconds": seconds,
-                                   "sampled_seconds": sw.seconds, "rss": rss.report(size)}
+            out[f"down_{kind}"] = common.measure_down(down, size, roles)
+            ref = None          # released
             time.sleep(0.2)
     finally:
         ray.shutdown()
