@@ -80,8 +80,9 @@ class Directory:
         if host_id() is None:
             return None
         for stale in glob.glob(os.path.join(ROOT, "pyfora-*")):
-            if _lock(stale) is not None:
+            if (lock := _lock(stale)) is not None:
                 shutil.rmtree(stale, ignore_errors=True)
+                os.close(lock)
         # Locked before it gets the name the sweep above looks for.
         try:
             made = tempfile.mkdtemp(prefix=".pyfora-", dir=ROOT)
@@ -124,7 +125,7 @@ class Directory:
     def put(self, buffer) -> str | None:
         """Write ``buffer`` to a new file; its name, or None if it could not be written
         (send it over the websocket instead)."""
-        name = f"{os.getpid()}-{next(_counter)}-{secrets.token_hex(4)}"
+        name = _new_name()
         path = os.path.join(self.path, name)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -187,7 +188,7 @@ class Shared:
 
     def link(self) -> str:
         """A new name for the same file, for the receiver to own."""
-        name = f"{os.getpid()}-{next(_counter)}-{secrets.token_hex(4)}"
+        name = _new_name()
         os.link(self.directory._path(self.name), self.directory._path(name))
         return name
 
@@ -252,6 +253,10 @@ def _bind_libc():
 
 
 _libc, _new_bytes, _bytes_address = _bind_libc()
+
+
+def _new_name() -> str:
+    return f"{os.getpid()}-{next(_counter)}-{secrets.token_hex(4)}"
 
 
 def _lock(directory: str) -> int | None:
