@@ -299,9 +299,7 @@ def _function_state(fn: types.FunctionType) -> tuple | None:
     if fn.__dict__ or fn.__kwdefaults__ or fn.__annotations__:
         return None
     code = fn.__code__
-    names: set[str] = set()
-    _global_names(code, names)
-    found = sorted(n for n in names if n in fn.__globals__)
+    found = [n for n in _names_in(code) if n in fn.__globals__]
     values = [fn.__globals__[n] for n in found]
     try:
         values += [c.cell_contents for c in fn.__closure__ or ()]
@@ -311,6 +309,15 @@ def _function_state(fn: types.FunctionType) -> tuple | None:
     if not all(_plain(v) for v in values):
         return None
     return (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__, *found, *values)
+
+
+@functools.lru_cache(maxsize=1024)
+def _names_in(code: types.CodeType) -> tuple[str, ...]:
+    """The names ``code`` and the code nested in it may look up, sorted (computed once
+    per code object: this runs on every call of a cached function)."""
+    names: set[str] = set()
+    _global_names(code, names)
+    return tuple(sorted(names))
 
 
 def _global_names(code: types.CodeType, names: set[str]) -> None:
