@@ -41,7 +41,7 @@ class Backend:
         self._push_scheduled = False
 
     def define(self, session: Any, msg: p.Define) -> p.Done:
-        size = len(msg.payload) + sum(entry[0] for entry in msg.oob)
+        size = p.value_size(msg.payload, msg.oob)
         record = ObjectRecord(self.store.new_id(), session, size, msg.type,
                               data=msg.payload, oob=msg.oob, frames=msg.frames)
         self.store.add(record)

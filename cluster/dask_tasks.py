@@ -109,7 +109,7 @@ def describe(held: Held, inline: int) -> dict:
     Dask task of its own when a finished task's event never came."""
     if held.error is not None:
         return {"size": 0, "type": "", "value": None, "error": held.error}
-    size = len(held.data) + sum(length for length, _ in p.oob_layout(held.buffers))
+    size = p.value_size(held.data, p.oob_layout(held.buffers))
     return {"size": size, "type": serialization.type_name(type(held.value)),
             "value": held.data if size <= inline and not held.buffers else None,
             "error": None}

@@ -190,7 +190,7 @@ class Worker:
                           error=serialization.describe_exception(exc, self.name))
         self.store[message.oid] = _Entry(value, data, buffers)
         oob = p.oob_layout(buffers)
-        size = len(data) + sum(length for length, _ in oob)
+        size = p.value_size(data, oob)
         inline = size <= message.inline
         return p.Done(id=message.id, oid=message.oid, size=size,
                       type=serialization.type_name(type(value)),

@@ -411,6 +411,12 @@ def oob_layout(buffers: list) -> list:
     return layout
 
 
+def value_size(data: bytes, oob: list) -> int:
+    """An object's size, as its proxy gives it: its pickle ``data`` and the out-of-band
+    buffers ``oob`` describes."""
+    return len(data) + sum(entry[0] for entry in oob)
+
+
 def message_size(message: Message, envelope: int) -> int:
     """Bytes on the wire of a message whose envelope is ``envelope`` bytes."""
     return envelope + sum(entry[0] for entry in getattr(message, "oob", ()))
