@@ -1,8 +1,8 @@
 """``pyfora-worker``: a worker process. Connects to a coordinator, runs tasks, holds results.
 
 Tasks run one at a time, in the order they came, on a single executor thread while the
-event loop keeps answering the coordinator (object fetches, frees, cancellation). What a task prints is captured and
-sent, a whole line at a time, to the client that submitted it.
+event loop keeps answering the coordinator (object fetches, frees, cancellation). What a
+task prints is captured and sent, a whole line at a time, to the client that submitted it.
 
 Started by the coordinator's pool (``--parent-pipe``: exit when stdin closes, so a worker
 never outlives its coordinator) or by hand on another host.
@@ -67,8 +67,7 @@ class Worker:
         self.store: dict[int, _Entry] = {}
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="pyfora-task")
         self.turn = asyncio.Lock()
-        self.sender = Sender(ws.send, (websockets.ConnectionClosed,),
-                             lambda: ws.state is websockets.State.OPEN, limit=max_frame)
+        self.sender = Sender.on_websocket(ws, max_frame)
         self.pending: dict[int, asyncio.Future] = {}
         self.ids = p.RequestIds()
         self.running: tuple[int, int] | None = None      # (task id, thread ident)

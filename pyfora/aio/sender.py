@@ -26,6 +26,8 @@ import collections
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any
 
+import websockets
+
 from .. import protocol as p
 
 
@@ -55,6 +57,15 @@ class Sender:
         self._held: list[list] | None = None    # a list while a burst is being held
         self._paused = paused
         self.closed = False
+
+    @classmethod
+    def on_websocket(cls, ws: Any, limit: int) -> Sender:
+        """For a ``websockets`` client connection (the client's session, a worker) whose
+        peer takes frames of up to ``limit`` bytes."""
+        # Started outside a task only while open: a closing connection's send waits for
+        # the close under a deadline, which needs a task of its own.
+        return cls(ws.send, (websockets.ConnectionClosed,),
+                   lambda: ws.state is websockets.State.OPEN, limit=limit)
 
     def start(self) -> None:
         """Write what was queued while paused, and from now on as it comes."""

@@ -32,7 +32,6 @@ from typing import Any, Awaitable, Callable
 
 import websockets
 from websockets.asyncio.client import connect as ws_connect
-from websockets.protocol import State
 
 from .. import protocol as p
 from .. import shared_memory
@@ -76,7 +75,7 @@ class Session:
         # that in Jupyter (whose output streams route by a context variable) it lands in
         # the cell that made the call, not in the cell that opened the session.
         self._contexts: dict[int, contextvars.Context] = {}
-        self._sender = _sender(ws, welcome)
+        self._sender = Sender.on_websocket(ws, welcome.max_frame)
         self._ids = p.RequestIds()
         self._loop = asyncio.get_running_loop()
         self._closed: PyforaConnectionError | None = None
@@ -262,7 +261,8 @@ class Session:
                     await ws.close()
                     return False
                 self._sender.close()
-                self._ws, self._sender, self.welcome = ws, _sender(ws, reply), reply
+                self._ws, self._sender, self.welcome = (
+                    ws, Sender.on_websocket(ws, reply.max_frame), reply)
                 for frames in missed:
                     self._sender.send(frames)
                 log.warning("pyfora: the session was resumed")
@@ -324,9 +324,3 @@ class Session:
         await self._ws.close()
         await asyncio.gather(self._reader, self._sender.wait(), return_exceptions=True)
 
-
-def _sender(ws, welcome: p.Welcome) -> Sender:
-    # Started outside a task only while open: a closing connection's send waits for the
-    # close under a deadline, which needs a task of its own.
-    return Sender(ws.send, (websockets.ConnectionClosed,), lambda: ws.state is State.OPEN,
-                  limit=welcome.max_frame)
