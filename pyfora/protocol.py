@@ -330,12 +330,14 @@ def to_frames(message: Message, shm: Directory | None = None) -> list:
     ``shm``: the receiver shares this machine's memory, through that directory. Buffers
     of at least ``SHARED_MIN_SIZE`` bytes then go as files (a buffer the coordinator
     holds as a ``Shared``, by a new link to it), and the envelope names them."""
-    if not getattr(message, "frames", None):
+    buffers = getattr(message, "frames", None)     # only messages that carry a pickle
+    if not buffers:
         return [encode(message)]
+    layout: list = getattr(message, "oob")
     frames: list = [b""]
     oob = []
-    parts = (part for part in message.frames if _nbytes(part))
-    for size, writable, *_ in message.oob:
+    parts = (part for part in buffers if _nbytes(part))
+    for size, writable, *_ in layout:
         pieces, got = [], 0
         while got < size:
             pieces.append(next(parts))
