@@ -7,8 +7,9 @@
 Workloads (``--workloads w1,w2,...``): W1 no-op round-trip latency, W2 tiny-task throughput,
 W3 100 MB transfer each way (MB/s: the median of ``common.TIMED_ROUNDS`` transfers with no
 sampler running; peak RSS, and pyfora's files in /dev/shm, from one more transfer
-sampled), W4 parallel isPrime count, W5 start-up and shut-down. Systems (``--systems pyfora,ppe,dask,ray``; ``local`` is the sequential W4
-reference): a system whose package is not installed is reported as such.
+sampled), W4 parallel isPrime count, W5 start-up and shut-down. Systems (``--systems
+pyfora,ppe,dask,ray``; ``local`` is the sequential W4 reference): a system whose package
+is not installed is reported as such.
 
 Each (run, system, workload) runs in a fresh child process of its own session, with a time
 limit (``--timeout``): a peer that hangs is killed with its whole process tree and reported
