@@ -171,11 +171,10 @@ class Coordinator:
 
     async def worker_handler(self, request: web.Request) -> web.StreamResponse:
         def welcome(ws: web.WebSocketResponse, hello: p.Hello) -> p.Welcome | p.Error:
-            if isinstance(self.dispatcher, Dispatcher):
+            if self.dispatcher.refuses_workers is None:
                 return self.welcome("", self.shm_for(hello))
-            return p.Error(id=0, kind="PyforaUsageError", message=(
-                "this coordinator runs its tasks on Dask: add Dask workers to its "
-                "scheduler (dask worker tcp://SCHEDULER:8786), not pyfora-workers"))
+            return p.Error(id=0, kind="PyforaUsageError",
+                           message=self.dispatcher.refuses_workers)
 
         accepted = await accept(request, "worker", self.worker_token, self.config.max_frame,
                                 welcome, self.config.loopback)
@@ -212,8 +211,8 @@ class Coordinator:
 
     async def on_shutdown(self, app: web.Application) -> None:
         await self.close_sessions()
-        if not isinstance(self.dispatcher, Dispatcher):
-            return
+        if self.dispatcher.refuses_workers is not None:
+            return      # its workers are not ours to close
         for link in list(self.dispatcher.workers):
             await link.ws.close(code=WSCloseCode.GOING_AWAY, message=b"cluster shutting down")
 
@@ -249,8 +248,7 @@ class RunningCluster:
         if self.coordinator.pool is not None:
             await self.coordinator.pool.stop()
         await self.runner.cleanup()
-        if not isinstance(self.coordinator.dispatcher, Dispatcher):
-            await self.coordinator.dispatcher.close()
+        await self.coordinator.dispatcher.close()
 
 
 async def start_cluster(config: Config) -> RunningCluster:

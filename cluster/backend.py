@@ -31,6 +31,10 @@ PUSH_EVERY = 0.02
 
 
 class Backend:
+    #: Why ``pyfora-worker``s may not join, said to one that tries (None: they may, and
+    #: ``workers`` are their links).
+    refuses_workers: str | None = None
+
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self.tasks: dict[int, Any] = {}
@@ -50,6 +54,9 @@ class Backend:
 
     def cancel(self, session: Any, request_id: int) -> None:
         raise NotImplementedError
+
+    async def close(self) -> None:
+        """Let go of what the backend holds outside the coordinator, once it has stopped."""
 
     def session_closed(self, session: Any) -> None:
         """Cancel what ``session`` queued or ran and release what it held."""

@@ -104,6 +104,9 @@ class DaskWorker:
 
 
 class DaskBackend(Backend):
+    refuses_workers = ("this coordinator runs its tasks on Dask: add Dask workers to its "
+                       "scheduler (dask worker tcp://SCHEDULER:8786), not pyfora-workers")
+
     def __init__(self, client: Client, cluster: LocalCluster | None = None) -> None:
         super().__init__(ObjectStore())
         self.store.on_free = self._free
