@@ -22,7 +22,7 @@ from pyfora import protocol as p
 from pyfora import shared_memory
 from pyfora.errors import ProtocolError, PyforaUsageError
 
-from . import dashboard
+from . import dashboard, in_process
 from .auth import AccessLogger, is_loopback, new_token, server_context
 from .backend import Backend
 from .dispatcher import Dispatcher
@@ -94,6 +94,7 @@ class Coordinator:
         self._joined = asyncio.Event()
         self.host = shared_memory.host_id()
         self.shm: shared_memory.Directory | None = None     # from the app's start to cleanup
+        self._local: set[asyncio.Future] = set()       # serving sessions of connect_local
 
     async def open_shared_memory(self, app: web.Application) -> None:
         if self.config.shared_memory:
@@ -156,14 +157,28 @@ class Coordinator:
             raise
         if accepted is None:
             return web.Response()
-        ws, session = accepted[0], sessions[0]
+        await self._serve(sessions[0], accepted[0])
+        return accepted[0]
+
+    def connect_local(self) -> tuple[in_process.ClientEnd, p.Welcome]:
+        """A session for a client on this event loop (the embedded default): its frames
+        are handed over in memory (``cluster.in_process``). Returns the client's end of
+        the connection and its welcome."""
+        client, server = in_process.pair()
+        session = ClientSession(server, self, self.shm)
+        self.resumable[session.resume_token] = session
+        serving = asyncio.ensure_future(self._serve(session, server))
+        self._local.add(serving)
+        serving.add_done_callback(self._local.discard)
+        return client, session.welcome()
+
+    async def _serve(self, session: ClientSession, ws) -> None:
         self.sessions.add(session)
         try:
             await session.serve()
         finally:
             if session.ws is ws:        # else a resume has replaced this socket
                 self.sessions.discard(session)
-        return ws
 
     def session_ended(self, session: ClientSession) -> None:
         self.sessions.discard(session)
@@ -208,6 +223,7 @@ class Coordinator:
         await asyncio.gather(*(
             link.ws.close(code=WSCloseCode.GOING_AWAY, message=b"cluster shutting down")
             for link in list(self.sessions)), return_exceptions=True)
+        await asyncio.gather(*self._local, return_exceptions=True)
 
     async def on_shutdown(self, app: web.Application) -> None:
         await self.close_sessions()

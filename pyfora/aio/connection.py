@@ -1,8 +1,9 @@
 """``pyfora.aio.connect``: open an executor on a cluster, or on an embedded one.
 
 ``connect()`` with no URL starts a coordinator on this event loop and one worker
-subprocess per core; the executor owns it and stops it on ``close()``. This is the one
-place the client imports ``cluster``, lazily.
+subprocess per core; the session's frames pass to it in memory, and the executor owns
+it and stops it on ``close()``. This is the one place the client imports ``cluster``,
+lazily.
 
 Runs on the event loop that awaits it.
 """
@@ -55,20 +56,16 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
         self._executor: Executor | None = None
 
     async def _open(self) -> Executor:
-        cluster = None
-        url = self._url
-        if url is None:
+        if self._url is None:
             cluster = await _start_embedded(self._workers)
-            url = cluster.url
-        try:
+            # On this loop, as the client: no socket between them (``cluster.in_process``).
+            session = Session(*cluster.coordinator.connect_local())
+        else:
+            cluster = None
             context = None
             if self._cafile is not None or not self._verify:
                 context = client_context(self._cafile, self._verify)
-            session = await Session.open(url, self._token, ssl_context=context)
-        except BaseException:
-            if cluster is not None:
-                await cluster.stop()
-            raise
+            session = await Session.open(self._url, self._token, ssl_context=context)
         executor = Executor(session, cluster)
         executor.progress = self._progress
         return executor

@@ -56,9 +56,11 @@ def redacted(url: str) -> str:
 
 
 class Session:
-    """The client's end of the websocket. Create it with ``await Session.open(...)``."""
+    """The client's end of the websocket. Create it with ``await Session.open(...)``, or
+    on the connection and welcome of an embedded coordinator's ``connect_local()``."""
 
-    def __init__(self, ws, welcome: p.Welcome, on_push: Callable[[p.Message], None],
+    def __init__(self, ws, welcome: p.Welcome,
+                 on_push: Callable[[p.Message], None] = lambda m: None,
                  reconnect: Callable[[], Awaitable[Any]] | None = None,
                  token: str | None = None) -> None:
         self._ws = ws

@@ -202,3 +202,56 @@ async def test_embedded_cluster_is_owned_by_the_executor():
         assert len(spawned) == 1
     gone = {c.pid for c in me.children(recursive=True)} & spawned
     assert not gone, f"embedded workers outlived close(): {gone}"
+
+
+def _sockets_to(port: int) -> list:
+    """This process's TCP connections to ``port`` (as a client: its websockets)."""
+    import psutil
+    return [c for c in psutil.Process().net_connections("tcp")
+            if c.raddr and c.raddr.port == port]
+
+
+async def test_the_embedded_session_needs_no_socket_and_loses_nothing():
+    """The embedded default's session passes its frames in memory (``cluster.in_process``):
+    no connection from this process to its coordinator, while the workers' are real."""
+    blob = os.urandom(3 << 20)      # large enough for shared memory
+    async with aio.connect(workers=1) as ex:
+        url = ex._cluster.url
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        assert _sockets_to(port) == []
+        defined = await wait(ex.define(blob))
+        digest = await wait(ex.submit(sha256, defined))
+        assert await wait(digest.toLocal()) == sha256(blob)
+        assert await wait(defined.toLocal()) == blob
+        assert await wait((await wait(ex.submit(bytes, blob))).toLocal()) == blob
+        info = await status(url)
+        assert info["sessions"] == 1 and len(info["workers"]) == 1
+        assert info["objects"]["count"] >= 2
+        del defined, digest
+        # (The coordinator runs on this loop: its status is read from another thread.)
+        await async_wait_until(lambda: _holds(url, objects=0), T,
+                               "the released proxies to be freed")
+        assert _sockets_to(port) == []
+
+
+async def test_closing_the_embedded_executor_fails_what_it_waits_for():
+    async with aio.connect(workers=1) as ex:
+        url = ex._cluster.url
+        pending = asyncio.ensure_future(ex.submit(busy, 60))
+        await async_wait_until(lambda: _holds(url, running=1), T, "the task to start")
+        await wait(ex.close())
+        with pytest.raises(pyfora.SessionClosedOK, match="closed by the client"):
+            await wait(pending)
+        with pytest.raises(pyfora.ExecutorClosedError):
+            await wait(ex.submit(square, 2))
+
+
+async def _holds(url: str, objects: int | None = None, running: int | None = None) -> bool:
+    info = await status(url)
+    return ((objects is None or info["objects"]["count"] == objects)
+            and (running is None or info["tasks"]["running"] == running))
+
+
+def sha256(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
