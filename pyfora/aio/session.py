@@ -15,7 +15,7 @@ A refused TCP connection means nothing listens there any more (the cluster is go
 it ends the attempt at once; so does the coordinator saying the session has ended. Only
 then, or past the grace period, do pending requests fail with ``SessionLost``.
 
-Runs on the event loop that opened it; only ``post_threadsafe`` may be called from other
+Runs on the event loop that opened it; only ``call_threadsafe`` may be called from other
 threads.
 """
 
@@ -176,10 +176,11 @@ class Session:
         if self._closed is None:
             self._send(message)
 
-    def post_threadsafe(self, message: p.Message) -> None:
-        """``post`` from any thread, finalizers included; a no-op once the loop is gone."""
+    def call_threadsafe(self, fn: Callable[[], Any]) -> None:
+        """Call ``fn()`` on the session's loop, from any thread, finalizers included; a
+        no-op once the loop is gone."""
         try:
-            self._loop.call_soon_threadsafe(self.post, message)
+            self._loop.call_soon_threadsafe(fn)
         except RuntimeError:
             pass
 

@@ -255,3 +255,17 @@ async def _holds(url: str, objects: int | None = None, running: int | None = Non
 def sha256(data: bytes) -> str:
     import hashlib
     return hashlib.sha256(data).hexdigest()
+
+
+async def test_proxies_dropped_together_are_released_in_one_message():
+    async with aio.connect(workers=1) as ex:
+        url = ex._cluster.url
+        [session] = ex._cluster.coordinator.resumable.values()
+        proxies = [await wait(ex.submit(square, i)) for i in range(50)]
+        assert await _holds(url, objects=50)
+        before = session.replay.received       # messages from the client, acks aside
+        while proxies:      # one by one, the loop running between them
+            proxies.pop()
+            await asyncio.sleep(0)
+        await async_wait_until(lambda: _holds(url, objects=0), T, "the objects to be freed")
+        assert session.replay.received - before <= 5    # not one message per proxy
