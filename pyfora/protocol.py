@@ -35,6 +35,8 @@ import dataclasses
 import io
 import itertools
 import urllib.parse
+from collections.abc import Callable
+from types import NoneType
 from typing import Any, ClassVar, dataclass_transform
 
 import msgpack
@@ -453,8 +455,8 @@ def _decode_map(data: dict) -> Message:
     cls = _OPS.get(op) if isinstance(op, str) else None
     if cls is None:
         raise ProtocolError(f"unknown operation {op!r}")
-    unknown = data.keys() - _FIELDS[op]
-    if unknown:
+    if not _FIELDS[op].issuperset(data):
+        unknown = data.keys() - _FIELDS[op]
         raise ProtocolError(f"{op}: unknown fields {sorted(map(str, unknown))}")
     try:
         message = cls(**data)
@@ -464,41 +466,44 @@ def _decode_map(data: dict) -> Message:
     return message
 
 
-_INT_FIELDS = {"id", "oid", "size", "target", "version", "workers", "inline", "rss", "retries",
-               "done", "total", "received", "count", "max_frame"}
-_BYTES_FIELDS = {"payload", "data"}
+def _typed(*types: type) -> Callable[[Any], bool]:
+    return lambda value: type(value) in types
+
+
+def _list_of(kind: type) -> Callable[[Any], bool]:
+    return lambda value: type(value) is list and all(type(v) is kind for v in value)
+
+
+def _oob_entry(b: Any) -> bool:
+    return (type(b) is list and len(b) in (2, 3) and type(b[0]) is int and b[0] >= 0
+            and type(b[1]) is bool and (len(b) == 2 or type(b[2]) is str))
+
+
+#: What each field may hold; a field not named here may hold anything.
+_FIELD_TYPES: dict[str, Callable[[Any], bool]] = {
+    **dict.fromkeys(("id", "oid", "size", "target", "version", "workers", "inline", "rss",
+                     "retries", "done", "total", "received", "count", "max_frame"),
+                    _typed(int)),
+    **dict.fromkeys(("payload", "data"), _typed(bytes)),
+    "envelopes": _list_of(bytes),
+    **dict.fromkeys(("deps", "oids"), _list_of(int)),
+    "oob": lambda value: type(value) is list and all(map(_oob_entry, value)),
+    **dict.fromkeys(("stream", "text", "kind", "message", "role", "type"), _typed(str)),
+    **dict.fromkeys(("token", "name", "resume", "host", "shm"), _typed(NoneType, str)),
+    "value": _typed(NoneType, bytes),
+    **dict.fromkeys(("cpu", "grace"), _typed(int, float)),
+    **dict.fromkeys(("error", "info"), _typed(NoneType, dict)),
+}
+# Per operation, its checked fields: decoding is on every message's path.
+_CHECKS = {op: [(name, _FIELD_TYPES[name]) for name in sorted(fields) if name in _FIELD_TYPES]
+           for op, fields in _FIELDS.items()}
 
 
 def _check_types(message: Message) -> None:
     """Reject fields of the wrong type here, so handlers can trust what they get."""
-    for name in _FIELDS[message.op]:
+    for name, ok in _CHECKS[message.op]:
         value = getattr(message, name)
-        if name in _INT_FIELDS:
-            ok = type(value) is int
-        elif name in _BYTES_FIELDS:
-            ok = type(value) is bytes
-        elif name == "envelopes":
-            ok = type(value) is list and all(type(v) is bytes for v in value)
-        elif name in ("deps", "oids"):
-            ok = type(value) is list and all(type(v) is int for v in value)
-        elif name == "oob":
-            ok = type(value) is list and all(
-                type(b) is list and len(b) in (2, 3) and type(b[0]) is int and b[0] >= 0
-                and type(b[1]) is bool and (len(b) == 2 or type(b[2]) is str)
-                for b in value)
-        elif name in ("stream", "text", "kind", "message", "role", "type"):
-            ok = type(value) is str
-        elif name in ("token", "name", "resume", "host", "shm"):
-            ok = value is None or type(value) is str
-        elif name == "value":
-            ok = value is None or type(value) is bytes
-        elif name in ("cpu", "grace"):
-            ok = type(value) in (int, float)
-        elif name in ("error", "info"):
-            ok = value is None or type(value) is dict
-        else:
-            ok = True
-        if not ok:
+        if not ok(value):
             raise ProtocolError(f"{message.op}: field {name!r} has type {type(value).__name__}")
 
 
