@@ -143,6 +143,8 @@ class Worker:
                 self.inbox.put(message)
 
     async def fetch_then_run(self, message: p.Run, missing: list[int]) -> None:
+        """Fetch a task's ``missing`` inputs, then hand it to the task thread; if one
+        cannot be had, that is the task's done. Loop thread."""
         try:
             await asyncio.gather(*map(self.get, missing))
         except Exception as exc:    # unavailable, or a value this worker cannot unpickle
