@@ -119,9 +119,12 @@ async def _w2_async(n: int) -> dict:
 
 # -- W3 transfer ----------------------------------------------------------------------
 
-def start_standalone(workers: int = WORKERS) -> tuple[subprocess.Popen, str]:
+def start_standalone(workers: int = WORKERS,
+                     tree: str | None = None) -> tuple[subprocess.Popen, str]:
+    """``python -m cluster`` on a free port; with ``tree``, that source tree's (the
+    coordinator and its workers import ``cluster`` from their working directory)."""
     proc = subprocess.Popen([sys.executable, "-m", "cluster", "--port", "0", "--workers",
-                             str(workers)], stdout=subprocess.PIPE, text=True)
+                             str(workers)], stdout=subprocess.PIPE, text=True, cwd=tree)
     url = proc.stdout.readline().strip()
     if not url.startswith("http"):
         proc.kill()

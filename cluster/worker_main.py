@@ -1,8 +1,14 @@
 """``pyfora-worker``: a worker process. Connects to a coordinator, runs tasks, holds results.
 
-Tasks run one at a time, in the order they came, on a single executor thread while the
+Tasks run one at a time, in the order they came, on one long-lived task thread while the
 event loop keeps answering the coordinator (object fetches, frees, cancellation). What a
 task prints is captured and sent, a whole line at a time, to the client that submitted it.
+
+The loop hands the thread one task at a time through a queue it blocks on, and the thread
+hands back the task's ``done`` with one ``call_soon_threadsafe``, which writes it and
+hands over the next task. No executor, future or asyncio task per task: that machinery
+cost more than the rest of a small task's path (benchmarks/RESULTS.md, "Worker task
+thread without ThreadPoolExecutor").
 
 Started by the coordinator's pool (``--parent-pipe``: exit when stdin closes, so a worker
 never outlives its coordinator) or by hand on another host.
@@ -14,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import logging
 import os
+import queue
 import ssl
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import websockets
 from websockets.asyncio.client import connect
@@ -65,8 +72,6 @@ class Worker:
         self.shm = shm      # on the coordinator's machine: large buffers go there
         self.loop = asyncio.get_running_loop()
         self.store: dict[int, _Entry] = {}
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="pyfora-task")
-        self.turn = asyncio.Lock()
         self.sender = Sender.on_websocket(ws, max_frame)
         self.pending: dict[int, asyncio.Future] = {}
         self.ids = p.RequestIds()
@@ -79,6 +84,13 @@ class Worker:
         self.streams = capture_streams()
         self.parallel = ParallelContext(self)
         parallel_runtime.install(self.parallel)
+        # Tasks received and not handed to the task thread yet, in order; ``busy`` from
+        # when one is taken from there until its done is written.
+        self.queue: collections.deque[p.Run] = collections.deque()
+        self.busy = False
+        self.inbox: queue.SimpleQueue[p.Run | None] = queue.SimpleQueue()
+        # A daemon: a task still running must not hold the process at exit.
+        threading.Thread(target=self.serve_tasks, name="pyfora-task", daemon=True).start()
 
     def send(self, message: p.Message) -> None:
         self.sender.send(p.to_frames(message, self.shm))
@@ -101,7 +113,9 @@ class Worker:
             case p.Run():
                 with self.running_lock:
                     self.waiting.add(message.id)
-                asyncio.ensure_future(self.run(message))
+                self.queue.append(message)
+                if not self.busy:
+                    self.start_next()
             case p.Fetch():
                 self.fetch(message)
             case p.Free():
@@ -116,28 +130,56 @@ class Worker:
             case _:
                 raise ProtocolError(f"a worker does not expect {message.op!r}")
 
-    async def run(self, message: p.Run) -> None:
-        # One task at a time, in the order they came (the lock is first come, first
-        # served), and the next only once this one's done is queued for writing: the
-        # coordinator may send several ahead (its window) and, when we die, takes every
-        # task it has no done for but the first as never started.
-        async with self.turn:
+    def start_next(self) -> None:
+        """Hand the next task received to the task thread, after fetching its missing
+        inputs; the tasks after it wait meanwhile. Loop thread, while no task is busy."""
+        self.busy = bool(self.queue)
+        if self.busy:
+            message = self.queue.popleft()
+            missing = [oid for oid in message.deps if oid not in self.store]
+            if missing:
+                asyncio.ensure_future(self.fetch_then_run(message, missing))
+            else:
+                self.inbox.put(message)
+
+    async def fetch_then_run(self, message: p.Run, missing: list[int]) -> None:
+        """Fetch a task's ``missing`` inputs, then hand it to the task thread; if one
+        cannot be had, that is the task's done. Loop thread."""
+        try:
+            await asyncio.gather(*map(self.get, missing))
+        except Exception as exc:    # unavailable, or a value this worker cannot unpickle
+            with self.running_lock:
+                self.waiting.discard(message.id)
+                self.cancelled.discard(message.id)
+            error = serialization.describe_exception(exc, self.name)
+            if isinstance(exc, InputUnavailable) and exc.kind == "WorkerCrashedError":
+                error["type"] = "pyfora.WorkerCrashedError"     # queued again for it
+            self.finish(p.to_frames(p.Done(id=message.id, oid=message.oid, size=0, type="",
+                                           error=error), self.shm))
+        else:
+            self.inbox.put(message)
+
+    def finish(self, done: list) -> None:
+        """Write a task's done (its frames), then start the next task. Loop thread."""
+        # Written now, not held for the next loop iteration, and before the next task
+        # starts: the coordinator may send several ahead (its window) and, when we die,
+        # takes every task it has no done for but the first as never started.
+        self.sender.send(done)
+        self.sender.flush()
+        self.start_next()
+
+    def serve_tasks(self) -> None:
+        """The task thread: run each task handed over, until ``close``."""
+        while (message := self.inbox.get()) is not None:
+            done = p.to_frames(self.execute(message), self.shm)
             try:
-                missing = [oid for oid in message.deps if oid not in self.store]
-                if missing:
-                    await asyncio.gather(*map(self.get, missing))
-            except InputUnavailable as exc:
-                with self.running_lock:
-                    self.waiting.discard(message.id)
-                    self.cancelled.discard(message.id)
-                error = serialization.describe_exception(exc, self.name)
-                if exc.kind == "WorkerCrashedError":
-                    error["type"] = "pyfora.WorkerCrashedError"     # queued again for it
-                self.send(p.Done(id=message.id, oid=message.oid, size=0, type="",
-                                 error=error))
+                self.loop.call_soon_threadsafe(self.finish, done)
+            except RuntimeError:    # the loop is closed: the worker is exiting
                 return
-            self.send(await self.loop.run_in_executor(self.pool, self.execute, message))
-            self.sender.flush()     # the done goes now, not after the next task started
+
+    def close(self) -> None:
+        """Let the task thread end once its task, if any, has."""
+        self.inbox.put(None)
 
     async def get(self, oid: int) -> None:
         """Fetch an input this worker does not hold, through the coordinator."""
@@ -244,6 +286,7 @@ async def run_worker(url: str, token: str | None, name: str,
             pass
         finally:
             worker.sender.close()
+            worker.close()
             stats.cancel()
 
 

@@ -6,7 +6,7 @@ children, and only the worker's own process can see them. One ``stats`` message 
 second is a few dozen bytes, negligible next to the task traffic.
 
 Runs on the worker's event loop; psutil's reads are a few microseconds, so they do not
-need the executor thread.
+need a thread of their own.
 """
 
 from __future__ import annotations

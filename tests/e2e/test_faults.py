@@ -1,7 +1,9 @@
 """Faults injected with real processes: workers that ``os._exit``, segfault, get
 ``kill -9`` or go over ``--memory-limit``; retries; objects lost with their worker and
 computed again from lineage; a chaos run killing workers at random; SIGTERM on the
-coordinator; timeouts; cancellation at every stage."""
+coordinator, a coordinator killed under a worker started by hand; timeouts; cancellation
+at every stage; the tasks queued on a worker (their order while an input is fetched, a
+cancel that overtakes a start, an input that cannot be loaded there)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -76,6 +80,25 @@ def until_file(path, then_exit):
     if then_exit:
         os._exit(9)
     return "released"
+
+
+def log_line(path, word, *inputs):
+    """Appends ``word`` to the file at ``path`` (what ran, in the order it ran); ``inputs``
+    are only there to be fetched."""
+    with open(path, "a") as log:
+        log.write(word + "\n")
+    return word
+
+
+def refuse_to_load(why):
+    raise ValueError(why)
+
+
+class Unloadable:
+    """Pickled anywhere; raises where it is unpickled (a worker fetching it as an input)."""
+
+    def __reduce__(self):
+        return refuse_to_load, ("this value cannot be loaded here",)
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -307,6 +330,27 @@ def test_sigterm_on_the_coordinator_fails_pending_futures_and_leaves_no_process(
             cluster.proc.kill()
 
 
+def test_a_hand_started_worker_exits_with_its_coordinator_even_mid_task():
+    """The task thread does not hold the process: a worker whose coordinator is gone
+    exits at once, not when its task ends."""
+    cluster = ClusterProcess(0, "--token", "T")
+    worker = subprocess.Popen([sys.executable, "-m", "cluster.worker_main", cluster.url,
+                               "--token", "T", "--name", "by-hand"])
+    ex = pyfora.connect(cluster.url, token="T")
+    try:
+        wait_until(lambda: ex.getWorkerCount() == 1, T, "the worker to join")
+        ex.submit(busy, 10 * T)
+        wait_until(lambda: ex.status()["tasks"]["running"] == 1, T, "running")
+        cluster.proc.kill()
+        assert worker.wait(T) == 0
+    finally:
+        ex.close()
+        cluster.stop()
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(T)
+
+
 def test_submit_timeout_cancels_on_the_cluster(cluster, ex):
     started = time.monotonic()
     with pytest.raises(pyfora.PyforaTimeoutError, match="cancelled"):
@@ -419,3 +463,56 @@ async def test_long_tasks_after_a_stream_of_short_ones_are_not_queued_on_a_worke
         marker.touch()
         for proxy in await asyncio.wait_for(asyncio.gather(*long), T):
             assert await proxy.toLocal() == "released"
+
+
+async def test_tasks_behind_one_fetching_its_input_wait_for_it(windowed, tmp_path):
+    """The worker fetches an input it does not hold (a defined value: the coordinator has
+    it) before its task starts; the tasks that reach it meanwhile wait, in order."""
+    marker, log = tmp_path / "go", tmp_path / "log"
+    blob = await windowed.define(make_blob(5, 8_000_000))   # a fetch that takes a while
+    running = asyncio.ensure_future(windowed.submit(until_file, str(marker), False))
+    fetching = asyncio.ensure_future(windowed.submit(log_line, str(log), "fetching", blob))
+    behind = [asyncio.ensure_future(windowed.submit(log_line, str(log), f"behind {i}"))
+              for i in range(5)]
+
+    async def queued():
+        return (await windowed.status())["tasks"]["queued"]
+    await async_wait_until(lambda: _equals(queued(), 6), T, "6 tasks queued behind one")
+    # The running task took long enough to open the window wide: when it ends, the 6
+    # are sent together, and the 5 reach the worker while it fetches the first's input.
+    marker.touch()
+    assert await (await asyncio.wait_for(running, T)).toLocal() == "released"
+    assert await (await asyncio.wait_for(fetching, T)).toLocal() == "fetching"
+    await asyncio.wait_for(asyncio.gather(*behind), T)
+    assert log.read_text().splitlines() == ["fetching"] + [f"behind {i}" for i in range(5)]
+
+
+async def test_a_cancel_that_overtakes_its_tasks_start_stops_it_there(windowed, tmp_path):
+    """A Cancel the worker reads while the task waits behind another (here one with an
+    input to fetch) is kept: the task never runs, the one after it does."""
+    marker, log = tmp_path / "go", tmp_path / "log"
+    blob = await windowed.define(make_blob(6))
+    first = asyncio.ensure_future(windowed.submit(make_blob, 7))   # held by the worker only
+    running = asyncio.ensure_future(windowed.submit(until_file, str(marker), False))
+    queued = asyncio.ensure_future(windowed.submit(log_line, str(log), "cancelled", blob))
+    after = asyncio.ensure_future(windowed.submit(log_line, str(log), "after"))
+    held = await asyncio.wait_for(first, T)
+    await async_wait_until(lambda: _equals(window(windowed), 3), T, "all 3 in its window")
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued        # its Cancel is posted: the fetch below follows it
+    # The worker answers the fetch after it has read the Cancel (one connection, in order).
+    assert await asyncio.wait_for(held.toLocal(), T) == make_blob(7)
+    marker.touch()
+    assert await (await asyncio.wait_for(running, T)).toLocal() == "released"
+    assert await (await asyncio.wait_for(after, T)).toLocal() == "after"
+    assert log.read_text().splitlines() == ["after"]
+
+
+async def test_an_input_the_worker_cannot_load_fails_its_task_only(windowed):
+    value = await windowed.define(Unloadable())
+    failing = await asyncio.wait_for(windowed.submit(log_line, os.devnull, "ran", value), T)
+    with pytest.raises(pyfora.ComputationError, match="cannot be loaded here"):
+        await asyncio.wait_for(failing.toLocal(), T)
+    assert await (await asyncio.wait_for(windowed.submit(square, 5), T)).toLocal() == 25
+
