@@ -30,6 +30,9 @@ import websockets
 
 from .. import protocol as p
 
+# Looked up once: ``websockets.State`` is a lazy import, resolved again on every use.
+_OPEN = websockets.State.OPEN
+
 
 class Sender:
     """Writes messages (each the frames of one, ``protocol.to_frames``) through ``send`` (a
@@ -64,8 +67,8 @@ class Sender:
         peer takes frames of up to ``limit`` bytes."""
         # Started outside a task only while open: a closing connection's send waits for
         # the close under a deadline, which needs a task of its own.
-        return cls(ws.send, (websockets.ConnectionClosed,),
-                   lambda: ws.state is websockets.State.OPEN, limit=limit)
+        return cls(ws.send, (websockets.ConnectionClosed,), lambda: ws.state is _OPEN,
+                   limit=limit)
 
     def start(self) -> None:
         """Write what was queued while paused, and from now on as it comes."""
