@@ -103,6 +103,7 @@ class Worker:
         async for frame in self.ws:
             for message, _ in assembler.feed(frame):
                 self.receive(message)
+            message = None      # its buffers are not kept until the next frame comes
 
     def receive(self, message: p.Message | ProtocolError) -> None:
         if isinstance(message, ProtocolError):
@@ -172,10 +173,14 @@ class Worker:
         """The task thread: run each task handed over, until ``close``."""
         while (message := self.inbox.get()) is not None:
             done = p.to_frames(self.execute(message), self.shm)
+            # Not held while waiting for the next task: a task's arguments and result
+            # are freed when it ends (the store keeps the result itself).
+            message = None
             try:
                 self.loop.call_soon_threadsafe(self.finish, done)
             except RuntimeError:    # the loop is closed: the worker is exiting
                 return
+            done = None
 
     def close(self) -> None:
         """Let the task thread end once its task, if any, has."""

@@ -516,3 +516,17 @@ async def test_an_input_the_worker_cannot_load_fails_its_task_only(windowed):
         await asyncio.wait_for(failing.toLocal(), T)
     assert await (await asyncio.wait_for(windowed.submit(square, 5), T)).toLocal() == 25
 
+
+
+async def test_a_tasks_arguments_are_freed_when_it_ends_not_when_the_next_comes(windowed):
+    """The task thread waits for the next task without holding the last one."""
+    pid = await (await asyncio.wait_for(windowed.submit(os.getpid), T)).toLocal()
+    worker = psutil.Process(pid)
+    base = worker.memory_info().rss
+    big = bytes(200 << 20)          # through shared memory; read into the worker's memory
+    size = await asyncio.wait_for(windowed.submit(len, big), T)
+    assert await asyncio.wait_for(size.toLocal(), T) == len(big)
+    del big
+    # No other task is sent: the memory must go with the task.
+    await async_wait_until(lambda: worker.memory_info().rss < base + (100 << 20), 10 * UNIT,
+                           "the worker to free the task's 200 MB argument")
