@@ -169,11 +169,17 @@ def test_rewrite_function_leaves_what_it_cannot_or_need_not_rewrite():
     assert rewrite_function(namespace["dynamic"]) is namespace["dynamic"]
 
 
-def test_only_the_users_functions_are_rewritten_on_submit():
+def test_only_the_users_functions_are_rewritten_on_submit(tmp_path, monkeypatch):
+    import cloudpickle
     assert is_user_function(closure_maker)
     assert not is_user_function(traceback.format_exc)
     assert not is_user_function(_runtime.pmap)
     assert not is_user_function(sys.exit)
+    assert not is_user_function(cloudpickle.dumps)      # an installed package's
+    (tmp_path / "users_project_module.py").write_text("def f(xs):\n    return [x for x in xs]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import users_project_module
+    assert is_user_function(users_project_module.f)     # a module of a script's directory
 
 
 def test_runtime_outside_a_worker_is_the_plain_comprehension():

@@ -41,7 +41,10 @@ Runs on any thread; pure functions of their input.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
+import os
+import pathlib
 import sys
 import textwrap
 import threading
@@ -314,22 +317,31 @@ def _find_code(code: types.CodeType, name: str) -> types.CodeType | None:
     return None
 
 
-_installed: set[str] | None = None
-
-
 def is_user_function(fn: Any) -> bool:
     """Whether ``fn`` is the user's own code (``__main__``, a script's sibling, a test
-    module), not the standard library's, an installed package's or pyfora's: only those
-    are rewritten on ``submit``."""
-    global _installed
+    module, a project installed in development mode), not the standard library's, an
+    installed package's (one under ``site-packages``) or pyfora's: only those are
+    rewritten on ``submit``."""
     if type(fn) is not types.FunctionType:
         return False
     module = getattr(fn, "__module__", None) or "__main__"
-    top = module.partition(".")[0]
     if module == "__main__":
         return True
-    if _installed is None:
-        import importlib.metadata
-        _installed = set(importlib.metadata.packages_distributions())
-    return not (top in _installed or top in sys.stdlib_module_names
-                or top in sys.builtin_module_names or top in ("pyfora", "cluster"))
+    top = module.partition(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names \
+            or top in ("pyfora", "cluster"):
+        return False
+    return not _installed(top)
+
+
+@functools.lru_cache(maxsize=None)
+def _installed(top: str) -> bool:
+    """Whether the top-level module ``top`` lies in an installation directory. Asked of
+    its file, not of the installed distributions' metadata: reading those took 74 ms on
+    the first submit of every session (W5, benchmarks/RESULTS.md)."""
+    found = sys.modules.get(top)
+    path = getattr(found, "__file__", None) or next(iter(getattr(found, "__path__", ())), None)
+    if path is None:
+        return True         # built in, or nothing to tell by: not the user's to rewrite
+    parts = pathlib.PurePath(os.path.realpath(path)).parts
+    return "site-packages" in parts or "dist-packages" in parts
