@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import socket
 import uuid
 
 from aiohttp import WSCloseCode, web
@@ -267,9 +268,14 @@ class RunningCluster:
         await self.coordinator.dispatcher.close()
 
 
-async def start_cluster(config: Config) -> RunningCluster:
+async def start_cluster(config: Config, started: tuple[socket.socket, WorkerPool] | None = None
+                        ) -> RunningCluster:
     """Bind the coordinator, start ``config.workers`` workers and wait for them to join
-    (with the Dask backend: connect to Dask, or start a local Dask cluster, first)."""
+    (with the Dask backend: connect to Dask, or start a local Dask cluster, first).
+
+    ``started``: a listening socket, and a pool already started with workers connecting to
+    it (``cluster.embedded``): serve on that socket and wait for those workers.
+    """
     backend = None
     if config.backend == "dask":
         try:
@@ -279,33 +285,46 @@ async def start_cluster(config: Config) -> RunningCluster:
                                    f"'pyfora[dask]' ({exc})") from None
         backend = await DaskBackend.start(config.scheduler, config.workers)
     try:
-        return await _bind(config, backend)
+        return await _bind(config, backend, started)
     except BaseException:
         if backend is not None:
             await backend.close()
+        if started is not None:
+            await started[1].stop()
+            started[0].close()
         raise
 
 
-async def _bind(config: Config, backend: Backend | None) -> RunningCluster:
+async def _bind(config: Config, backend: Backend | None,
+                started: tuple[socket.socket, WorkerPool] | None) -> RunningCluster:
     app = make_app(config, backend)
+    coordinator = app[COORDINATOR]
+    if started is not None:     # its workers are connecting already: theirs before serving
+        coordinator.pool = started[1]
+        coordinator.worker_token = started[1].token
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
                            access_log_class=AccessLogger)
     await runner.setup()
     tls = server_context(config.certfile, config.keyfile) if config.certfile else None
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
+    site: web.BaseSite
+    if started is not None:
+        site = web.SockSite(runner, started[0], ssl_context=tls)
+    else:
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
     await site.start()
     host, port = runner.addresses[0][:2]
     shown = f"[{host}]" if ":" in host else host
     secure = "s" if tls is not None else ""
     url = f"http{secure}://{shown}:{port}/"
-    coordinator = app[COORDINATOR]
     if backend is not None:
         return RunningCluster(runner, url, coordinator)
-    coordinator.pool = WorkerPool(config.workers, f"ws{secure}://{shown}:{port}/api/worker",
-                                  coordinator.worker_token, certfile=config.certfile,
-                                  memory_limit=config.memory_limit)
     try:
-        await coordinator.pool.start()
+        if started is None:
+            coordinator.pool = WorkerPool(
+                config.workers, f"ws{secure}://{shown}:{port}/api/worker",
+                coordinator.worker_token, certfile=config.certfile,
+                memory_limit=config.memory_limit)
+            await coordinator.pool.start()
         await coordinator.wait_for_workers(config.workers)
     except BaseException:
         await RunningCluster(runner, url, coordinator).stop()

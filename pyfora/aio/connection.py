@@ -83,5 +83,5 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
 
 
 async def _start_embedded(workers: int | None):
-    from cluster.app import Config, start_cluster
-    return await start_cluster(Config(host="127.0.0.1", port=0, workers=workers))
+    from cluster import embedded
+    return await embedded.start(workers)

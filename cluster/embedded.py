@@ -1,0 +1,38 @@
+"""The embedded default's cluster (``pyfora.connect()`` with no URL), started in the order
+that gets its first result soonest.
+
+Importing the coordinator's web server (aiohttp, ``cluster.app``) and starting worker
+processes (each importing pyfora) each take a few tenths of a second. Done one after
+the other, they were most of W5's start-up (benchmarks/RESULTS.md). Here the coordinator's
+socket is bound and listening first, the workers are started connecting to it (the
+kernel queues their connections), and only then is the web server imported and served
+on that socket: the two overlap. Nothing here imports aiohttp.
+
+Runs on the client's event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+
+from .workers import WorkerPool
+
+
+async def start(workers: int | None):
+    """A cluster of ``workers`` worker processes (default: one per core) on 127.0.0.1,
+    once they have joined: a ``cluster.app.RunningCluster``."""
+    count = workers or os.cpu_count() or 1
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    pool = WorkerPool(count, f"ws://127.0.0.1:{port}/api/worker", secrets.token_urlsafe(32))
+    try:
+        await pool.start()
+        from .app import Config, start_cluster
+    except BaseException:
+        await pool.stop()
+        listening.close()
+        raise
+    return await start_cluster(Config(host="127.0.0.1", port=port, workers=count),
+                               started=(listening, pool))
