@@ -23,7 +23,7 @@ from .workers import WorkerPool
 async def start(workers: int | None):
     """A cluster of ``workers`` worker processes (default: one per core) on 127.0.0.1,
     once they have joined: a ``cluster.app.RunningCluster``."""
-    count = workers or os.cpu_count() or 1
+    count = workers if workers is not None else os.cpu_count() or 1
     listening = socket.create_server(("127.0.0.1", 0))
     port = listening.getsockname()[1]
     pool = WorkerPool(count, f"ws://127.0.0.1:{port}/api/worker", secrets.token_urlsafe(32))
