@@ -26,6 +26,7 @@ async def start(workers: int | None):
     count = workers if workers is not None else os.cpu_count() or 1
     listening = socket.create_server(("127.0.0.1", 0))
     port = listening.getsockname()[1]
+    # The workers' token made as ``auth.new_token`` makes it: ``auth`` imports aiohttp.
     pool = WorkerPool(count, f"ws://127.0.0.1:{port}/api/worker", secrets.token_urlsafe(32))
     try:
         await pool.start()
