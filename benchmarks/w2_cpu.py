@@ -53,7 +53,8 @@ def main(n: int) -> None:
         used = seconds - before.get((pid, tid), 0.0)
         if used > 0.01:
             if pid == me.pid:
-                name = "client loop" if tid == loop else "client main" if tid == pid else "client other"
+                name = ("client loop" if tid == loop else "client main" if tid == pid
+                        else "client other")
             else:
                 name = f"worker {pid} " + ("loop" if tid == pid else "task")
             per_task[name] = round(1e6 * used / n)

@@ -14,8 +14,9 @@ says where.
 
 A running task may hand parts of its work (*pieces*, automatic parallelism) to workers
 that are idle right now (nothing in their window); a piece is refused rather than queued,
-so a task never waits for work that cannot start. Its result goes back inline to the worker that asked, and is not
-kept. While a session has tasks, it gets ``info`` pushes with ``cpus`` (busy workers).
+so a task never waits for work that cannot start. Its result goes back inline to the
+worker that asked, and is not kept. While a session has tasks, it gets ``info`` pushes
+with ``cpus`` (busy workers).
 A ``map``'s counts of elements done (``progress``, from its task and from its running
 pieces) are summed here and forwarded to the session that submitted it.
 

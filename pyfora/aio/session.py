@@ -326,4 +326,3 @@ class Session:
         self._sender.flush()            # what was posted last (releases) goes before the close
         await self._ws.close()
         await asyncio.gather(self._reader, self._sender.wait(), return_exceptions=True)
-
