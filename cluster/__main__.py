@@ -1,7 +1,9 @@
 """``pyfora-cluster`` (also ``python -m cluster``): run a coordinator and its workers.
 
-Prints the URL clients connect to once every worker has joined, then serves until SIGINT
-or SIGTERM, when it closes every session with GOING_AWAY and stops its workers.
+Prints the URL clients connect to once every worker has joined (with ``?token=`` when
+the token was generated here, and the tokens on stderr), leaves the tokens for its user
+(``pyfora.local_tokens``), then serves until SIGINT or SIGTERM, when it closes every
+session with GOING_AWAY, stops its workers and removes the tokens' file.
 
 Runs the coordinator's event loop on the main thread.
 """
@@ -14,6 +16,8 @@ import logging
 import re
 import signal
 import sys
+
+from pyfora import local_tokens
 
 from . import loop_factory
 from .app import Config, start_cluster
@@ -28,13 +32,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "dashboard; /api/status gives its numbers as JSON.",
         epilog="examples:\n"
                "  pyfora-cluster --port 8000 --workers 4\n"
-               "  pyfora-cluster --host 0.0.0.0 --token $(openssl rand -hex 16)\n"
-               "  pyfora-worker ws://this-host:8000 --token T    (more workers, other hosts)\n"
+               "  pyfora-cluster --host 0.0.0.0 --token-file ~/.pyfora-token\n"
+               "  PYFORA_WORKER_TOKEN=W pyfora-worker ws://this-host:8000   (more workers)\n"
                "  pyfora-cluster --backend dask --scheduler tcp://dask-scheduler:8786\n\n"
-               "environment: PYFORA_TOKEN (default --token)",
+               "environment: PYFORA_TOKEN (the clients' token), PYFORA_WORKER_TOKEN (the\n"
+               "workers'); each is generated and printed when not given.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1; any other needs a token)")
+                        help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000,
                         help="port to bind; 0 picks a free one (default 8000)")
     parser.add_argument("--workers", type=int, default=None,
@@ -49,8 +54,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "tcp://host:8786 (default: start a local Dask cluster of "
                              "--workers processes)")
     parser.add_argument("--token", default=None,
-                        help="token clients must present (default: $PYFORA_TOKEN; one is "
-                             "generated and printed when binding a non-loopback address)")
+                        help="token clients must present (visible to other users in ps: "
+                             "prefer --token-file or $PYFORA_TOKEN; default: generated, "
+                             "printed, and left for your user in "
+                             f"{local_tokens.runtime_dir()})")
+    parser.add_argument("--token-file", type=local_tokens.read_file, default=None,
+                        metavar="PATH", help="read the clients' token from this file")
+    parser.add_argument("--worker-token-file", type=local_tokens.read_file, default=None,
+                        metavar="PATH", help="read the workers' token from this file "
+                        "(default: $PYFORA_WORKER_TOKEN, else generated and printed)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="a name this cluster answers to in the Host header beside "
+                             "loopback names and, off loopback, the machine's own names "
+                             "and addresses (behind a proxy, say); repeatable")
+    parser.add_argument("--max-unauthenticated", type=int, default=64, metavar="N",
+                        help="connections that may wait at once to authenticate; one more "
+                             "closes the oldest (default 64)")
+    parser.add_argument("--auth-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="how long a connection may take to make a request with the "
+                             "token before it is closed (default 10)")
     parser.add_argument("--certfile", default=None,
                         help="PEM certificate (chain): serve https and wss")
     parser.add_argument("--keyfile", default=None,
@@ -76,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.keyfile and not args.certfile:
         parser.error("--keyfile needs --certfile")
+    if args.max_unauthenticated < 1 or args.auth_timeout <= 0:
+        parser.error("--max-unauthenticated and --auth-timeout must be positive")
     if args.workers is not None and args.workers < 0:
         parser.error(f"--workers must be 0 or more, not {args.workers}")
     if args.scheduler and args.backend != "dask":
@@ -118,22 +142,48 @@ async def serve(config: Config) -> None:
         return
     stopping.cancel()
     cluster = starting.result()
-    print(cluster.url, flush=True)
-    if config.token_generated:
-        # Printed (never logged) once, for the operator to hand to clients; a token given
-        # with --token or $PYFORA_TOKEN is already known to whoever gave it.
-        print(f"token: {config.token}\nconnect with pyfora.connect({cluster.url!r}, "
-              "token=...) or set PYFORA_TOKEN", file=sys.stderr, flush=True)
+    assert config.token is not None and config.worker_token is not None
+    port = cluster.coordinator.doors.port
     try:
+        saved = local_tokens.write(port, cluster.url, config.token, config.worker_token)
+    except OSError as exc:
+        saved = None
+        print(f"pyfora-cluster: the tokens were not saved for local clients: {exc}",
+              file=sys.stderr, flush=True)
+    try:
+        announce(cluster.url, config, saved)
         await stop.wait()
     finally:
+        if saved is not None:
+            local_tokens.remove(saved)
         await cluster.stop()
+
+
+def announce(url: str, config: Config, saved: str | None) -> None:
+    """Print the URL on stdout and, once, the tokens made here on stderr (never logged):
+    whoever gave a token knows it already."""
+    shown = f"{url}?token={config.token}" if config.token_generated else url
+    print(shown, flush=True)
+    lines = []
+    if config.token_generated:
+        lines.append(f"token: {config.token}")
+    if config.worker_token_generated and config.backend == "pool":
+        lines.append(f"worker token: {config.worker_token}")
+    if saved is not None:
+        lines.append(f"(left for your user in {saved}: pyfora.connect({url!r}) and "
+                     "pyfora-worker on this machine find them there)")
+    if lines:
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
-    config = Config(host=args.host, port=args.port, workers=args.workers, token=args.token,
+    config = Config(host=args.host, port=args.port, workers=args.workers,
+                    token=args.token or args.token_file, worker_token=args.worker_token_file,
+                    allowed_hosts=tuple(args.allow_host),
+                    max_unauthenticated=args.max_unauthenticated,
+                    auth_timeout=args.auth_timeout,
                     certfile=args.certfile, keyfile=args.keyfile,
                     memory_limit=args.memory_limit, session_grace=args.session_grace,
                     backend=args.backend, scheduler=args.scheduler,

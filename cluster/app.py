@@ -24,9 +24,10 @@ from pyfora import shared_memory
 from pyfora.errors import ProtocolError, PyforaUsageError
 
 from . import dashboard, in_process
-from .auth import AccessLogger, is_loopback, new_token, server_context
+from .auth import AccessLogger, Doors, is_loopback, new_token, served_names, server_context
 from .backend import Backend
 from .dispatcher import Dispatcher
+from .guard import Guard, GuardedSite
 from .link import accept
 from .session import ClientSession
 from .store import ObjectStore
@@ -41,8 +42,12 @@ JOIN_TIMEOUT = 60.0
 class Config:
     """How to run a coordinator.
 
-    ``token`` defaults to ``$PYFORA_TOKEN``; a coordinator bound to any address but a
-    loopback one always has a token, generated (``token_generated``) when none is given.
+    ``token`` (the clients') defaults to ``$PYFORA_TOKEN`` and ``worker_token`` to
+    ``$PYFORA_WORKER_TOKEN``; each is generated (``token_generated``,
+    ``worker_token_generated``) when not given, whatever the address (``cluster.auth``).
+    ``allowed_hosts``: names of this cluster beside its machine's own (``auth.host_allowed``).
+    ``max_unauthenticated`` connections may wait at once, each ``auth_timeout`` seconds at
+    most, to authenticate (``cluster.guard``).
     ``certfile``/``keyfile`` serve https and wss. ``memory_limit`` (bytes) is each worker
     subprocess's resident memory ceiling: one that goes over it is killed and replaced.
     ``session_grace`` is how many seconds a client session whose connection broke is kept
@@ -56,13 +61,18 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int | None = None          # None: one per core
-    token: str | None = None            # clients' token; required off loopback
+    token: str | None = None            # clients' token
+    worker_token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    max_unauthenticated: int = 64
+    auth_timeout: float = 10.0
     max_frame: int = p.MAX_FRAME
     certfile: str | None = None
     keyfile: str | None = None
     memory_limit: int | None = None
     session_grace: float = 30.0
     token_generated: bool = False
+    worker_token_generated: bool = False
     backend: str = "pool"
     scheduler: str | None = None
     shared_memory: bool = True
@@ -71,8 +81,14 @@ class Config:
         if self.workers is None:
             self.workers = os.cpu_count() or 1
         self.token = self.token or os.environ.get("PYFORA_TOKEN") or None
-        if self.token is None and not is_loopback(self.host):
+        if self.token is None:
             self.token, self.token_generated = new_token(), True
+        self.worker_token = self.worker_token or os.environ.get("PYFORA_WORKER_TOKEN") or None
+        if self.worker_token is None:
+            self.worker_token, self.worker_token_generated = new_token(), True
+        if self.worker_token == self.token:
+            raise PyforaUsageError("the worker token must differ from the clients' token: "
+                                   "a client holding it could pose as a worker")
 
     @property
     def loopback(self) -> bool:
@@ -90,7 +106,12 @@ class Coordinator:
         self.sessions: set[ClientSession] = set()       # those with a socket connected
         self.resumable: dict[str, ClientSession] = {}   # by resume secret, detached too
         self.stopping = False
-        self.worker_token = config.token or new_token()
+        assert config.token is not None and config.worker_token is not None
+        self.doors = Doors(
+            {"client": config.token, "worker": config.worker_token},
+            Guard(config.max_unauthenticated, config.auth_timeout),
+            served_names(config.host, config.allowed_hosts), config.loopback,
+            secure=config.certfile is not None, port=config.port)
         self.pool: WorkerPool | None = None
         self._joined = asyncio.Event()
         self.host = shared_memory.host_id()
@@ -150,14 +171,14 @@ class Coordinator:
             return session.welcome()
 
         try:
-            accepted = await accept(request, "client", self.config.token,
-                                    self.config.max_frame, welcome, self.config.loopback)
+            accepted = await accept(request, "client", self.doors, self.config.max_frame,
+                                    welcome)
         except BaseException:
             if sessions:        # the welcome could not be sent: as if it broke after
                 sessions[0].disconnected(sessions[0].ws)
             raise
-        if accepted is None:
-            return web.Response()
+        if isinstance(accepted, web.Response):
+            return accepted
         await self._serve(sessions[0], accepted[0])
         return accepted[0]
 
@@ -192,10 +213,9 @@ class Coordinator:
             return p.Error(id=0, kind="PyforaUsageError",
                            message=self.dispatcher.refuses_workers)
 
-        accepted = await accept(request, "worker", self.worker_token, self.config.max_frame,
-                                welcome, self.config.loopback)
-        if accepted is None:
-            return web.Response()
+        accepted = await accept(request, "worker", self.doors, self.config.max_frame, welcome)
+        if isinstance(accepted, web.Response):
+            return accepted
         ws, hello = accepted
         worker = WorkerLink(ws, self, hello.name or f"worker@{request.remote}",
                             self.shm_for(hello))
@@ -238,8 +258,8 @@ COORDINATOR = web.AppKey("coordinator", Coordinator)
 
 
 def make_app(config: Config, backend: Backend | None = None) -> web.Application:
-    app = web.Application()
     coordinator = Coordinator(config, backend)
+    app = web.Application(middlewares=[coordinator.doors.check_host])
     app[COORDINATOR] = coordinator
     app.router.add_get("/api/session", coordinator.session_handler)
     app.router.add_get("/api/worker", coordinator.worker_handler)
@@ -301,18 +321,19 @@ async def _bind(config: Config, backend: Backend | None,
     coordinator = app[COORDINATOR]
     if started is not None:     # its workers are connecting already: theirs before serving
         coordinator.pool = started[1]
-        coordinator.worker_token = started[1].token
+        listening = started[0]
+    else:
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        listening = socket.create_server((config.host.strip("[]"), config.port), family=family)
+    # Request headers are held until complete, before any check: bounded per connection
+    # (128 by default) as well as per line.
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
-                           access_log_class=AccessLogger)
+                           access_log_class=AccessLogger, max_headers=64)
     await runner.setup()
     tls = server_context(config.certfile, config.keyfile) if config.certfile else None
-    site: web.BaseSite
-    if started is not None:
-        site = web.SockSite(runner, started[0], ssl_context=tls)
-    else:
-        site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
-    await site.start()
+    await GuardedSite(runner, listening, coordinator.doors.guard, ssl_context=tls).start()
     host, port = runner.addresses[0][:2]
+    coordinator.doors.port = port
     shown = f"[{host}]" if ":" in host else host
     secure = "s" if tls is not None else ""
     url = f"http{secure}://{shown}:{port}/"
@@ -322,7 +343,7 @@ async def _bind(config: Config, backend: Backend | None,
         if started is None:
             coordinator.pool = WorkerPool(
                 config.workers, f"ws{secure}://{shown}:{port}/api/worker",
-                coordinator.worker_token, certfile=config.certfile,
+                config.worker_token, certfile=config.certfile,
                 memory_limit=config.memory_limit)
             await coordinator.pool.start()
         await coordinator.wait_for_workers(config.workers)

@@ -1,14 +1,16 @@
 """Who may talk to the coordinator: tokens, the Origin and Host checks, TLS contexts.
 
-A coordinator bound to a loopback address trusts the machine it runs on and needs no
-token (unless given one); bound to any other address it always has one (``Config``
-generates it when none is given). Tokens are compared in constant time and never logged.
+Every coordinator has two tokens, loopback-bound ones included (any local user can reach
+a loopback port): one for clients and one for workers (``Config``), so that a client
+cannot pose as a worker and receive other sessions' tasks. A token rides on the
+websocket upgrade request (``Authorization: Bearer``, or ``?token=``), where it is
+checked before the upgrade: a peer without it never gets to send a frame. Tokens are
+compared in constant time and never logged.
 
-Browsers are the one client that can reach a developer's loopback cluster without being
-asked to: any web page may open a websocket to ``ws://127.0.0.1:8000``. So a handshake
-carrying an ``Origin`` header (only browsers send one) must come from a page on the
-cluster's own host, and a loopback-bound coordinator also refuses requests whose ``Host``
-is not a loopback name, which defeats DNS rebinding (a foreign name that resolves to
+Browsers can reach any cluster their user can, whatever the page: so a handshake carrying
+an ``Origin`` header (only browsers send one) must come from a page of the cluster itself
+(same scheme, host and port), and every request must name in ``Host`` one of the names
+the cluster serves, which defeats DNS rebinding (a foreign name that resolves to
 127.0.0.1, making the page "same-origin" with us).
 
 Runs on the coordinator's event loop (checks) or at start-up (contexts); nothing here
@@ -17,14 +19,20 @@ does I/O but reading certificate files.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ipaddress
 import logging
 import secrets
+import socket
 import ssl
 import urllib.parse
 
 from aiohttp import abc, web
+
+from pyfora import protocol as p
+
+from .guard import Guard
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -46,11 +54,13 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def token_ok(given: str | None, expected: str | None) -> bool:
-    """Whether ``given`` matches ``expected`` (None: no token required), in constant time."""
-    if expected is None:
-        return True
-    return hmac.compare_digest((given or "").encode(), expected.encode())
+def authorized(request: web.BaseRequest, token: str) -> bool:
+    """Whether ``request`` carries ``token``, as ``Authorization: Bearer`` or ``?token=``."""
+    header = request.headers.get("Authorization", "")
+    offered = [request.query.get("token", ""),
+               header[7:] if header[:7].lower() == "bearer " else ""]
+    # compare_digest for each: how long a wrong guess takes says nothing about the token.
+    return any([hmac.compare_digest(o.encode(), token.encode()) for o in offered if o])
 
 
 def _hostname(host_header: str) -> str:
@@ -58,18 +68,106 @@ def _hostname(host_header: str) -> str:
     return (urllib.parse.urlsplit("//" + host_header).hostname or "").lower()
 
 
-def handshake_allowed(request: web.Request, loopback_bound: bool) -> bool:
-    """Whether a websocket handshake may proceed (see the module docstring)."""
-    own = _hostname(request.host or "")
-    if loopback_bound and not is_loopback(own):
+def host_allowed(request: web.BaseRequest, served: frozenset[str], loopback_bound: bool) -> bool:
+    """Whether ``Host`` names this cluster: a loopback name, one of ``served``
+    (``served_names``) or, unless the cluster is bound to loopback only, an address
+    literal (a rebinding attack needs a name)."""
+    name = _hostname(request.host or "")
+    if is_loopback(name) or name in served:
+        return True
+    if loopback_bound:
         return False
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def origin_allowed(request: web.BaseRequest, port: int, secure: bool) -> bool:
+    """Whether a websocket handshake's ``Origin``, if it has one, is this cluster's own
+    scheme://host:port, the host being the one the request names."""
     origin = request.headers.get("Origin")
     if origin is None:
         return True     # not a browser: tools and pyfora's own clients send no Origin
-    page = urllib.parse.urlsplit(origin).hostname    # None for "null" (file://, sandboxes)
-    if page is None:
+    try:
+        page = urllib.parse.urlsplit(origin)
+        page_port = page.port or (443 if page.scheme == "https" else 80)
+    except ValueError:
         return False
-    return page == own or (is_loopback(page) and is_loopback(own))
+    return (page.scheme == ("https" if secure else "http") and page_port == port
+            and page.hostname is not None
+            and page.hostname == _hostname(request.host or ""))
+
+
+def served_names(host: str, allowed: tuple[str, ...]) -> frozenset[str]:
+    """The names a cluster bound to ``host`` answers to beside loopback ones: ``allowed``
+    (``--allow-host``), and this machine's own names unless it is bound to loopback."""
+    names = set(allowed)
+    if not is_loopback(host):
+        names |= {socket.gethostname(), socket.getfqdn(), host}
+    return frozenset(n.lower() for n in names if n)
+
+
+#: What a peer refused for its token is told, by the endpoint's role.
+TOKEN_HELP = {
+    "client": "the cluster refused the token: pass token= to connect() or set PYFORA_TOKEN "
+              "(pyfora-cluster prints it; a cluster of your own on this machine is found by "
+              "itself)",
+    "worker": "the cluster refused the worker token: pass --token or set "
+              "PYFORA_WORKER_TOKEN to the worker token pyfora-cluster printed (the "
+              "clients' token does not admit workers)",
+}
+
+
+def refuse(status: int, kind: str, message: str) -> web.Response:
+    """An HTTP refusal that the client turns back into ``pyfora.errors``' ``kind``.
+
+    The connection is closed once it is sent: aiohttp keeps whatever follows an upgrade
+    request, unbounded, for the websocket it expects to take it over."""
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    response = web.Response(status=status, body=p.refusal(kind, message),
+                            content_type="application/json", headers=headers)
+    response.force_close()
+    return response
+
+
+@dataclasses.dataclass
+class Doors:
+    """What every request to one coordinator is checked against: the token of each role
+    (``client``, ``worker``), the names it serves, its own origin, and the guard on
+    connections that have not authenticated yet."""
+    tokens: dict[str, str]
+    guard: Guard
+    served: frozenset[str]
+    loopback: bool
+    secure: bool
+    port: int = 0           # set once bound
+
+    def authorized(self, request: web.BaseRequest, role: str) -> bool:
+        """Whether ``request`` carries the token of ``role``; if so its connection is
+        no longer watched by the guard."""
+        if not authorized(request, self.tokens[role]):
+            return False
+        self.guard.authenticated(request.transport)
+        return True
+
+    def refusal(self, request: web.BaseRequest, role: str) -> web.Response | None:
+        """Why a websocket upgrade to the endpoint of ``role`` is refused, or None."""
+        if not origin_allowed(request, self.port, self.secure):
+            return refuse(403, "AuthenticationError", "cross-origin websocket refused: "
+                          "the Origin is not this cluster's own page")
+        if not self.authorized(request, role):
+            return refuse(401, "AuthenticationError", TOKEN_HELP[role])
+        return None
+
+    @web.middleware
+    async def check_host(self, request: web.Request, handler):
+        if not host_allowed(request, self.served, self.loopback):
+            return refuse(403, "AuthenticationError", f"this cluster does not serve the "
+                          f"name {_hostname(request.host or '')!r} (pyfora-cluster "
+                          "--allow-host NAME adds one)")
+        return await handler(request)
 
 
 class AccessLogger(abc.AbstractAccessLogger):

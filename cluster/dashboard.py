@@ -5,9 +5,9 @@ JavaScript, no build step) that polls ``/api/status`` and redraws. Nothing is fe
 anywhere but the coordinator itself, and the Content-Security-Policy sent with the page
 holds the browser to that.
 
-When the cluster has a token (``Config.token``), both routes want it, as ``?token=`` or
-as an ``Authorization: Bearer`` header: the status names sessions and workers, and a
-coordinator reachable off loopback should not show them to anyone who asks. The page
+Both routes want the clients' token (``Config.token``), as ``?token=`` or as an
+``Authorization: Bearer`` header: the status names sessions and workers, and no one but
+the cluster's users should see them. The page
 takes the token from its own URL once, keeps it in ``sessionStorage`` and sends it as a
 header, so it does not stay in the address bar.
 
@@ -17,7 +17,6 @@ Runs on the coordinator's event loop.
 from __future__ import annotations
 
 import collections
-import hmac
 import importlib.resources
 import time
 from typing import TYPE_CHECKING, Any
@@ -34,18 +33,6 @@ CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline
        "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
        "base-uri 'none'; form-action 'none'")
 STARTED = web.AppKey("dashboard_started", float)
-
-
-def authorized(request: web.Request, token: str | None) -> bool:
-    """Whether ``request`` carries the cluster's token (always, when there is none)."""
-    if token is None:
-        return True
-    offered = [request.query.get("token", "")]
-    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        offered.append(credential.strip())
-    # compare_digest for each: how long a wrong guess takes says nothing about the token.
-    return any([hmac.compare_digest(o.encode(), token.encode()) for o in offered if o])
 
 
 def cluster_status(coordinator: Coordinator, started: float) -> dict[str, Any]:
@@ -84,14 +71,14 @@ def cluster_status(coordinator: Coordinator, started: float) -> dict[str, Any]:
 def setup(app: web.Application, coordinator: Coordinator) -> None:
     """Add ``/`` (the page) and ``/api/status`` (its JSON) to the coordinator's app."""
     app[STARTED] = time.monotonic()
-    token = coordinator.config.token
+    doors = coordinator.doors
 
     async def page(request: web.Request) -> web.Response:
-        if not authorized(request, token):
+        if not doors.authorized(request, "client"):
             return web.Response(
                 status=401, content_type="text/plain", headers={"WWW-Authenticate": "Bearer"},
                 text="This cluster wants its token: open /?token=TOKEN (the token "
-                     "pyfora-cluster printed, or $PYFORA_TOKEN).\n")
+                     "pyfora-cluster printed).\n")
         return web.Response(text=PAGE.read_text("utf-8"), content_type="text/html",
                             headers={"Content-Security-Policy": CSP,
                                      "Cache-Control": "no-store",
@@ -99,7 +86,7 @@ def setup(app: web.Application, coordinator: Coordinator) -> None:
                                      "Referrer-Policy": "no-referrer"})
 
     async def status(request: web.Request) -> web.Response:
-        if not authorized(request, token):
+        if not doors.authorized(request, "client"):
             return web.json_response(
                 {"error": "this cluster wants its token: ?token= or Authorization: Bearer"},
                 status=401, headers={"WWW-Authenticate": "Bearer"})

@@ -26,7 +26,9 @@ async def start(workers: int | None):
     count = workers if workers is not None else os.cpu_count() or 1
     listening = socket.create_server(("127.0.0.1", 0))
     port = listening.getsockname()[1]
-    # The workers' token made as ``auth.new_token`` makes it: ``auth`` imports aiohttp.
+    # Tokens made as ``auth.new_token`` makes them (``auth`` imports aiohttp). The clients'
+    # is given to no one: this cluster's only session is in-process, and no other local
+    # user may open one on its port.
     pool = WorkerPool(count, f"ws://127.0.0.1:{port}/api/worker", secrets.token_urlsafe(32))
     try:
         await pool.start()
@@ -35,5 +37,6 @@ async def start(workers: int | None):
         await pool.stop()
         listening.close()
         raise
-    return await start_cluster(Config(host="127.0.0.1", port=port, workers=count),
-                               started=(listening, pool))
+    config = Config(host="127.0.0.1", port=port, workers=count,
+                    token=secrets.token_urlsafe(32), worker_token=pool.token)
+    return await start_cluster(config, started=(listening, pool))

@@ -23,59 +23,38 @@ from pyfora.aio.sender import Sender
 from pyfora.errors import ProtocolError, PyforaError
 from pyfora.shared_memory import Directory
 
-from .auth import handshake_allowed, token_ok
+from .auth import Doors, refuse
 
 log = logging.getLogger("cluster")
-HANDSHAKE_TIMEOUT = 10.0
 
 
-async def accept(request: web.Request, role: str, token: str | None, max_frame: int,
-                 welcome: p.Welcome | Callable[[web.WebSocketResponse, p.Hello], p.Welcome | p.Error],
-                 loopback_bound: bool = False,
-                 ) -> tuple[web.WebSocketResponse, p.Hello] | None:
-    """Upgrade and check the ``hello``; on failure answer with an error, close, return None.
+async def accept(request: web.Request, role: str, doors: Doors, max_frame: int,
+                 welcome: Callable[[web.WebSocketResponse, p.Hello], p.Welcome | p.Error],
+                 ) -> tuple[web.WebSocketResponse, p.Hello] | web.Response:
+    """Check the upgrade request of a ``role`` (its Origin and token: ``Doors``, its
+    ``hello``: ``protocol.hello_from_header``), then upgrade and send the welcome.
 
-    ``welcome`` may be a function of the ``hello`` (a client resuming its session gets
-    that session's welcome); an ``Error`` it returns refuses the connection.
-
-    A handshake from a foreign web page (``auth.handshake_allowed``) is refused with 403
-    before the upgrade.
+    ``welcome`` makes the welcome from the hello (a client resuming its session gets that
+    session's); an ``Error`` it returns refuses the connection. A refusal is an HTTP
+    response, returned to be answered, that names the error for the peer to raise
+    (``protocol.refusal``): nothing is accepted from a peer before it is known.
     """
-    if not handshake_allowed(request, loopback_bound):
-        raise web.HTTPForbidden(text="cross-origin websocket refused\n")
-    ws = web.WebSocketResponse(max_msg_size=max_frame, heartbeat=30.0)
-    await ws.prepare(request)
+    refusal = doors.refusal(request, role)
+    if refusal is not None:
+        return refusal
     try:
-        msg = await asyncio.wait_for(ws.receive(), HANDSHAKE_TIMEOUT)
-        hello = p.decode(msg.data) if msg.type == WSMsgType.BINARY else None
-        if not isinstance(hello, p.Hello):
-            raise ProtocolError("the first frame must be hello")
-        if hello.version != p.VERSION:
-            raise ProtocolError(f"protocol version {hello.version} is not supported; this "
-                                f"cluster speaks version {p.VERSION}: upgrade pyfora on "
-                                "the older side")
+        hello = p.hello_from_header(request.headers.get(p.HELLO_HEADER))
         if hello.role != role:
             raise ProtocolError(f"this endpoint is for {role}s, not {hello.role}s")
-        if not token_ok(hello.token, token):
-            how = "--token" if role == "worker" else "token= to connect()"
-            await _refuse(ws, "AuthenticationError", f"the cluster refused the token: pass "
-                          f"{how} or set PYFORA_TOKEN", WSCloseCode.POLICY_VIOLATION)
-            return None
-    except (ProtocolError, asyncio.TimeoutError) as exc:
-        await _refuse(ws, "ProtocolError", str(exc) or "no hello in time",
-                      WSCloseCode.PROTOCOL_ERROR)
-        return None
-    reply = welcome(ws, hello) if callable(welcome) else welcome
+    except ProtocolError as exc:
+        return refuse(400, "ProtocolError", str(exc))
+    ws = web.WebSocketResponse(max_msg_size=max_frame, heartbeat=30.0)
+    reply = welcome(ws, hello)
     if isinstance(reply, p.Error):
-        await _refuse(ws, reply.kind, reply.message, WSCloseCode.POLICY_VIOLATION)
-        return None
+        return refuse(409, reply.kind, reply.message)
+    await ws.prepare(request)
     await ws.send_bytes(p.encode(reply))
     return ws, hello
-
-
-async def _refuse(ws: web.WebSocketResponse, kind: str, message: str, code: int) -> None:
-    await ws.send_bytes(p.encode(p.Error(id=0, kind=kind, message=message)))
-    await ws.close(code=code, message=message[:120].encode())
 
 
 class Link:

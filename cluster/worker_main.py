@@ -31,7 +31,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from pyfora import protocol as p
-from pyfora import serialization, shared_memory
+from pyfora import local_tokens, serialization, shared_memory
 from pyfora.aio.sender import Sender
 from pyfora.aio.tls import client_context
 from pyfora.errors import ProtocolError, PyforaConnectionError
@@ -267,22 +267,23 @@ class Worker:
 async def run_worker(url: str, token: str | None, name: str,
                      ssl_context: ssl.SSLContext | None = None) -> None:
     tls = {"ssl": ssl_context} if url.startswith("wss:") else {}
+    hello = p.Hello(version=p.VERSION, role="worker", name=name, host=shared_memory.host_id())
     try:
         connection = await connect(url, max_size=p.MAX_FRAME, compression=None,
-                                   ping_interval=None, **tls)
+                                   ping_interval=None,
+                                   additional_headers=p.upgrade_headers(hello, token), **tls)
+    except websockets.InvalidStatus as exc:
+        refusal = p.refused(exc.response.body or b"")
+        raise SystemExit(f"pyfora-worker: {refusal or exc}") from None
     except (OSError, websockets.InvalidHandshake) as exc:
         # On another host this is the usual first failure (a firewall, a wrong address,
         # the coordinator bound to 127.0.0.1, a certificate): one line, not a traceback.
         raise SystemExit(f"pyfora-worker: cannot reach the coordinator at {url}: "
                          f"{exc}") from None
     async with connection as ws:
-        await ws.send(p.encode(p.Hello(version=p.VERSION, role="worker", token=token,
-                                       name=name, host=shared_memory.host_id())))
         reply = p.decode(await ws.recv())
-        if isinstance(reply, p.Error):
-            raise SystemExit(f"pyfora-worker: {reply.message}")
         if not isinstance(reply, p.Welcome):
-            raise SystemExit(f"pyfora-worker: the coordinator answered hello with {reply.op!r}")
+            raise SystemExit(f"pyfora-worker: the coordinator opened with {reply.op!r}")
         worker = Worker(ws, name, reply.max_frame, shared_memory.Directory.offered(reply.shm))
         stats = asyncio.create_task(worker_stats.report(worker.send))
         try:
@@ -310,12 +311,18 @@ def main(argv: list[str] | None = None) -> None:
         description="Join a pyfora coordinator as a worker and run its tasks, one at a\n"
                     "time, keeping their results in memory until no client needs them.\n"
                     "Serves until the coordinator goes away or SIGINT.",
-        epilog="example:\n  pyfora-worker ws://coordinator:8000 --token T --name gpu-box-1\n\n"
-               "environment: PYFORA_TOKEN (default --token)",
+        epilog="example:\n  PYFORA_WORKER_TOKEN=W pyfora-worker ws://coordinator:8000 "
+               "--name gpu-box-1\n\n"
+               "environment: PYFORA_WORKER_TOKEN (the worker token pyfora-cluster printed)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url", help="the coordinator, e.g. ws://host:8000 (or http://...)")
-    parser.add_argument("--token", default=os.environ.get("PYFORA_TOKEN"),
-                        help="the cluster's token (default: $PYFORA_TOKEN)")
+    parser.add_argument("--token", default=None,
+                        help="the cluster's worker token (visible to other users in ps: "
+                             "prefer --token-file or $PYFORA_WORKER_TOKEN; default: "
+                             "$PYFORA_WORKER_TOKEN, else for a coordinator on this machine "
+                             "the one it left for its user)")
+    parser.add_argument("--token-file", type=local_tokens.read_file, default=None,
+                        metavar="PATH", help="read the worker token from this file")
     parser.add_argument("--name", default=f"worker@{os.uname().nodename}-{os.getpid()}",
                         help="a name for this worker in the dashboard and in errors")
     parser.add_argument("--cafile", default=None,
@@ -337,7 +344,10 @@ def main(argv: list[str] | None = None) -> None:
         url, url_token = p.endpoint_url(args.url, "/api/worker")
     except PyforaConnectionError as exc:
         parser.error(str(exc))
-    token = args.token or url_token
+    # Popped, so that the code this worker runs does not find it in its environment.
+    from_env = os.environ.pop("PYFORA_WORKER_TOKEN", None)
+    token = (args.token or args.token_file or url_token or from_env
+             or local_tokens.find(url, "worker_token"))
     if args.pin and args.cafile:
         from .auth import pinned_context
         context = pinned_context(args.cafile)

@@ -75,7 +75,7 @@ class WorkerPool:
         name = f"worker-{self._serial}"
         env = dict(os.environ)
         if self.token is not None:
-            env["PYFORA_TOKEN"] = self.token      # not on the command line, where ps shows it
+            env["PYFORA_WORKER_TOKEN"] = self.token   # not on the command line, where ps shows it
         tls = ["--cafile", self.certfile, "--pin"] if self.certfile else []
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "cluster.worker_main", self.url, "--name", name,

@@ -17,7 +17,8 @@ def connect(url: str | None = None, *, token: str | None = None,
             with or without a trailing slash (``?token=`` allowed). None starts an embedded
             cluster (a coordinator and one worker per core) that the executor owns and
             stops on ``close()`` or at interpreter exit.
-        token: the cluster's token (default: from the URL, else ``$PYFORA_TOKEN``).
+        token: the cluster's token (default: from the URL, else ``$PYFORA_TOKEN``, else
+            for a loopback URL the one a local ``pyfora-cluster`` left for its user).
         workers: with no URL, how many workers to start.
         cafile: with ``https``/``wss``: trust the certificates in this PEM file (the
             cluster's own, if self-signed) instead of the system's authorities.

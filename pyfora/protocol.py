@@ -30,10 +30,12 @@ buffers in shared memory, when given a ``shared_memory.Directory``).
 
 from __future__ import annotations
 
+import base64
 import collections
 import dataclasses
 import io
 import itertools
+import json
 import urllib.parse
 from collections.abc import Callable
 from types import NoneType
@@ -45,7 +47,8 @@ from .errors import ProtocolError
 from .shared_memory import MIN_SIZE as SHARED_MIN_SIZE
 from .shared_memory import Directory, Shared
 
-VERSION = 3      # 2: out-of-band buffers; 3: ``batch`` frames, shared memory
+VERSION = 4      # 2: out-of-band buffers; 3: ``batch`` frames, shared memory;
+#                 4: ``hello`` and the token in the websocket upgrade request
 #: Largest frame either end accepts, and largest message (envelope and buffers), unless
 #: configured otherwise.
 MAX_FRAME = 1 << 30
@@ -96,14 +99,15 @@ def _message(op: str):
 
 @_message("hello")
 class Hello(Message):
-    """First frame of every connection. ``role`` is ``client`` or ``worker``.
+    """Who opens a connection: sent in its upgrade request (``HELLO_HEADER``), beside the
+    token, so the coordinator knows and authenticates a peer before accepting a single
+    frame from it. ``role`` is ``client`` or ``worker``.
 
     A client resuming a session after its connection broke names it with ``resume`` (the
     secret the coordinator gave in ``welcome``) and says how many messages of that session
     it has received (``received``, see ``Replay``)."""
     version: int
     role: str
-    token: str | None = dataclasses.field(default=None, repr=False)
     name: str | None = None
     resume: str | None = dataclasses.field(default=None, repr=False)
     received: int = 0
@@ -112,7 +116,7 @@ class Hello(Message):
 
 @_message("welcome")
 class Welcome(Message):
-    """The answer to ``hello``. For a client: ``resume`` is the session's secret for
+    """The answer to ``hello``: the first frame of an accepted connection. For a client: ``resume`` is the session's secret for
     resuming it within ``grace`` seconds of a broken connection (None: it cannot be
     resumed), and ``received`` how many messages of the session the coordinator has.
     ``max_frame``: the largest frame the coordinator accepts (``batch`` frames stay under
@@ -489,7 +493,7 @@ _FIELD_TYPES: dict[str, Callable[[Any], bool]] = {
     **dict.fromkeys(("deps", "oids"), _list_of(int)),
     "oob": lambda value: type(value) is list and all(map(_oob_entry, value)),
     **dict.fromkeys(("stream", "text", "kind", "message", "role", "type"), _typed(str)),
-    **dict.fromkeys(("token", "name", "resume", "host", "shm"), _typed(NoneType, str)),
+    **dict.fromkeys(("name", "resume", "host", "shm"), _typed(NoneType, str)),
     "value": _typed(NoneType, bytes),
     **dict.fromkeys(("cpu", "grace"), _typed(int, float)),
     **dict.fromkeys(("error", "info"), _typed(NoneType, dict)),
@@ -750,6 +754,55 @@ def endpoint_url(url: str, path: str) -> tuple[str, str | None]:
         base += path
     rest = urllib.parse.urlencode(query, doseq=True)
     return urllib.parse.urlunsplit((scheme, parts.netloc, base, rest, "")), token
+
+
+#: The header of the websocket upgrade request that carries its ``hello``.
+HELLO_HEADER = "Pyfora-Hello"
+
+
+def upgrade_headers(hello: Hello, token: str | None) -> dict[str, str]:
+    """The headers that open a connection: the ``hello`` and the token (as a bearer
+    token, which proxies do not log as they log a URL's query)."""
+    headers = {HELLO_HEADER: base64.urlsafe_b64encode(encode(hello)).decode("ascii")}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def hello_from_header(value: str | None) -> Hello:
+    """The ``hello`` in an upgrade request's ``HELLO_HEADER``.
+
+    Raises:
+        ProtocolError: there is none (a client of another version), or it is malformed.
+    """
+    if value is None:
+        raise ProtocolError(f"the upgrade request has no {HELLO_HEADER} header: this cluster "
+                            f"speaks protocol version {VERSION}; upgrade pyfora on the older side")
+    try:
+        frame = base64.b64decode(value.encode("ascii"), altchars=b"-_", validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise ProtocolError(f"the {HELLO_HEADER} header is not base64") from None
+    hello = decode(frame)
+    if not isinstance(hello, Hello):
+        raise ProtocolError(f"the {HELLO_HEADER} header holds {hello.op!r}, not hello")
+    if hello.version != VERSION:
+        raise ProtocolError(f"protocol version {hello.version} is not supported; this cluster "
+                            f"speaks version {VERSION}: upgrade pyfora on the older side")
+    return hello
+
+
+def refusal(kind: str, message: str) -> bytes:
+    """The body of the HTTP response that refuses an upgrade: which error, and why."""
+    return json.dumps({"kind": kind, "message": message}).encode()
+
+
+def refused(body: bytes) -> Exception | None:
+    """The error a refusal's body (``refusal``) stands for; None if it is not one."""
+    try:
+        data = json.loads(body)
+        return error_for(Error(id=0, kind=data["kind"], message=data["message"]))
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 class RequestIds:

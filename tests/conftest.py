@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -26,6 +27,10 @@ import pytest
 
 #: One scaled time unit for every timeout in the tests (raise PYFORA_TEST_UNIT on slow CI).
 UNIT = float(os.environ.get("PYFORA_TEST_UNIT", "1.0"))
+
+# The clusters the tests start leave their tokens here (``pyfora.local_tokens``), not in
+# the user's own runtime directory; child processes inherit it.
+os.environ.setdefault("PYFORA_RUNTIME_DIR", tempfile.mkdtemp(prefix="pyfora-tests-"))
 
 try:
     import distributed  # noqa: F401
@@ -51,7 +56,9 @@ class ClusterProcess:
             self.proc.kill()
             self.proc.wait(30 * UNIT)
             raise RuntimeError(f"the cluster did not print its URL: {line!r}")
-        self.url = line[0].strip()
+        # With a generated token the URL carries it; ``url`` is the bare address, which
+        # pyfora's clients complete from the tokens the cluster left (``local_tokens``).
+        self.url, _, self.token = line[0].strip().partition("?token=")
         self.pid = self.proc.pid
 
     def status(self) -> dict:
@@ -77,11 +84,32 @@ class ClusterProcess:
         return self.wait(30 * UNIT)
 
 
-def http_status(url: str) -> dict:
-    """``GET /api/status`` of the coordinator at ``url``."""
-    with urllib.request.urlopen(url.rstrip("/") + "/api/status", timeout=10 * UNIT) as reply:
+def http_status(url: str, token: str | None = None) -> dict:
+    """``GET /api/status`` of the coordinator at ``url``, with its token (default: the
+    ``?token=`` of ``url``, else the one a local cluster left for its user)."""
+    from pyfora import local_tokens
+    url, _, given = url.partition("?token=")
+    request = urllib.request.Request(url.rstrip("/") + "/api/status", headers={
+        "Authorization": f"Bearer {token or given or local_tokens.find(url)}"})
+    with urllib.request.urlopen(request, timeout=10 * UNIT) as reply:
         assert reply.headers["Content-Type"].startswith("application/json")
         return json.loads(reply.read())
+
+
+def upgrade_headers(url: str, role: str = "client", token: str | None = None,
+                    **hello) -> dict:
+    """The headers a raw test client opens a connection to ``url`` with: its hello, and
+    the token of ``role`` (default: the one a local cluster left for its user)."""
+    from pyfora import local_tokens
+    from pyfora import protocol as p
+    if token is None:
+        token = local_tokens.find(url, "token" if role == "client" else "worker_token")
+    return p.upgrade_headers(p.Hello(version=p.VERSION, role=role, **hello), token)
+
+
+def ws_endpoint(url: str, path: str = "/api/session") -> str:
+    """The websocket URL of ``path`` at the coordinator whose address is ``url``."""
+    return url.replace("http", "ws", 1).rstrip("/") + path
 
 
 def messages_of(frame: bytes) -> list:

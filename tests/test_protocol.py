@@ -11,7 +11,7 @@ from pyfora import protocol as p
 from pyfora import shared_memory
 
 SAMPLES = [
-    p.Hello(version=p.VERSION, role="client", token="t", name=None),
+    p.Hello(version=p.VERSION, role="client", name=None),
     p.Welcome(session="s-1", workers=2, cluster="c0ffee"),
     p.Error(id=3, kind="ProtocolError", message="bad"),
     p.Ok(id=4),
@@ -152,7 +152,7 @@ def test_module_does_no_io():
 
 
 def test_resume_fields_round_trip_and_stay_out_of_reprs():
-    hello = p.Hello(version=p.VERSION, role="client", token="t", resume="secret", received=7)
+    hello = p.Hello(version=p.VERSION, role="client", resume="secret", received=7)
     welcome = p.Welcome(session="s", workers=1, cluster="c", resume="secret", grace=2.5,
                         received=3)
     assert p.decode(p.encode(hello)) == hello

@@ -25,7 +25,8 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
     Args:
         url: ``http://``, ``https://``, ``ws://`` or ``wss://`` address of a coordinator
             (``?token=`` allowed). None starts an embedded cluster owned by the executor.
-        token: the cluster's token (default: from the URL, else ``$PYFORA_TOKEN``).
+        token: the cluster's token (default: from the URL, else ``$PYFORA_TOKEN``, else
+            for a loopback URL the one a local ``pyfora-cluster`` left for its user).
         workers: with no URL, how many workers the embedded cluster starts (default: one
             per core).
         cafile: with ``https``/``wss``: trust the certificates in this PEM file (the

@@ -34,7 +34,7 @@ import websockets
 from websockets.asyncio.client import connect as ws_connect
 
 from .. import protocol as p
-from .. import shared_memory
+from .. import local_tokens, shared_memory
 from ..errors import (AuthenticationError, ExecutorClosedError, ProtocolError,
                       PyforaConnectionError, SessionClosedOK, SessionLost)
 from .sender import Sender
@@ -61,13 +61,11 @@ class Session:
 
     def __init__(self, ws, welcome: p.Welcome,
                  on_push: Callable[[p.Message], None] = lambda m: None,
-                 reconnect: Callable[[], Awaitable[Any]] | None = None,
-                 token: str | None = None) -> None:
+                 reconnect: Callable[[p.Hello], Awaitable[Any]] | None = None) -> None:
         self._ws = ws
         self.welcome = welcome
         self.on_push = on_push
         self._reconnect = reconnect     # opens a new websocket to the same endpoint
-        self._token = token
         # On the cluster's machine, large buffers go through shared memory.
         self._shm = shared_memory.Directory.offered(welcome.shm)
         self._replay = p.Replay()
@@ -91,7 +89,9 @@ class Session:
 
         Args:
             url: the cluster's address (see ``protocol.endpoint_url``).
-            token: the token (default: ``?token=`` in ``url``, else ``$PYFORA_TOKEN``).
+            token: the token (default: ``?token=`` in ``url``, else ``$PYFORA_TOKEN``, else
+                for a loopback URL the one a local ``pyfora-cluster`` left for its user,
+                see ``pyfora.local_tokens``).
             on_push: called with each message pushed by the cluster.
             ssl_context: for ``https``/``wss`` URLs (default: verify against the system's
                 authorities; see ``pyfora.aio.tls``).
@@ -103,18 +103,22 @@ class Session:
             ProtocolError: it speaks another protocol version.
         """
         ws_url, url_token = p.endpoint_url(url, "/api/session")
-        token = token or url_token or os.environ.get("PYFORA_TOKEN")
+        token = (token or url_token or os.environ.get("PYFORA_TOKEN")
+                 or local_tokens.find(ws_url))
         url = redacted(url)     # the token must not reach error messages or logs
         tls: dict[str, Any] = {"ssl": ssl_context or client_context()} if ws_url.startswith("wss:") else {}
-        reconnect = functools.partial(ws_connect, ws_url, max_size=p.MAX_FRAME,
-                                      compression=None, open_timeout=OPEN_TIMEOUT,
-                                      ping_interval=20, ping_timeout=60, close_timeout=2, **tls)
+        connect = functools.partial(ws_connect, ws_url, max_size=p.MAX_FRAME,
+                                    compression=None, open_timeout=OPEN_TIMEOUT,
+                                    ping_interval=20, ping_timeout=60, close_timeout=2, **tls)
+
+        def reconnect(hello: p.Hello):
+            return connect(additional_headers=p.upgrade_headers(hello, token))
+
+        hello = p.Hello(version=p.VERSION, role="client", host=shared_memory.host_id())
         try:
-            ws = await reconnect()
+            ws = await reconnect(hello)
         except websockets.InvalidStatus as exc:
-            code = exc.response.status_code
-            cls_ = AuthenticationError if code in (401, 403) else PyforaConnectionError
-            raise cls_(f"the cluster at {url} refused the connection (HTTP {code})") from None
+            raise _refusal(exc, url) from None
         except ssl.SSLCertVerificationError as exc:
             raise PyforaConnectionError(
                 f"the TLS certificate of the cluster at {url} could not be verified "
@@ -125,19 +129,14 @@ class Session:
                 f"cannot reach the cluster at {url}: {exc}; is it running? "
                 "(start one with `pyfora-cluster`, or call pyfora.connect() with no URL)") from None
         try:
-            await ws.send(p.encode(p.Hello(version=p.VERSION, role="client", token=token,
-                                           host=shared_memory.host_id())))
             reply = p.decode(await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT))
         except (websockets.ConnectionClosed, TimeoutError) as exc:
             await ws.close()
             raise PyforaConnectionError(f"the cluster at {url} closed the handshake: {exc}") from None
-        if isinstance(reply, p.Error):
-            await ws.close()
-            raise p.error_for(reply)
         if not isinstance(reply, p.Welcome):
             await ws.close()
-            raise ProtocolError(f"the cluster answered hello with {reply.op!r}, not welcome")
-        return cls(ws, reply, on_push, reconnect, token)
+            raise ProtocolError(f"the cluster opened with {reply.op!r}, not welcome")
+        return cls(ws, reply, on_push, reconnect)
 
     @property
     def closed(self) -> bool:
@@ -245,18 +244,21 @@ class Session:
             while self._closed is None and (left := deadline - self._loop.time()) > 0:
                 try:
                     async with asyncio.timeout(left):
-                        ws = await self._reconnect()
-                        reply = await self._hello_again(ws)
+                        ws = await self._reconnect(p.Hello(
+                            version=p.VERSION, role="client", resume=self.welcome.resume,
+                            received=self._replay.received, host=shared_memory.host_id()))
+                        reply = await _first(ws)
                 except ConnectionRefusedError:
                     return False        # nothing listens there: the cluster is gone
+                except websockets.InvalidStatus as exc:     # the session has ended
+                    log.warning("pyfora: %s", _refusal(exc, "the cluster"))
+                    return False
                 except (OSError, TimeoutError, websockets.WebSocketException):
                     await asyncio.sleep(min(delay, max(0.0, deadline - self._loop.time())))
                     delay = min(2 * delay, 1.0)
                     continue
                 if not isinstance(reply, p.Welcome):
                     await ws.close()
-                    if isinstance(reply, p.Error):
-                        log.warning("pyfora: %s", reply.message)
                     return False
                 try:
                     missed = self._replay.after(reply.received)
@@ -273,17 +275,6 @@ class Session:
             return False
         finally:
             self._resuming = False
-
-    async def _hello_again(self, ws) -> p.Message:
-        try:
-            await ws.send(p.encode(p.Hello(
-                version=p.VERSION, role="client", token=self._token,
-                resume=self.welcome.resume, received=self._replay.received,
-                host=shared_memory.host_id())))
-            return p.decode(await ws.recv())
-        except BaseException:
-            await ws.close()
-            raise
 
     def _closed_error(self, ws, cls: type[PyforaConnectionError]) -> PyforaConnectionError:
         code, reason = ws.close_code, ws.close_reason or ""
@@ -326,3 +317,24 @@ class Session:
         self._sender.flush()            # what was posted last (releases) goes before the close
         await self._ws.close()
         await asyncio.gather(self._reader, self._sender.wait(), return_exceptions=True)
+
+
+async def _first(ws) -> p.Message:
+    """The first message on a new connection (its welcome); closes it on failure."""
+    try:
+        return p.decode(await ws.recv())
+    except BaseException:
+        await ws.close()
+        raise
+
+
+def _refusal(exc: websockets.InvalidStatus, url: str) -> Exception:
+    """The error a cluster's refusal of the upgrade stands for: the one it names
+    (``AuthenticationError``, ``ProtocolError``, ``SessionLost``, ...), else by status."""
+    response = exc.response
+    error = p.refused(response.body or b"")
+    if error is not None:
+        return error
+    code = response.status_code
+    cls = AuthenticationError if code in (401, 403) else PyforaConnectionError
+    return cls(f"the cluster at {url} refused the connection (HTTP {code})")

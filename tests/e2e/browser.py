@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,9 +92,12 @@ def text(driver: Any, element_id: str) -> str:
 
 
 def open_dashboard(driver: Any, url: str, interval_ms: int = 250, timeout: float = 30) -> None:
-    """Load the dashboard at ``url`` (a cluster's base URL, ``?token=`` allowed) and wait
-    for its first redraw."""
+    """Load the dashboard at ``url`` (a cluster's base URL, with ``?token=``, else the
+    token a local cluster left for its user) and wait for its first redraw."""
+    from pyfora import local_tokens
     base, _, query = url.partition("?")
+    if "token=" not in query:
+        query = urllib.parse.urlencode({"token": local_tokens.find(base) or ""})
     query = "&".join(q for q in (query, f"interval={interval_ms}") if q)
     driver.get(f"{base.rstrip('/')}/?{query}")
     wait_for(driver, "return Number(document.body.dataset.polls) >= 1", timeout,
@@ -163,8 +167,10 @@ def screenshot_under_load(path: str, workers: int = 2, settle: float = 6.0) -> s
     """Start a cluster, run a workload from two sessions, screenshot the dashboard."""
     import pyfora
 
-    with pyfora.connect(workers=workers) as first, pyfora.connect(first._aio._cluster.url) as second:
-        url = first._aio._cluster.url
+    with pyfora.connect(workers=workers) as first:
+        cluster = first._aio._cluster
+        url = f"{cluster.url}?token={cluster.coordinator.config.token}"
+        second = pyfora.connect(url)
         stop = threading.Event()
         threads = [threading.Thread(target=_workload, args=(ex, stop), daemon=True)
                    for ex in (first, second)]
@@ -183,6 +189,7 @@ def screenshot_under_load(path: str, workers: int = 2, settle: float = 6.0) -> s
             stop.set()
             for thread in threads:
                 thread.join(120)
+            second.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ import asyncio
 import os
 import threading
 import time
+import urllib.parse
 
 import pytest
 from conftest import UNIT, ClusterProcess, async_wait_until, busy, http_status
@@ -34,6 +35,12 @@ async def wait(aw, timeout=T):
 
 async def status(url):
     return await asyncio.to_thread(http_status, url)
+
+
+def embedded_url(ex) -> str:
+    """The address of ``ex``'s embedded cluster, with the token it gives no one else."""
+    cluster = ex._cluster
+    return f"{cluster.url}?token={cluster.coordinator.config.token}"
 
 
 async def test_submit_define_and_proxy_calls(aex):
@@ -216,8 +223,8 @@ async def test_the_embedded_session_needs_no_socket_and_loses_nothing():
     no connection from this process to its coordinator, while the workers' are real."""
     blob = os.urandom(3 << 20)      # large enough for shared memory
     async with aio.connect(workers=1) as ex:
-        url = ex._cluster.url
-        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        url = embedded_url(ex)
+        port = urllib.parse.urlsplit(url).port
         assert _sockets_to(port) == []
         defined = await wait(ex.define(blob))
         digest = await wait(ex.submit(sha256, defined))
@@ -236,7 +243,7 @@ async def test_the_embedded_session_needs_no_socket_and_loses_nothing():
 
 async def test_closing_the_embedded_executor_fails_what_it_waits_for():
     async with aio.connect(workers=1) as ex:
-        url = ex._cluster.url
+        url = embedded_url(ex)
         pending = asyncio.ensure_future(ex.submit(busy, 60))
         await async_wait_until(lambda: _holds(url, running=1), T, "the task to start")
         await wait(ex.close())
@@ -259,7 +266,7 @@ def sha256(data: bytes) -> str:
 
 async def test_proxies_dropped_together_are_released_in_one_message():
     async with aio.connect(workers=1) as ex:
-        url = ex._cluster.url
+        url = embedded_url(ex)
         [session] = ex._cluster.coordinator.resumable.values()
         proxies = [await wait(ex.submit(square, i)) for i in range(50)]
         assert await _holds(url, objects=50)

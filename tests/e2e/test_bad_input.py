@@ -7,8 +7,10 @@ import asyncio
 import msgpack
 import pytest
 import websockets
-from conftest import UNIT, messages_of
+from conftest import UNIT, messages_of, upgrade_headers
 
+import pyfora
+from pyfora import local_tokens
 from pyfora import protocol as p
 
 T = 30 * UNIT
@@ -29,10 +31,17 @@ async def recv(ws, timeout=T):
 
 
 async def raw_session(cluster_url):
-    ws = await websockets.connect(ws_url(cluster_url), open_timeout=T)
-    await ws.send(p.encode(p.Hello(version=p.VERSION, role="client")))
+    ws = await websockets.connect(ws_url(cluster_url), open_timeout=T,
+                                  additional_headers=upgrade_headers(cluster_url))
     assert isinstance(await recv(ws), p.Welcome)
     return ws
+
+
+async def refusal(url, headers, **kwargs):
+    """The error named by the cluster's refusal of an upgrade with ``headers``."""
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await websockets.connect(url, open_timeout=T, additional_headers=headers, **kwargs)
+    return info.value.response.status_code, p.refused(info.value.response.body)
 
 
 async def reply_to(ws, frame):
@@ -133,40 +142,41 @@ async def test_another_sessions_object_is_refused(cluster_url, aex):
     assert await asyncio.wait_for(theirs.toLocal(), T) == [1, 2]
 
 
+def _b64(frame: bytes) -> str:
+    import base64
+    return base64.urlsafe_b64encode(frame).decode()
+
+
 @pytest.mark.parametrize("hello, words", [
-    (p.encode(p.Status(id=1)), "first frame must be hello"),
-    (b"\xc1", "not valid msgpack"),
-    (p.encode(p.Hello(version=999, role="client")), "protocol version 999"),
-    (p.encode(p.Hello(version=p.VERSION, role="worker")), "for clients, not workers"),
+    (None, "no Pyfora-Hello header"),
+    ("%%%", "not base64"),
+    (_b64(b"\xc1"), "not valid msgpack"),
+    (_b64(p.encode(p.Status(id=1))), "holds 'status', not hello"),
+    (_b64(p.encode(p.Hello(version=999, role="client"))), "protocol version 999"),
+    (_b64(p.encode(p.Hello(version=p.VERSION, role="worker"))), "for clients, not workers"),
 ])
-async def test_bad_handshake_gets_an_error_and_a_close(cluster_url, aex, hello, words):
-    ws = await websockets.connect(ws_url(cluster_url), open_timeout=T)
-    try:
-        await ws.send(hello)
-        error = await recv(ws)
-        assert isinstance(error, p.Error) and words in error.message
-        with pytest.raises(websockets.ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), T)
-        assert ws.close_code == 1002
-    finally:
-        await ws.close()
+async def test_bad_hello_is_refused_before_the_upgrade(cluster_url, aex, hello, words):
+    headers = upgrade_headers(cluster_url)
+    if hello is None:
+        del headers[p.HELLO_HEADER]
+    else:
+        headers[p.HELLO_HEADER] = hello
+    status, error = await refusal(ws_url(cluster_url), headers)
+    assert status == 400 and isinstance(error, pyfora.ProtocolError), (status, error)
+    assert words in str(error)
     assert await asyncio.wait_for((await aex.submit(square, 3)).toLocal(), T) == 9
 
 
-async def test_client_on_the_worker_endpoint_is_refused(cluster_url):
-    ws = await websockets.connect(ws_url(cluster_url, "api/worker"), open_timeout=T)
-    try:
-        await ws.send(p.encode(p.Hello(version=p.VERSION, role="client")))
-        error = await recv(ws)
-        # the worker endpoint has a token of its own, which a client does not know
-        assert isinstance(error, p.Error)
-        assert error.kind in ("AuthenticationError", "ProtocolError")
-    finally:
-        await ws.close()
+async def test_client_token_on_the_worker_endpoint_is_refused(cluster_url):
+    # the worker endpoint has a token of its own, which a client does not know
+    status, error = await refusal(ws_url(cluster_url, "api/worker"),
+                                  upgrade_headers(cluster_url, role="worker",
+                                                  token=local_tokens.find(cluster_url)))
+    assert status == 401 and isinstance(error, pyfora.AuthenticationError)
+    assert "worker token" in str(error)
 
 
 async def test_version_skew_through_the_client_is_a_clear_error(cluster_url, monkeypatch):
-    import pyfora
     from pyfora import aio
     monkeypatch.setattr(p, "VERSION", 999)
     with pytest.raises(pyfora.ProtocolError, match="version 999"):
@@ -174,7 +184,6 @@ async def test_version_skew_through_the_client_is_a_clear_error(cluster_url, mon
 
 
 async def test_cross_origin_handshake_is_refused(cluster_url):
-    with pytest.raises(websockets.InvalidStatus) as info:
-        await websockets.connect(ws_url(cluster_url), open_timeout=T,
-                                 origin="https://evil.example")
-    assert info.value.response.status_code == 403
+    status, error = await refusal(ws_url(cluster_url), upgrade_headers(cluster_url),
+                                  origin="https://evil.example")
+    assert status == 403 and isinstance(error, pyfora.AuthenticationError)

@@ -14,6 +14,7 @@ import pytest
 from conftest import UNIT, ClusterProcess, alive, busy, http_status, wait_until
 
 import pyfora
+from pyfora import local_tokens
 
 T = 30 * UNIT
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "pyfora-cluster")
@@ -128,13 +129,16 @@ def test_explicit_port_and_help():
     port = free_port()
     proc = subprocess.Popen([SCRIPT, "--host", "127.0.0.1", "--port", str(port),
                              "--workers", "1"], stdout=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
     try:
-        wait_until(lambda: port_open(port) and http_status(f"http://127.0.0.1:{port}/")[
-            "workers"], T, "the worker to join")
+        # The tokens are left for this user before the URL is printed.
+        token = wait_until(lambda: local_tokens.find(url), T, "the cluster's tokens")
+        assert http_status(url)["workers"]
     finally:
         proc.terminate()
         assert proc.wait(T) == 0
-    assert proc.stdout.read().strip() == f"http://127.0.0.1:{port}/"
+    assert proc.stdout.read().strip() == f"{url}?token={token}"
+    assert local_tokens.find(url) is None         # removed as it stopped
     helped = subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, timeout=T)
     assert helped.returncode == 0 and "--workers" in helped.stdout
 

@@ -12,6 +12,7 @@ import pytest
 from conftest import UNIT, ClusterProcess, alive, busy, http_status, wait_until
 
 import pyfora
+from pyfora import local_tokens
 
 T = 30 * UNIT       # a generous bound for one operation on a loaded machine
 
@@ -250,10 +251,11 @@ def test_proxy_of_another_executor_or_cluster_is_refused(ufora, cluster_url, one
 
 
 @pytest.mark.parametrize("form", ["{http}", "{http}/", "{ws}", "{ws}/", "{ws}/api/session",
-                                  "{http}/?token=ignored-on-loopback"])
+                                  "{http}/?token={token}", "{ws}/api/session?token={token}"])
 def test_url_forms(cluster_url, form):
     http = cluster_url.rstrip("/")
-    url = form.format(http=http, ws=http.replace("http://", "ws://"))
+    url = form.format(http=http, ws=http.replace("http://", "ws://"),
+                      token=local_tokens.find(cluster_url))
     with pyfora.connect(url) as ex:
         assert ex.submit(square, 6).result(timeout=T).toLocal().result(timeout=T) == 36
 

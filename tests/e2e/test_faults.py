@@ -333,10 +333,10 @@ def test_sigterm_on_the_coordinator_fails_pending_futures_and_leaves_no_process(
 def test_a_hand_started_worker_exits_with_its_coordinator_even_mid_task():
     """The task thread does not hold the process: a worker whose coordinator is gone
     exits at once, not when its task ends."""
-    cluster = ClusterProcess(0, "--token", "T")
+    cluster = ClusterProcess(0)
     worker = subprocess.Popen([sys.executable, "-m", "cluster.worker_main", cluster.url,
-                               "--token", "T", "--name", "by-hand"])
-    ex = pyfora.connect(cluster.url, token="T")
+                               "--name", "by-hand"])
+    ex = pyfora.connect(cluster.url)
     try:
         wait_until(lambda: ex.getWorkerCount() == 1, T, "the worker to join")
         ex.submit(busy, 10 * T)

@@ -33,6 +33,7 @@ import pyfora
 
 T = 30 * UNIT
 TOKEN = "netns-test-token-0123456789abcdef"
+WORKER_TOKEN = "netns-test-worker-token-0123456789"
 PREFIX = "pyfora-t"                      # namespaces: pyfora-t<pid>-c, pyfora-t<pid>-w
 LINK_PREFIX = "pfr"                       # the root end of the client's veth: pfr<pid>
 
@@ -141,7 +142,8 @@ def pyfora_worker(netns: Namespaces, url: str, *args: str) -> list[str]:
 
 def run_to_end(command: list[str]) -> subprocess.CompletedProcess:
     """Run a command that should exit by itself (killed if it does not in time)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYFORA_TOKEN"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYFORA_TOKEN", "PYFORA_WORKER_TOKEN")}
     return subprocess.run(command, capture_output=True, text=True, timeout=T, env=env,
                           check=False)
 
@@ -157,8 +159,11 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def coordinator(netns):
+def coordinator(netns, tmp_path_factory):
+    worker_token = tmp_path_factory.mktemp("tokens") / "worker-token"
+    worker_token.write_text(WORKER_TOKEN + "\n")
     cluster = ClusterProcess(0, "--host", netns.c_addr, "--token", TOKEN,
+                             "--worker-token-file", str(worker_token),
                              command=netns.exec(netns.c, sys.executable, "-m", "cluster"))
     try:
         yield cluster
@@ -168,9 +173,9 @@ def coordinator(netns):
 
 @pytest.fixture(scope="module")
 def remote(netns, coordinator):
-    """``pyfora-worker ws://c:port --token T --name remote-1`` in w, once it has joined."""
+    """``pyfora-worker ws://c:port --token W --name remote-1`` in w, once it has joined."""
     ws_url = coordinator.url.replace("http://", "ws://")
-    command = pyfora_worker(netns, ws_url, "--token", TOKEN, "--name", "remote-1")
+    command = pyfora_worker(netns, ws_url, "--token", WORKER_TOKEN, "--name", "remote-1")
     worker = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         with pyfora.connect(coordinator.url, token=TOKEN) as ufora:
@@ -221,13 +226,13 @@ def test_a_worker_with_a_wrong_token_is_refused(netns, coordinator, ufora):
     intruder = run_to_end(pyfora_worker(netns, ws_url, "--token", "wrong", "--name", "intruder"))
     assert intruder.returncode != 0
     err = intruder.stderr
-    assert "refused the token" in err and "--token" in err and "Traceback" not in err
+    assert "refused the worker token" in err and "--token" in err and "Traceback" not in err
     assert names(ufora) == ["remote-1"]
 
 
 def test_a_coordinator_out_of_reach_is_reported_clearly(netns):
     # Nothing listens on port 9 of c: the worker says so, without a traceback.
-    lost = run_to_end(pyfora_worker(netns, f"ws://{netns.c_addr}:9", "--token", TOKEN))
+    lost = run_to_end(pyfora_worker(netns, f"ws://{netns.c_addr}:9", "--token", WORKER_TOKEN))
     assert lost.returncode != 0
     err = lost.stderr
     assert f"cannot reach the coordinator at ws://{netns.c_addr}:9" in err

@@ -13,7 +13,7 @@ import pytest
 from conftest import UNIT, ClusterProcess, async_wait_until, busy, http_status
 
 import pyfora
-from pyfora import aio
+from pyfora import aio, local_tokens
 from pyfora import protocol as p
 
 T = 30 * UNIT
@@ -51,7 +51,10 @@ class Proxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        """The cluster's address through this proxy, with the cluster's token (which
+        a client finds by itself only for the port the cluster serves on)."""
+        token = local_tokens.find(f"http://127.0.0.1:{self.target_port}/")
+        return f"http://127.0.0.1:{self.port}/?token={token}"
 
     def sever(self, client_side_only: bool = False) -> None:
         """Cut every forwarded connection: both ends see the TCP connection end, with no

@@ -1,6 +1,7 @@
-"""Who may use a cluster: tokens (given, from the environment, generated for non-loopback
-binds), the Origin and Host checks that keep web pages out, and TLS with a self-signed
-certificate made here. Real coordinators, real workers, real sockets on this machine."""
+"""Who may use a cluster: tokens (given, from the environment or a file, generated and
+left for the owner otherwise; the workers' apart from the clients'), the Origin and Host
+checks that keep web pages out, and TLS with a self-signed certificate made here. Real
+coordinators, real workers, real sockets on this machine."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import datetime
 import ipaddress
 import json
 import os
+import re
+import stat
 import subprocess
 import sys
 import threading
@@ -18,12 +21,12 @@ import urllib.request
 
 import aiohttp
 import cloudpickle
+import psutil
 import pytest
-import websockets
-from conftest import UNIT, http_status, wait_until
+from conftest import UNIT, http_status, upgrade_headers, wait_until
 
 import pyfora
-from pyfora import aio
+from pyfora import aio, local_tokens
 from pyfora import protocol as p
 
 T = 30 * UNIT
@@ -51,7 +54,7 @@ class LoggedCluster:
         if not line or not line[0].startswith("http"):
             self.stop()
             raise RuntimeError(f"the cluster did not print its URL: {line!r}: {self.log()}")
-        self.url = line[0].strip()
+        self.url, _, self.printed_token = line[0].strip().partition("?token=")
 
     def log(self) -> str:
         self._log.flush()
@@ -69,7 +72,16 @@ class LoggedCluster:
 
 
 def env_without_token() -> dict:
-    return {k: v for k, v in os.environ.items() if k != "PYFORA_TOKEN"}
+    return {k: v for k, v in os.environ.items()
+            if k not in ("PYFORA_TOKEN", "PYFORA_WORKER_TOKEN")}
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """This test's clients look for local clusters' tokens in an empty directory, as a
+    client of another user would (it cannot read ours)."""
+    monkeypatch.setenv("PYFORA_RUNTIME_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.delenv("PYFORA_TOKEN", raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +107,7 @@ def status(url: str, token: str | None = None) -> dict:
 
 # -- tokens ---------------------------------------------------------------------------
 
-async def test_missing_or_wrong_token_is_an_authentication_error(token_cluster, monkeypatch):
-    monkeypatch.delenv("PYFORA_TOKEN", raising=False)
+async def test_missing_or_wrong_token_is_an_authentication_error(token_cluster, elsewhere):
     for kwargs in ({}, {"token": "wrong"}, {"token": TOKEN[:-1]}):
         with pytest.raises(pyfora.AuthenticationError, match="refused the token") as info:
             await asyncio.wait_for(aio.connect(token_cluster.url, **kwargs), T)
@@ -106,8 +117,8 @@ async def test_missing_or_wrong_token_is_an_authentication_error(token_cluster, 
 
 
 @pytest.mark.parametrize("how", ["argument", "url", "environment"])
-async def test_the_right_token_is_accepted_three_ways(token_cluster, monkeypatch, how):
-    monkeypatch.delenv("PYFORA_TOKEN", raising=False)
+async def test_the_right_token_is_accepted_three_ways(token_cluster, monkeypatch, elsewhere,
+                                                     how):
     url, kwargs = token_cluster.url, {}
     if how == "argument":
         kwargs = {"token": TOKEN}
@@ -120,8 +131,7 @@ async def test_the_right_token_is_accepted_three_ways(token_cluster, monkeypatch
         assert await proxy.toLocal() == 49
 
 
-def test_sync_connect_with_a_wrong_token(token_cluster, monkeypatch):
-    monkeypatch.delenv("PYFORA_TOKEN", raising=False)
+def test_sync_connect_with_a_wrong_token(token_cluster, elsewhere):
     with pytest.raises(pyfora.AuthenticationError):
         pyfora.connect(token_cluster.url, token="wrong")
     with pyfora.connect(token_cluster.url, token=TOKEN) as ex:
@@ -133,21 +143,32 @@ def _write_marker(path):
         f.write("ran")
 
 
+def ws_frame(data: bytes) -> bytes:
+    """``data`` as one masked binary websocket frame, as a client sends it."""
+    from websockets.frames import Frame, Opcode
+    return Frame(Opcode.BINARY, data).serialize(mask=True, extensions=[])
+
+
 async def test_nothing_runs_without_the_token(token_cluster, tmp_path):
-    """Frames sent right behind a bad hello (no waiting for the answer) are not run."""
+    """Frames sent right behind an upgrade with a wrong token (no waiting for the answer)
+    are never read: the upgrade is refused before any frame is."""
     marker = tmp_path / "marker"
     before = status(token_cluster.url, TOKEN)["tasks"]
-    ws_url = token_cluster.url.replace("http", "ws", 1) + "api/session"
-    async with websockets.connect(ws_url, open_timeout=T) as ws:
-        await ws.send(p.encode(p.Hello(version=p.VERSION, role="client", token="wrong")))
-        payload = cloudpickle.dumps((_write_marker, (str(marker),), {}))
-        for i in range(1, 4):
-            await ws.send(p.encode(p.Submit(id=i, payload=payload)))
-        reply = p.decode(await asyncio.wait_for(ws.recv(), T))
-        assert isinstance(reply, p.Error) and reply.kind == "AuthenticationError"
-        with pytest.raises(websockets.ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), T)
-    assert ws.close_code == 1008
+    port = urllib.parse.urlsplit(token_cluster.url).port
+    headers = upgrade_headers(token_cluster.url, token="wrong")
+    request = (f"GET /api/session HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+               "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+    payload = cloudpickle.dumps((_write_marker, (str(marker),), {}))
+    frames = b"".join(ws_frame(p.encode(p.Submit(id=i, payload=payload))) for i in range(1, 4))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request + frames)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), T)
+        assert answer.startswith(b"HTTP/1.1 401"), answer
+    finally:
+        writer.close()
     # A client with the token goes through the same one worker: once its task has run,
     # anything queued before it would have run too.
     async with aio.connect(token_cluster.url, token=TOKEN) as ex:
@@ -182,20 +203,82 @@ async def test_the_token_is_never_logged(token_cluster, monkeypatch):
     assert TOKEN not in log
 
 
-def test_worker_with_a_wrong_token_is_refused(token_cluster):
+@pytest.mark.parametrize("token", ["wrong", TOKEN])
+def test_worker_with_a_wrong_token_or_the_clients_is_refused(token_cluster, token):
     url = token_cluster.url
     worker = subprocess.run(
-        [sys.executable, "-m", "cluster.worker_main", url, "--token", "wrong", "--name", "intruder"],
+        [sys.executable, "-m", "cluster.worker_main", url, "--token", token, "--name", "intruder"],
         check=False, capture_output=True, text=True, timeout=T, env=env_without_token())
     assert worker.returncode != 0
-    assert "refused the token" in worker.stderr
+    assert "refused the worker token" in worker.stderr and "PYFORA_WORKER_TOKEN" in worker.stderr
     names = [w["name"] for w in status(url, TOKEN)["workers"]]
     assert "intruder" not in names and len(names) == 1
 
 
-def test_non_loopback_bind_generates_and_prints_a_token(tmp_path, monkeypatch):
-    monkeypatch.delenv("PYFORA_TOKEN", raising=False)
-    cluster = LoggedCluster(tmp_path, "--host", "0.0.0.0", env=env_without_token())
+def test_a_hand_started_worker_finds_the_worker_token_of_a_local_cluster(token_cluster):
+    """No token given: ``pyfora-worker`` reads the one the cluster left for its user."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cluster.worker_main", token_cluster.url, "--name", "by-hand"],
+        env=env_without_token())
+    try:
+        wait_until(lambda: "by-hand" in [w["name"] for w in
+                                         status(token_cluster.url, TOKEN)["workers"]],
+                   T, "the worker to join")
+    finally:
+        worker.terminate()
+        worker.wait(T)
+
+
+def test_a_loopback_cluster_has_tokens_too_and_leaves_them_for_its_user(tmp_path, monkeypatch):
+    runtime = tmp_path / "runtime"
+    env = dict(env_without_token(), PYFORA_RUNTIME_DIR=str(runtime))
+    cluster = LoggedCluster(tmp_path, env=env)
+    try:
+        printed = wait_until(lambda: re.findall(r"^(token|worker token): (\S+)$",
+                                                cluster.log(), re.M), T, "the tokens")
+        tokens = dict(printed)
+        assert len(printed) == 2 and tokens["token"] != tokens["worker token"]
+        assert cluster.printed_token == tokens["token"] and len(tokens["token"]) >= 32
+        # Never on a command line, where ps shows it to every user.
+        for proc in [psutil.Process(cluster.proc.pid),
+                     *psutil.Process(cluster.proc.pid).children(recursive=True)]:
+            assert not any(t in " ".join(proc.cmdline()) for t in tokens.values())
+        (saved,) = runtime.iterdir()
+        assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
+        assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+        monkeypatch.setenv("PYFORA_RUNTIME_DIR", str(runtime))
+        with pyfora.connect(cluster.url) as ex:         # found by itself
+            assert ex.submit(square, 5).result(T).toLocal().result(T) == 25
+        monkeypatch.setenv("PYFORA_RUNTIME_DIR", str(tmp_path / "another-users"))
+        with pytest.raises(pyfora.AuthenticationError, match="refused the token"):
+            pyfora.connect(cluster.url)
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            status(cluster.url)
+    finally:
+        cluster.stop()
+    assert not saved.exists()
+
+
+def test_a_file_planted_by_another_user_is_not_trusted(tmp_path, monkeypatch):
+    """A tokens' file that is not ours alone (another owner, or readable by others) is
+    ignored, so no one can hand our clients a token of theirs."""
+    from pyfora import local_tokens
+    runtime = tmp_path / "runtime"
+    monkeypatch.setenv("PYFORA_RUNTIME_DIR", str(runtime))
+    path = local_tokens.write(8123, "http://127.0.0.1:8123/", "t", "w")
+    assert local_tokens.find("http://127.0.0.1:8123/") == "t"
+    assert local_tokens.find("http://localhost:8123/", "worker_token") == "w"
+    assert local_tokens.find("http://example.com:8123/") is None
+    os.chmod(path, 0o644)
+    assert local_tokens.find("http://127.0.0.1:8123/") is None
+    os.chmod(path, 0o600)
+    os.chown(path, 65534, -1)
+    assert local_tokens.find("http://127.0.0.1:8123/") is None
+
+
+def test_non_loopback_bind_generates_and_prints_a_token(tmp_path, elsewhere):
+    cluster = LoggedCluster(tmp_path, "--host", "0.0.0.0", env=dict(
+        env_without_token(), PYFORA_RUNTIME_DIR=str(tmp_path / "the-clusters")))
     try:
         lines = wait_until(lambda: [line for line in cluster.log().splitlines()
                                     if line.startswith("token: ")], T, "the printed token")
@@ -215,8 +298,11 @@ def test_non_loopback_bind_uses_the_token_from_the_environment(tmp_path, monkeyp
     env = dict(env_without_token(), PYFORA_TOKEN=TOKEN)
     cluster = LoggedCluster(tmp_path, "--host", "0.0.0.0", env=env)
     try:
-        assert "token:" not in cluster.log()          # known to whoever set it: not printed
+        # Known to whoever set it: not printed (the workers' one was made here, and is).
+        assert not re.search("^token:", cluster.log(), re.M) and TOKEN not in cluster.log()
+        assert "worker token:" in cluster.log() and not cluster.printed_token
         local = cluster.url.replace("0.0.0.0", "127.0.0.1")
+        monkeypatch.setenv("PYFORA_RUNTIME_DIR", str(tmp_path / "elsewhere"))
         monkeypatch.delenv("PYFORA_TOKEN", raising=False)
         with pytest.raises(pyfora.AuthenticationError):
             pyfora.connect(local)
@@ -230,7 +316,10 @@ def test_non_loopback_bind_uses_the_token_from_the_environment(tmp_path, monkeyp
 # -- web pages ------------------------------------------------------------------------
 
 async def _handshake(url: str, path: str, headers: dict) -> int:
-    """The HTTP status of a websocket handshake with these headers (101: upgraded)."""
+    """The HTTP status of a websocket handshake with these headers and the right token
+    and hello (101: upgraded)."""
+    role = "client" if path == "/api/session" else "worker"
+    headers = {**upgrade_headers(url, role), **headers}
     async with aiohttp.ClientSession() as http:
         try:
             async with http.ws_connect(url.rstrip("/") + path, headers=headers,
@@ -243,9 +332,12 @@ async def _handshake(url: str, path: str, headers: dict) -> int:
 
 @pytest.mark.parametrize("path", ["/api/session", "/api/worker"])
 @pytest.mark.parametrize("origin", ["https://evil.example", "http://evil.example:8000",
-                                    "null", "http://127.0.0.1.evil.example"])
+                                    "null", "http://127.0.0.1.evil.example",
+                                    "http://localhost:9999", "https://127.0.0.1:{port}",
+                                    "http://127.0.0.1"])
 async def test_a_foreign_web_page_is_refused(cluster_url, path, origin):
     before = http_status(cluster_url)
+    origin = origin.format(port=urllib.parse.urlsplit(cluster_url).port)
     assert await _handshake(cluster_url, path, {"Origin": origin}) == 403
     after = http_status(cluster_url)
     assert after["sessions"] == before["sessions"]
@@ -264,8 +356,23 @@ async def test_dns_rebinding_is_refused(cluster_url, path):
 
 async def test_a_page_on_the_clusters_own_host_is_allowed(cluster_url):
     port = urllib.parse.urlsplit(cluster_url).port
-    for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
-        assert await _handshake(cluster_url, "/api/session", {"Origin": origin}) == 101
+    for name in ("127.0.0.1", "localhost"):
+        headers = {"Host": f"{name}:{port}", "Origin": f"http://{name}:{port}"}
+        assert await _handshake(cluster_url, "/api/session", headers) == 101
+    # Exactly its own: the page's host is the one the request names.
+    headers = {"Host": f"127.0.0.1:{port}", "Origin": f"http://localhost:{port}"}
+    assert await _handshake(cluster_url, "/api/session", headers) == 403
+
+
+def test_http_routes_check_the_host_too(cluster_url):
+    """DNS rebinding of the dashboard's data: a foreign name is refused even with the
+    token (a rebinding page has not got it, but nothing else should answer it either)."""
+    port = urllib.parse.urlsplit(cluster_url).port
+    request = urllib.request.Request(cluster_url.rstrip("/") + "/api/status", headers={
+        "Host": f"rebind.evil.example:{port}",
+        "Authorization": f"Bearer {local_tokens.find(cluster_url)}"})
+    with pytest.raises(urllib.error.HTTPError, match="403"):
+        urllib.request.urlopen(request, timeout=T)
 
 
 # -- TLS ------------------------------------------------------------------------------
@@ -354,4 +461,4 @@ def test_tls_hand_started_worker_verifies_the_certificate(tls_cluster):
     unverified = run()
     assert unverified.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in unverified.stderr
     verified = run("--cafile", tls_cluster.certfile, "--token", "guess")
-    assert verified.returncode != 0 and "refused the token" in verified.stderr
+    assert verified.returncode != 0 and "refused the worker token" in verified.stderr

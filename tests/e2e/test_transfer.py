@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import UNIT, ClusterProcess, http_status, wait_idle, wait_until
+from conftest import (UNIT, ClusterProcess, http_status, upgrade_headers, wait_idle, wait_until,
+                      ws_endpoint)
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -162,9 +163,8 @@ def test_large_arguments_go_through_shared_memory_and_nothing_is_left(cluster_ur
 @contextlib.contextmanager
 def hello(url: str, host: str | None):
     """A raw session on ``url`` from a peer on ``host``: the websocket and its welcome."""
-    with connect(url.replace("http", "ws", 1) + "api/session", open_timeout=T,
-                 max_size=None) as ws:
-        ws.send(p.encode(p.Hello(version=p.VERSION, role="client", host=host)))
+    with connect(ws_endpoint(url), open_timeout=T, max_size=None,
+                 additional_headers=upgrade_headers(url, host=host)) as ws:
         yield ws, p.decode(ws.recv(T))
 
 
