@@ -36,6 +36,8 @@ from .workers import WorkerPool
 
 log = logging.getLogger("cluster")
 JOIN_TIMEOUT = 60.0
+#: Seconds after a peer's connection ends to look again for the names of dead writers.
+SWEEP_AGAIN = 1.0
 
 
 @dataclasses.dataclass
@@ -128,8 +130,22 @@ class Coordinator:
 
     def shm_for(self, hello: p.Hello) -> shared_memory.Directory | None:
         """The shared-memory directory for the peer that said ``hello``, if it is on this
-        machine."""
-        return self.shm if hello.host is not None and hello.host == self.host else None
+        machine: a view of its own, which reclaims what the peer never took."""
+        if self.shm is None or hello.host is None or hello.host != self.host:
+            return None
+        return self.shm.for_peer()
+
+    def connection_ended(self, link) -> None:
+        """A peer's connection ended: unlink the shared buffers no message will take any
+        more (``pyfora.shared_memory``): those written for ``link``'s peer, if it has
+        ended for good (a session may be resumed), and those whose writer died."""
+        if link.shm is not None and link.closed:
+            link.shm.reclaim()
+        if self.shm is not None:
+            self.shm.sweep()
+            # Again a little later: a killed peer's socket is closed before its process
+            # is seen to be dead, so the first sweep may still take it for alive.
+            asyncio.get_running_loop().call_later(SWEEP_AGAIN, self.shm.sweep)
 
     def welcome(self, session: str, shm: shared_memory.Directory | None) -> p.Welcome:
         return p.Welcome(session=session, workers=len(self.dispatcher.workers),
@@ -187,7 +203,7 @@ class Coordinator:
         are handed over in memory (``cluster.in_process``). Returns the client's end of
         the connection and its welcome."""
         client, server = in_process.pair()
-        session = ClientSession(server, self, self.shm)
+        session = ClientSession(server, self, self.shm.for_peer() if self.shm else None)
         self.resumable[session.resume_token] = session
         serving = asyncio.ensure_future(self._serve(session, server))
         self._local.add(serving)
@@ -201,10 +217,13 @@ class Coordinator:
         finally:
             if session.ws is ws:        # else a resume has replaced this socket
                 self.sessions.discard(session)
+            self.connection_ended(session)
 
     def session_ended(self, session: ClientSession) -> None:
         self.sessions.discard(session)
         self.resumable.pop(session.resume_token, None)
+        if session.shm is not None:     # ended for good: what it never took, it never will
+            session.shm.reclaim()
 
     async def worker_handler(self, request: web.Request) -> web.StreamResponse:
         def welcome(ws: web.WebSocketResponse, hello: p.Hello) -> p.Welcome | p.Error:
@@ -232,6 +251,7 @@ class Coordinator:
                 why = ("the worker disconnected: its process ended, or the network between "
                        "it and the coordinator failed")
             self.dispatcher.worker_lost(worker, why)
+            self.connection_ended(worker)
         return ws
 
     async def close_sessions(self) -> None:

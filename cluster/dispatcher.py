@@ -20,6 +20,13 @@ with ``cpus`` (busy workers).
 A ``map``'s counts of elements done (``progress``, from its task and from its running
 pieces) are summed here and forwarded to the session that submitted it.
 
+A worker is trusted with what it was given, and nothing more: it may report (``done``,
+``output``, ``progress``) only on tasks it holds (its window: given to it, not finished),
+and fetch (``get``) only objects that are inputs of those tasks. Anything else is
+refused (a request) or logged and dropped (a push), so a worker that misbehaves, or a
+connection that only claims to be one, cannot finish, write to or read another session's
+tasks and objects.
+
 A task whose worker dies fails with a ``WorkerCrashedError`` saying why, or is queued
 again if it was submitted with ``retries``. The tasks queued behind it in the worker's
 window never started (the worker writes a task's ``done`` before it starts the next), so
@@ -35,16 +42,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import logging
 import time
 from typing import Any
 
 from pyfora import protocol as p
-from pyfora.errors import PyforaUsageError, WorkerCrashedError
+from pyfora.errors import ProtocolError, PyforaUsageError, WorkerCrashedError
 
 from .backend import Backend
 from .lineage import CRASHED, Rebuilder, crash_error, is_lost
 from .store import ObjectRecord, ObjectStore
 
+log = logging.getLogger("cluster")
 
 @dataclasses.dataclass(eq=False)
 class Task:
@@ -243,11 +252,29 @@ class Dispatcher(Backend):
             self.crashed(tasks[0], error)
         self.schedule()
 
-    def task_done(self, worker: Any, msg: p.Done) -> None:
-        window = self.windows.get(worker)
-        task = window.pop(msg.id, None) if window is not None else None
+    def check_get(self, worker: Any, oid: int) -> None:
+        """May ``worker`` fetch object ``oid``? Only as an input of a task it holds.
+
+        Raises:
+            ProtocolError: it may not.
+        """
+        if not any(oid in task.deps for task in self.windows.get(worker, {}).values()):
+            raise ProtocolError(f"object {oid} is not an input of a task given to this "
+                                "worker: a worker fetches only its tasks' inputs")
+
+    def _held_by(self, worker: Any, tid: int, op: str) -> Task | None:
+        """Task ``tid`` if ``worker`` holds it; else None, and the push is logged."""
+        task = self.windows.get(worker, {}).get(tid)
         if task is None:
+            log.warning("%s sent %s for task %d, which it was not given: dropped",
+                        worker.name, op, tid)
+        return task
+
+    def task_done(self, worker: Any, msg: p.Done) -> None:
+        if self._held_by(worker, msg.id, "done") is None:
             return
+        window = self.windows[worker]
+        task = window.pop(msg.id)
         if worker.task is task:
             now = time.monotonic()
             if self.limits.get(worker):
@@ -269,16 +296,16 @@ class Dispatcher(Backend):
             self._finish(task, msg, holder=worker)
         self.schedule()
 
-    def task_output(self, msg: p.Output) -> None:
-        task = self.tasks.get(msg.id)
+    def task_output(self, worker: Any, msg: p.Output) -> None:
+        task = self._held_by(worker, msg.id, "output")
         if task is not None and not task.cancelled and task.output is not None:
             session, request_id = task.output
             session.send(p.Output(id=request_id, stream=msg.stream, text=msg.text))
 
-    def task_progress(self, msg: p.Progress) -> None:
+    def task_progress(self, worker: Any, msg: p.Progress) -> None:
         """A map's count of elements done, from its task or from one of its pieces (see
         ``Backend._count``)."""
-        task = self.tasks.get(msg.target)
+        task = self._held_by(worker, msg.target, "progress")
         root = task.parent if task is not None and task.piece else task
         if (task is None or task.cancelled or root is None or root.piece or root.cancelled
                 or root.rebuild is not None or root.request_id <= 0

@@ -1,4 +1,6 @@
-"""The coordinator's handler for one worker connection (``/api/worker``).
+"""The coordinator's handler for one worker connection (``/api/worker``). What a worker
+may send is checked against what it was given by the dispatcher (``check_get``, and
+its handling of ``done``, ``output`` and ``progress``).
 
 Runs on the coordinator's event loop.
 """
@@ -28,12 +30,13 @@ class WorkerLink(Link):
             case p.Done():
                 self.dispatcher.task_done(self, message)
             case p.Output():
-                self.dispatcher.task_output(message)
+                self.dispatcher.task_output(self, message)
             case p.Progress():
-                self.dispatcher.task_progress(message)
+                self.dispatcher.task_progress(self, message)
             case p.Value() | p.Error():
                 self.reply(message)
             case p.Get():
+                self.dispatcher.check_get(self, message.oid)    # else its error is the reply
                 self.spawn(self._get(message))
             case p.Piece():
                 self.dispatcher.piece(self, message)

@@ -350,7 +350,7 @@ def to_frames(message: Message, shm: Directory | None = None) -> list:
             got += _nbytes(pieces[-1])
         if len(pieces) == 1 and isinstance(pieces[0], Shared):
             if shm is not None:
-                oob.append([size, writable, pieces[0].link()])
+                oob.append([size, writable, shm.link(pieces[0])])
                 continue
             pieces = [pieces[0].read()]     # to another machine
         elif shm is not None and size >= SHARED_MIN_SIZE and len(pieces) == 1:

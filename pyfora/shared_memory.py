@@ -14,35 +14,57 @@ until it is written to).
 Who owns a name: its receiver. A client or a worker takes a buffer (``Directory.take``)
 as its envelope arrives and unlinks the name at once; the coordinator keeps it as a
 ``Shared``, which unlinks it once nothing refers to it (a task's payload is kept until
-the task has finished, to run it again if its worker dies). A name whose message never
-arrived (its connection broke for good) stays until the coordinator stops and removes the
-directory; the directory of a coordinator that was killed is removed by the next one to
-start on the machine (it holds a lock on its ``.lock`` file while it lives).
+the task has finished, to run it again if its worker dies). A name's first part is the
+pid of the process that wrote it. Names whose message is never taken are reclaimed by
+the coordinator, by who was to take them:
+
+* Written by the coordinator for a peer: each peer's link has a view of the directory
+  (``for_peer``) that remembers the names written through it, and when the peer's
+  connection ends for good (a worker's, or a session's once it cannot be resumed: until
+  then a resume sends those names again) the names it never took are unlinked
+  (``reclaim``).
+* Written by a peer for the coordinator, whose message never arrived (the writer was
+  killed mid-message, or its connection broke and it did not resume): the coordinator
+  never learns such a name, so whenever a peer's connection ends it unlinks the names
+  whose writer is dead and which it does not hold (``sweep``). A live writer's may
+  still come, sent again by a resume. A message still on its way from a writer that has
+  just died may find its buffer gone: it fails as a protocol error, on a connection
+  that is ending anyway.
+
+Whatever is left (a coordinator killed) goes with the directory: the coordinator removes
+it when it stops, and the directory of a coordinator that was killed is removed by the
+next one to start on the machine (it holds a lock on its ``.lock`` file while it lives).
+That start-up sweep touches only real directories owned by this user and writable by
+nobody else, opened without following links, and removes their entries through that
+open directory, never by a path another user could redirect (``/dev/shm`` is shared by
+every user of the machine; its sticky bit keeps them from renaming or removing our
+entries, not from planting their own).
 
 Peers share a machine when their ``host_id`` is equal: the same boot, the same
-``/dev/shm`` mount and the same user (files are created ``0600``). Without ``/dev/shm``
-(not Linux), or when writing fails (a full tmpfs: a container's default is 64 MB), buffers
-go over the websocket as before.
+``/dev/shm`` mount, the same user (directories are created ``0700``, files ``0600``) and
+the same pid namespace (the pids in names must mean the same processes to every peer).
+Without ``/dev/shm`` (not Linux), or when writing fails (a full tmpfs: a container's
+default is 64 MB), buffers go over the websocket as before.
 
 Why files and not ``multiprocessing.shared_memory``: that module maps a segment to write
 it, and writing through a fresh mapping page-faults on every page (0.8 GB/s here against
 2 GB/s for ``os.write`` into the file), and its resource tracker unlinks segments when
 the creating process exits, even those handed to another process.
 
-Runs on any thread.
+Runs on any thread; a coordinator's directory and its views (``for_peer``), which keep
+what it holds and wrote, on its event loop.
 """
 
 from __future__ import annotations
 
 import ctypes
 import fcntl
-import glob
 import itertools
 import mmap
 import os
 import re
 import secrets
-import shutil
+import stat
 import tempfile
 import weakref
 
@@ -61,9 +83,10 @@ def host_id() -> str | None:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
         root = os.stat(ROOT)
+        pids = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return None
-    return f"{boot}:{root.st_dev}:{root.st_ino}:{os.getuid()}"
+    return f"{boot}:{root.st_dev}:{root.st_ino}:{os.getuid()}:{pids}"
 
 
 class Directory:
@@ -72,6 +95,11 @@ class Directory:
     def __init__(self, path: str, lock: int | None = None) -> None:
         self.path = path
         self._lock = lock       # the coordinator's: held while it lives
+        # The coordinator's, shared by its views: the names it holds, as ``Shared``s.
+        self._held: weakref.WeakValueDictionary[str, Shared] | None = None
+        # A view's (``for_peer``): the names written through it, for its peer to take.
+        self._written: set[str] | None = None
+        self._prune_at = _PRUNE_AT
 
     @classmethod
     def create(cls) -> Directory | None:
@@ -79,32 +107,119 @@ class Directory:
         removing those of coordinators that died without removing theirs."""
         if host_id() is None:
             return None
-        for stale in glob.glob(os.path.join(ROOT, "pyfora-*")):
-            if (lock := _lock(stale)) is not None:
-                shutil.rmtree(stale, ignore_errors=True)
-                os.close(lock)
-        # Locked before it gets the name the sweep above looks for.
         try:
-            made = tempfile.mkdtemp(prefix=".pyfora-", dir=ROOT)
+            root = os.open(ROOT, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return None
-        lock = _lock(made)
-        path = os.path.join(ROOT, os.path.basename(made)[1:])
-        os.rename(made, path)
-        return cls(path, lock)
+        try:
+            _remove_stale(root)
+            return cls._make(root)
+        finally:
+            os.close(root)
+
+    @classmethod
+    def _make(cls, root: int) -> Directory | None:
+        try:
+            made = os.path.basename(tempfile.mkdtemp(prefix=".pyfora-", dir=ROOT))  # 0700
+        except OSError:
+            return None
+        name = made[1:]
+        fd = _open_own(root, made)
+        if fd is None:
+            return None
+        try:
+            # Locked before it gets the name the start-up sweep looks for.
+            lock = _lock(fd)
+            if lock is None:
+                return None
+            try:
+                os.rename(made, name, src_dir_fd=root, dst_dir_fd=root)
+                there = os.stat(name, dir_fd=root, follow_symlinks=False)
+            except OSError:
+                os.close(lock)
+                return None
+            here = os.fstat(fd)
+            if (there.st_dev, there.st_ino) != (here.st_dev, here.st_ino):
+                os.close(lock)      # not ours under that name after all: leave it
+                return None
+        finally:
+            os.close(fd)
+        directory = cls(os.path.join(ROOT, name), lock)
+        directory._held = weakref.WeakValueDictionary()
+        return directory
 
     @classmethod
     def offered(cls, path: str | None) -> Directory | None:
         """The directory a coordinator's ``welcome`` offers, if it is one (a coordinator
-        must not make a client write or unlink files anywhere else)."""
-        if (path and os.path.dirname(path) == ROOT
-                and os.path.basename(path).startswith("pyfora-") and os.path.isdir(path)):
-            return cls(path)
-        return None
+        must not make a client write or unlink files anywhere else): in ``ROOT``, named
+        as a coordinator names its own, a real directory of this user that nobody else
+        may write to."""
+        if not (path and os.path.dirname(path) == ROOT
+                and os.path.basename(path).startswith("pyfora-")):
+            return None
+        try:
+            root = os.open(ROOT, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fd = _open_own(root, os.path.basename(path))
+        finally:
+            os.close(root)
+        if fd is None:
+            return None
+        os.close(fd)
+        return cls(path)
+
+    def for_peer(self) -> Directory:
+        """A view of the coordinator's directory for one peer's link: it remembers the
+        names written through it (``put``, ``link``), which are the peer's to take, so
+        that ``reclaim`` can unlink those it never took."""
+        view = Directory(self.path)
+        view._held = self._held
+        view._written = set()
+        return view
+
+    def reclaim(self) -> None:
+        """Unlink the names written through this view that its peer has not taken (its
+        connection has ended for good: it never will)."""
+        written, self._written = self._written or set(), set()
+        for name in written:
+            _unlink(os.path.join(self.path, name))
+
+    def sweep(self) -> list[str]:
+        """Unlink the names written by processes that are dead, which the coordinator
+        does not hold (their messages never arrived, and never will); return them. Names
+        written by this process are left to ``reclaim``."""
+        held = self._held if self._held is not None else {}
+        mine = os.getpid()
+        swept = []
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return swept
+        for name in names:
+            if not _NAME.match(name) or name in held:
+                continue
+            writer = int(name.split("-", 1)[0])
+            if writer != mine and not _alive(writer):
+                _unlink(os.path.join(self.path, name))
+                swept.append(name)
+        return swept
 
     def remove(self) -> None:
         """Remove the directory and whatever was left in it."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        parent, name = os.path.split(self.path)
+        try:
+            root = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            root = None
+        if root is not None:
+            try:
+                fd = _open_own(root, name)
+                if fd is not None:
+                    _clear(root, name, fd)
+            finally:
+                os.close(root)
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -141,7 +256,25 @@ class Directory:
             return None
         finally:
             os.close(fd)
+        self._wrote(name)
         return name
+
+    def link(self, shared: Shared) -> str:
+        """A new name for the file ``shared`` holds, for this view's peer to take."""
+        name = _new_name()
+        os.link(shared.directory._path(shared.name), self._path(name))
+        self._wrote(name)
+        return name
+
+    def _wrote(self, name: str) -> None:
+        if self._written is None:
+            return
+        self._written.add(name)
+        if len(self._written) >= self._prune_at:
+            # Most were taken long ago: forget those, so a long-lived peer's set stays small.
+            self._written = {n for n in self._written
+                             if os.path.lexists(os.path.join(self.path, n))}
+            self._prune_at = max(_PRUNE_AT, 2 * len(self._written))
 
     def take(self, name: str, size: int, writable: bool):
         """The buffer written to ``name`` (``size`` bytes), which is unlinked: ``bytes``,
@@ -167,7 +300,10 @@ class Directory:
 
     def keep(self, name: str) -> Shared:
         """The coordinator's hold on a received ``name`` (see ``Shared``)."""
-        return Shared(self, name, os.stat(self._path(name)).st_size)
+        shared = Shared(self, name, os.stat(self._path(name)).st_size)
+        if self._held is not None:
+            self._held[name] = shared
+        return shared
 
     def _path(self, name: str) -> str:
         if not _NAME.match(name):      # a peer must not name any other file
@@ -177,7 +313,7 @@ class Directory:
 
 class Shared:
     """A buffer the coordinator holds in a file of its directory: relayed by hard links
-    (``link``) or read (``read``, for a peer on another machine); the file is unlinked
+    (``Directory.link``) or read (``read``, for a peer on another machine); the file is unlinked
     when the ``Shared`` is garbage."""
 
     __slots__ = ("directory", "name", "nbytes", "__weakref__")
@@ -185,12 +321,6 @@ class Shared:
     def __init__(self, directory: Directory, name: str, nbytes: int) -> None:
         self.directory, self.name, self.nbytes = directory, name, nbytes
         weakref.finalize(self, _unlink, directory._path(name))
-
-    def link(self) -> str:
-        """A new name for the same file, for the receiver to own."""
-        name = _new_name()
-        os.link(self.directory._path(self.name), self.directory._path(name))
-        return name
 
     def read(self) -> bytes:
         fd = os.open(self.directory._path(self.name), os.O_RDONLY)
@@ -259,11 +389,66 @@ def _new_name() -> str:
     return f"{os.getpid()}-{next(_counter)}-{secrets.token_hex(4)}"
 
 
-def _lock(directory: str) -> int | None:
-    """An exclusive lock on ``directory``'s ``.lock`` file (None: another process holds
-    it, or it cannot be had)."""
+#: Names a view remembers before it forgets those already taken.
+_PRUNE_AT = 256
+
+
+def _open_own(root: int, name: str) -> int | None:
+    """``name`` in the directory ``root``, opened, if it is a real directory (not a link
+    to one) of this user that nobody else may write to; else None."""
     try:
-        fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=root)
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    if (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+            and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _remove_stale(root: int) -> None:
+    """Remove the directories in ``root`` of coordinators that died (see the module
+    docstring for which it touches)."""
+    for name in os.listdir(root):
+        if not name.startswith("pyfora-"):
+            continue
+        fd = _open_own(root, name)
+        if fd is None:
+            continue
+        try:
+            lock = _lock(fd)
+            if lock is not None:
+                _clear(root, name, fd)
+                os.close(lock)
+        finally:
+            os.close(fd)
+
+
+def _clear(root: int, name: str, fd: int) -> None:
+    """Unlink the entries of the open directory ``fd`` (``name`` in ``root``), then the
+    directory. Through ``fd``: a path could be redirected meanwhile, the open directory
+    cannot. ``unlink`` never follows a link; a subdirectory (none of ours) is left, and
+    so is the directory then."""
+    for entry in os.listdir(fd):
+        try:
+            os.unlink(entry, dir_fd=fd)
+        except OSError:
+            pass
+    try:
+        os.rmdir(name, dir_fd=root)
+    except OSError:
+        pass
+
+
+def _lock(directory: int) -> int | None:
+    """An exclusive lock on the ``.lock`` file of the open ``directory`` (None: another
+    process holds it, or it cannot be had)."""
+    try:
+        fd = os.open(".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=directory)
     except OSError:
         return None
     try:
@@ -272,6 +457,18 @@ def _lock(directory: str) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet waited for, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            info = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True         # unknown: keep its names
+    return info.rpartition(b")")[2].split()[:1] != [b"Z"]
 
 
 def _unlink(path: str) -> None:

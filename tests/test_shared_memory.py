@@ -2,10 +2,12 @@
 (Buffers through it: ``test_protocol.py`` and ``e2e/test_transfer.py``.)"""
 
 import os
+import stat
 import subprocess
 import sys
 
 import pytest
+from conftest import UNIT, wait_until
 
 from pyfora import shared_memory
 
@@ -52,3 +54,137 @@ def test_a_client_takes_only_a_coordinators_directory_in_dev_shm(tmp_path):
     for path in (None, "", str(tmp_path), "/etc", "/dev/shm", "/dev/shm/../etc",
                  directory.path):       # removed by now
         assert shared_memory.Directory.offered(path) is None, path
+
+
+# -- the start-up sweep touches only this user's own directories ---------------------------
+
+def planted(tmp_path, name):
+    """A path in ``ROOT`` named as a coordinator names its directory, for a test to plant
+    something at; and a victim directory holding a file, for it to point at."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_bytes(b"theirs")
+    return os.path.join(shared_memory.ROOT, f"pyfora-test{os.getpid()}-{name}"), victim
+
+
+def sweep():
+    """What a coordinator starting now does to ``ROOT`` (and then stops)."""
+    started = shared_memory.Directory.create()
+    assert started is not None
+    started.remove()
+
+
+def test_the_sweep_follows_no_symlink_named_like_a_coordinators_directory(tmp_path):
+    path, victim = planted(tmp_path, "link")
+    os.symlink(victim, path)
+    try:
+        sweep()
+        assert sorted(os.listdir(victim)) == ["precious"], "the sweep wrote or removed there"
+        assert shared_memory.Directory.offered(path) is None, "a client would write there"
+    finally:
+        os.unlink(path)
+
+
+@pytest.mark.parametrize("how", ["another user's", "writable by others"])
+def test_the_sweep_leaves_a_directory_that_is_not_only_ours(tmp_path, how):
+    path, _ = planted(tmp_path, "dir")
+    os.mkdir(path, 0o700)
+    try:
+        with open(os.path.join(path, "1-2-ab"), "wb") as f:
+            f.write(b"theirs")
+        if how == "another user's":
+            os.chown(path, 65534, 65534)     # tests may run as root: ownership is by uid
+        else:
+            os.chmod(path, 0o777)
+        sweep()
+        assert sorted(os.listdir(path)) == ["1-2-ab"], "the sweep wrote or removed there"
+        assert shared_memory.Directory.offered(path) is None, "a client would write there"
+    finally:
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+
+
+def test_the_sweep_removes_a_dead_coordinators_directory_with_what_is_in_it(tmp_path):
+    path, _ = planted(tmp_path, "dead")
+    os.mkdir(path, 0o700)
+    for name in (".lock", "1-2-ab", "3-4-cd"):          # nobody holds the lock
+        with open(os.path.join(path, name), "wb") as f:
+            f.write(b"left behind")
+    sweep()
+    assert not os.path.lexists(path)
+
+
+def test_a_coordinators_directory_is_its_users_alone():
+    directory = shared_memory.Directory.create()
+    try:
+        info = os.lstat(directory.path)
+        assert stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o700
+        assert info.st_uid == os.getuid()
+    finally:
+        directory.remove()
+
+
+# -- names nobody will take are reclaimed ---------------------------------------------------
+
+WRITER = """
+import os, signal, sys
+from pyfora import shared_memory
+name = shared_memory.Directory(sys.argv[1]).put(b"x" * 4096)
+print(name, flush=True)
+os.kill(os.getpid(), signal.SIGKILL if sys.argv[2] == "die" else signal.SIGSTOP)
+"""
+
+
+def test_names_written_by_a_dead_process_and_not_held_are_swept():
+    directory = shared_memory.Directory.create()
+    try:
+        names = {}
+        procs = []
+        for fate in ("die", "live"):
+            proc = subprocess.Popen([sys.executable, "-c", WRITER, directory.path, fate],
+                                    stdout=subprocess.PIPE, text=True)
+            procs.append(proc)
+            names[fate] = proc.stdout.readline().strip()
+        procs[0].wait(30 * UNIT)
+        held = directory.for_peer().keep(directory.for_peer().put(b"held" * 1024))
+        mine = directory.for_peer().put(b"mine")      # this process is alive: reclaim's
+        assert directory.sweep() == [names["die"]]
+        assert sorted(os.listdir(directory.path)) == sorted(
+            [".lock", names["live"], held.name, mine])
+        procs[1].kill()
+        procs[1].wait(30 * UNIT)
+        wait_until(lambda: names["live"] in directory.sweep(), 10 * UNIT,
+                   "the name of the writer that was killed to be swept")
+        assert sorted(os.listdir(directory.path)) == sorted([".lock", held.name, mine])
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(30 * UNIT)
+        directory.remove()
+
+
+def test_names_written_for_a_peer_are_reclaimed_when_it_is_gone():
+    directory = shared_memory.Directory.create()
+    try:
+        peer, other = directory.for_peer(), directory.for_peer()
+        held = directory.for_peer().keep(directory.for_peer().put(b"h" * 100))
+        taken, left, linked = peer.put(b"a"), peer.put(b"b"), peer.link(held)
+        kept = other.put(b"c")
+        directory.take(taken, 1, writable=False)
+        peer.reclaim()
+        assert sorted(os.listdir(directory.path)) == sorted([".lock", held.name, kept])
+        assert left and linked
+    finally:
+        directory.remove()
+
+
+def test_a_view_forgets_the_names_its_peer_took():
+    directory = shared_memory.Directory.create()
+    try:
+        peer = directory.for_peer()
+        for _ in range(3 * shared_memory._PRUNE_AT):
+            directory.take(peer.put(b"x"), 1, writable=False)
+        assert len(peer._written) < shared_memory._PRUNE_AT
+    finally:
+        directory.remove()

@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import (UNIT, ClusterProcess, http_status, upgrade_headers, wait_idle, wait_until,
-                      ws_endpoint)
+from conftest import (UNIT, ClusterProcess, http_status, messages_of, upgrade_headers, wait_idle,
+                      wait_until, ws_endpoint)
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -193,3 +196,58 @@ def test_a_bad_shared_buffer_closes_that_connection_only(cluster_url, host, name
     assert os.path.exists("/etc/passwd")
     with pyfora.connect(cluster_url) as ex:            # others carry on
         assert ex.submit(len, b"x" * (2 * MB)).result(T).toLocal().result(T) == 2 * MB
+
+
+# -- buffers nobody will take are reclaimed (``shared_memory``: who owns a name) ------------
+
+KILLED_CLIENT = """
+import os, signal, sys
+sys.path[:0] = sys.argv[2:]
+from test_transfer import hello
+from pyfora import shared_memory
+with hello(sys.argv[1], shared_memory.host_id()) as (ws, welcome):
+    name = shared_memory.Directory.offered(welcome.shm).put(b"x" * (2 << 20))
+    print(name, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)    # before the message naming it is sent
+"""
+
+
+def shm_files(cluster_url) -> int:
+    return http_status(cluster_url)["shared_memory"]["files"]
+
+
+def test_a_buffer_written_by_a_client_killed_before_sending_it_is_reclaimed(cluster_url):
+    wait_idle(cluster_url)
+    here = os.path.dirname(__file__)
+    killed = subprocess.run([sys.executable, "-c", KILLED_CLIENT, cluster_url, here,
+                             os.path.dirname(here)],
+                            capture_output=True, text=True, timeout=T)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert shared_memory._NAME.match(killed.stdout.strip()), killed.stdout
+    wait_until(lambda: shm_files(cluster_url) == 0, 10 * UNIT,
+               lambda: f"the killed client's buffer to be reclaimed: {shm_files(cluster_url)}")
+
+
+def test_a_buffer_written_for_a_client_that_never_took_it_is_reclaimed(cluster_url):
+    wait_idle(cluster_url)
+    with hello(cluster_url, shared_memory.host_id()) as (ws, welcome):
+        name = shared_memory.Directory.offered(welcome.shm).put(b"d" * (2 * MB))
+        ws.send(p.encode(p.Define(id=1, payload=b"not decoded here",
+                                  oob=[[2 * MB, False, name]])))
+        done = next_reply(ws, 1)
+        assert isinstance(done, p.Done) and done.error is None, done
+        ws.send(p.encode(p.Fetch(id=2, oid=done.oid)))
+        value = next_reply(ws, 2)
+        # The coordinator linked a name for us, which we leave untaken.
+        assert isinstance(value, p.Value) and len(value.oob[0]) == 3, value
+        assert shm_files(cluster_url) == 2         # the defined value's, and the link
+    wait_until(lambda: shm_files(cluster_url) == 0, 10 * UNIT,
+               lambda: f"the untaken buffer to be reclaimed: {shm_files(cluster_url)}")
+
+
+def next_reply(ws, request_id: int):
+    """The next message with ``request_id`` a raw session receives (pushes skipped)."""
+    while True:
+        for message in messages_of(ws.recv(T)):
+            if getattr(message, "id", None) == request_id:
+                return message
