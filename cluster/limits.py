@@ -65,25 +65,32 @@ class CountedReplay(p.Replay):
         super().__init__()
         self.bytes = 0
         self.fetched = 0
-        self._sizes: collections.deque[tuple[int, bool]] = collections.deque()
+        # Of each message kept: its size, negated for a fetched value (a tuple per
+        # message would cost more on every send; a fetched value of 0 bytes counts as
+        # either).
+        self._sizes: collections.deque[int] = collections.deque()
 
     def record(self, frames: list, size: int = 0, fetched: bool = False) -> None:
         """Keep a message (``to_frames``) of ``size`` bytes on the wire, its buffers in
         shared memory included; ``fetched``: the reply to a ``fetch``."""
-        super().record(frames)
-        self._sizes.append((size, fetched))
+        # ``Replay.record``'s two lines, not a call to it: this is on every send.
+        self.sent += 1
+        self._unacked.append(frames)
         self.bytes += size
         if fetched:
             self.fetched += size
+            size = -size
+        self._sizes.append(size)
 
     def acked(self, count: int) -> None:
         first = self.sent - len(self)
         super().acked(count)
         for _ in range(count - first):
-            size, fetched = self._sizes.popleft()
+            size = self._sizes.popleft()
+            if size < 0:
+                self.fetched += size
+                size = -size
             self.bytes -= size
-            if fetched:
-                self.fetched -= size
 
     @property
     def others(self) -> int:

@@ -54,7 +54,8 @@ class ClientSession(Link):
         self.resume_token = secrets.token_urlsafe(32)
         self.config = coordinator.config
         self.replay = limits.CountedReplay()
-        self.window = limits.Window(self.replay, self.config.max_unacked_bytes)
+        self._max_unacked = self.config.max_unacked_bytes
+        self.window = limits.Window(self.replay, self._max_unacked)
         self.attached = True            # a socket is connected to it
         self._expiry: asyncio.TimerHandle | None = None
 
@@ -66,10 +67,14 @@ class ClientSession(Link):
         if not self.attached and isinstance(message, p.Info) and message.id == 0:
             return      # load pushes are stale by the time it resumes: not worth keeping
         frames = p.to_frames(message, self.shm)
-        self.replay.record(frames, p.message_size(message, len(frames[0])), fetched)
+        # Its size on the wire, buffers in shared memory included (``p.message_size``).
+        oob = getattr(message, "oob", None)
+        size = len(frames[0]) + sum([entry[0] for entry in oob]) if oob else len(frames[0])
+        replay = self.replay
+        replay.record(frames, size, fetched)
         if self.attached:
             self._sender.send(frames)
-        if self.replay.others > self.config.max_unacked_bytes:
+        if replay.bytes - replay.fetched > self._max_unacked:
             self._close_over_limit()
 
     def arrived(self, message: p.Message | None, size: int) -> None:
