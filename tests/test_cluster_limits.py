@@ -1,5 +1,6 @@
 """``cluster/limits.py`` with no I/O: the byte counts of ``CountedReplay`` and the turns
-of ``Window``."""
+of ``Window``. (Not ``test_limits.py``: pytest needs basenames apart from
+``e2e/test_limits.py``.)"""
 
 import asyncio
 
