@@ -111,6 +111,7 @@ class ClientSession(Link):
         self.attached = True
         for frames in missed:
             self._sender.send(frames)
+        self.window.wake()      # what the client had received is forgotten: room for fetches
         if not old.closed:      # a half-open socket the client has given up on
             self.spawn(old.close(code=WSCloseCode.GOING_AWAY, message=b"session resumed"))
         log.info("%s resumed; %d messages sent again", self.name, len(missed))
