@@ -162,6 +162,17 @@ async def test_fetching_without_acknowledging_holds_at_most_the_limit(limited):
         await client.ws.close()
 
 
+async def test_a_client_that_acknowledges_gets_more_than_the_limit_at_once(limited):
+    """Flow control, not refusal: ten fetches of 10 MiB at once, and one value larger than
+    the limit, all come (each waits its turn for the acknowledgements)."""
+    async with aio.connect(limited.url) as ex:
+        value = await ex.submit(bytes, VALUE)
+        got = await asyncio.wait_for(asyncio.gather(*(value.toLocal() for _ in range(10))), T)
+        assert [len(v) for v in got] == [VALUE] * 10
+        large = await ex.submit(bytes, UNACKED + VALUE)
+        assert len(await asyncio.wait_for(large.toLocal(), T)) == UNACKED + VALUE
+
+
 async def test_files_in_shared_memory_held_for_a_client_count_too(limited_shm):
     """Values for a client on this machine go as files in /dev/shm; one that never takes
     them (nor acknowledges) leaves at most the limit there."""
