@@ -21,6 +21,7 @@ from pyfora import local_tokens
 
 from . import loop_factory
 from .app import Config, start_cluster
+from .limits import MIN_UNACKED_BYTES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,6 +93,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="how long a client whose connection broke has to reconnect "
                              "and resume its session before everything it held is "
                              "released (default 30; 0: release at once)")
+    limits = parser.add_argument_group(
+        "limits per client",
+        "What one client may make the coordinator hold. A request over a limit fails\n"
+        "with ResourceLimitError naming its flag; the session goes on.")
+    limits.add_argument("--max-sessions", type=int, default=1000, metavar="N",
+                        help="client sessions at once, those kept for a client to resume "
+                             "included; one more is refused (default 1000)")
+    limits.add_argument("--max-session-bytes", type=parse_size, default=8 << 30,
+                        metavar="SIZE",
+                        help="bytes of the values one session has defined that the "
+                             "coordinator holds; a define over it is refused (default 8GiB)")
+    limits.add_argument("--max-queued-tasks", type=int, default=1_000_000, metavar="N",
+                        help="tasks one session has queued or running; a submit over it is "
+                             "refused (default 1000000)")
+    limits.add_argument("--max-unacked-bytes", type=parse_size, default=256 << 20,
+                        metavar="SIZE",
+                        help="bytes of replies sent to one session that its client has not "
+                             "acknowledged (kept to send again if the connection breaks): "
+                             "fetches wait for room under it; a session whose other replies "
+                             "go over it is closed (default 256MiB, at least 4MiB)")
     parser.add_argument("--log-level", default="WARNING",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="what the coordinator logs to stderr (default WARNING)")
@@ -102,6 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--max-unauthenticated and --auth-timeout must be positive")
     if args.workers is not None and args.workers < 0:
         parser.error(f"--workers must be 0 or more, not {args.workers}")
+    for flag in ("max_sessions", "max_queued_tasks"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be 1 or more")
+    if args.max_unacked_bytes < MIN_UNACKED_BYTES:
+        parser.error(f"--max-unacked-bytes must be at least {MIN_UNACKED_BYTES >> 20}MiB: a "
+                     "client acknowledges what it received every MiB")
     if args.scheduler and args.backend != "dask":
         parser.error("--scheduler is the Dask scheduler: use it with --backend dask")
     if args.backend == "dask" and not args.scheduler and args.workers == 0:
@@ -187,7 +214,10 @@ def main(argv: list[str] | None = None) -> None:
                     certfile=args.certfile, keyfile=args.keyfile,
                     memory_limit=args.memory_limit, session_grace=args.session_grace,
                     backend=args.backend, scheduler=args.scheduler,
-                    shared_memory=args.shared_memory)
+                    shared_memory=args.shared_memory, max_sessions=args.max_sessions,
+                    max_session_bytes=args.max_session_bytes,
+                    max_queued_tasks=args.max_queued_tasks,
+                    max_unacked_bytes=args.max_unacked_bytes)
     if args.max_frame is not None:
         config.max_frame = args.max_frame
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

@@ -21,13 +21,14 @@ from aiohttp import WSCloseCode, web
 
 from pyfora import protocol as p
 from pyfora import shared_memory
-from pyfora.errors import ProtocolError, PyforaUsageError
+from pyfora.errors import ProtocolError, PyforaUsageError, ResourceLimitError
 
 from . import dashboard, in_process
 from .auth import AccessLogger, Doors, is_loopback, new_token, served_names, server_context
 from .backend import Backend
 from .dispatcher import Dispatcher
 from .guard import Guard, GuardedSite
+from .limits import check_session_count
 from .link import accept
 from .session import ClientSession
 from .store import ObjectStore
@@ -58,7 +59,9 @@ class Config:
     coordinator's own, or ``"dask"``, the Dask cluster whose scheduler is at
     ``scheduler`` (a local one of ``workers`` processes when None; ``dask_backend``).
     ``shared_memory``: clients and workers on this machine hand large buffers over
-    through ``/dev/shm`` (``pyfora.shared_memory``).
+    through ``/dev/shm`` (``pyfora.shared_memory``). ``max_sessions``,
+    ``max_session_bytes``, ``max_queued_tasks`` and ``max_unacked_bytes`` bound what
+    clients may make the coordinator hold (``cluster.limits``).
     """
     host: str = "127.0.0.1"
     port: int = 8000
@@ -78,6 +81,10 @@ class Config:
     backend: str = "pool"
     scheduler: str | None = None
     shared_memory: bool = True
+    max_sessions: int = 1000
+    max_session_bytes: int = 8 << 30       # defined values, per session
+    max_queued_tasks: int = 1_000_000      # queued or running, per session
+    max_unacked_bytes: int = 256 << 20     # replies not acknowledged, per session
 
     def __post_init__(self) -> None:
         if self.workers is None:
@@ -169,11 +176,15 @@ class Coordinator:
 
         def welcome(ws: web.WebSocketResponse, hello: p.Hello) -> p.Welcome | p.Error:
             if hello.resume is None:
+                try:
+                    check_session_count(len(self.resumable), self.config.max_sessions)
+                except ResourceLimitError as exc:
+                    return p.Error(id=0, kind="ResourceLimitError", message=str(exc))
                 session = ClientSession(ws, self, self.shm_for(hello))
                 self.resumable[session.resume_token] = session
             else:
                 found = self.resumable.get(hello.resume)
-                if found is None or self.stopping:
+                if found is None or found.closed or self.stopping:
                     return p.Error(id=0, kind="SessionLost", message=(
                         "the session could not be resumed: it ended (its grace period "
                         "passed, or the cluster restarted)"))

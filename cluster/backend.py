@@ -47,7 +47,7 @@ class Backend:
     def define(self, session: Any, msg: p.Define) -> p.Done:
         size = p.value_size(msg.payload, msg.oob)
         record = ObjectRecord(self.store.new_id(), session, size, msg.type,
-                              data=msg.payload, oob=msg.oob, frames=msg.frames)
+                              data=msg.payload, oob=msg.oob, frames=msg.frames, defined=True)
         self.store.add(record)
         return p.Done(id=msg.id, oid=record.oid, size=record.size, type=record.type,
                       value=msg.payload if size <= p.INLINE_LIMIT and not msg.oob else None)

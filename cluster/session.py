@@ -16,6 +16,11 @@ its objects in the store and the session of its tasks in the dispatcher, so keep
 means neither needs to know about resuming; while detached it is not ``closed``, so
 results are recorded and their replies buffered exactly as if it were connected.
 
+What a session may make the coordinator hold is bounded (``cluster.limits``): its
+requests over a limit fail alone, its fetches wait for room among the replies not yet
+acknowledged, and a session whose other unacknowledged replies go over that limit is
+closed.
+
 Runs on the coordinator's event loop.
 """
 
@@ -32,9 +37,12 @@ from aiohttp import WSCloseCode, web
 from pyfora import protocol as p
 from pyfora.errors import PyforaError
 
+from . import limits
 from .link import Link
 
 log = logging.getLogger("cluster")
+#: Seconds a session closed for a limit has to take the error saying so before the close.
+FLUSH_BEFORE_CLOSE = 5.0
 _names = itertools.count(1)
 
 
@@ -44,19 +52,30 @@ class ClientSession(Link):
         self.coordinator = coordinator
         self.dispatcher = coordinator.dispatcher
         self.resume_token = secrets.token_urlsafe(32)
-        self.replay = p.Replay()
+        self.config = coordinator.config
+        self.replay = limits.CountedReplay()
+        self._max_unacked = self.config.max_unacked_bytes
+        self.window = limits.Window(self.replay, self._max_unacked)
         self.attached = True            # a socket is connected to it
         self._expiry: asyncio.TimerHandle | None = None
 
-    def send(self, message: p.Message) -> None:
+    def send(self, message: p.Message, fetched: bool = False) -> None:
+        """Send ``message`` (``fetched``: the value a ``fetch`` asked for), and keep it
+        until the client acknowledges it."""
         if self.closed:
             return
         if not self.attached and isinstance(message, p.Info) and message.id == 0:
             return      # load pushes are stale by the time it resumes: not worth keeping
         frames = p.to_frames(message, self.shm)
-        self.replay.record(frames)
+        # Its size on the wire, buffers in shared memory included (``p.message_size``).
+        oob = getattr(message, "oob", None)
+        size = len(frames[0]) + sum([entry[0] for entry in oob]) if oob else len(frames[0])
+        replay = self.replay
+        replay.record(frames, size, fetched)
         if self.attached:
             self._sender.send(frames)
+        if replay.bytes - replay.fetched > self._max_unacked:
+            self._close_over_limit()
 
     def arrived(self, message: p.Message | None, size: int) -> None:
         if isinstance(message, p.Ack):
@@ -92,6 +111,7 @@ class ClientSession(Link):
         self.attached = True
         for frames in missed:
             self._sender.send(frames)
+        self.window.wake()      # what the client had received is forgotten: room for fetches
         if not old.closed:      # a half-open socket the client has given up on
             self.spawn(old.close(code=WSCloseCode.GOING_AWAY, message=b"session resumed"))
         log.info("%s resumed; %d messages sent again", self.name, len(missed))
@@ -113,21 +133,50 @@ class ClientSession(Link):
         """Cancel everything the session queued or ran, release everything it held."""
         if self.closed:
             return
+        self.closed = True
+        self._release()
+
+    def _release(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        self.closed = True
         self.attached = False
+        self.window.close()
         self.coordinator.session_ended(self)
         self.dispatcher.session_closed(self)
+
+    def _close_over_limit(self) -> None:
+        """Its client reads replies without acknowledging them: end the session, telling
+        it why (an ``error``, then the close reason)."""
+        error = limits.too_many_unacked(self.replay.others, self.config.max_unacked_bytes)
+        log.warning("%s: %s", self.name, error)
+        self.closed = True      # nothing more is sent or kept from here
+        # The rest later: this runs inside the dispatcher's loops over its sessions.
+        asyncio.get_running_loop().call_soon(self._release)
+        if self.attached:
+            self._sender.send([p.encode(p.Error(id=0, kind=type(error).__name__,
+                                                message=str(error)))])
+            self.spawn(self._close_socket(self.ws, self._sender))
+
+    @staticmethod
+    async def _close_socket(ws: web.WebSocketResponse, sender) -> None:
+        try:
+            await asyncio.wait_for(sender.wait(), FLUSH_BEFORE_CLOSE)
+        except asyncio.TimeoutError:
+            pass        # it does not read either: the reason is in the close frame
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=limits.UNACKED_CLOSE_REASON)
 
     # -- requests ---------------------------------------------------------------------
 
     def handle(self, message: p.Message) -> None:
         match message:
             case p.Submit():
+                limits.check_submit(self.dispatcher.active[self], self.config.max_queued_tasks)
                 self.dispatcher.submit(self, message)
             case p.Define():
+                limits.check_define(self.dispatcher.store.defined_bytes(self),
+                                    p.value_size(message.payload, message.oob),
+                                    self.config.max_session_bytes)
                 self.send(self.dispatcher.define(self, message))
             case p.Fetch():
                 self.spawn(self._fetch(message))
@@ -140,16 +189,23 @@ class ClientSession(Link):
                 self.send(p.Info(id=message.id, info=self.coordinator.status()))
             case p.Ack():
                 self.replay.acked(message.count)
+                self.window.wake()
             case _:
                 raise _unexpected(message)
 
     async def _fetch(self, message: p.Fetch) -> None:
+        record = self.dispatcher.store.get(message.oid)
+        size = record.size if record is not None else 0
+        if not await self.window.enter(size):
+            return      # the session ended while the fetch waited for room
         try:
             value = await self.dispatcher.object_bytes(message.oid, session=self)
         except (PyforaError, ConnectionError) as exc:
             self.send_error(message.id, exc)
         else:
-            self.send(dataclasses.replace(value, id=message.id))
+            self.send(dataclasses.replace(value, id=message.id), fetched=True)
+        finally:
+            self.window.leave(size)
 
 
 def _unexpected(message: p.Message) -> PyforaError:

@@ -36,12 +36,14 @@ class ObjectRecord:
     children: int = 0               # recipes that name this record as an input
     rebuild: Any = None             # lineage.Rebuild, while it is being computed again
     keep: bool = False              # keep its value while dormant (it was computed again)
+    defined: bool = False           # made by ``define``: counted in its owner's defined bytes
 
 
 class ObjectStore:
     def __init__(self) -> None:
         self._objects: dict[int, ObjectRecord] = {}
         self._ids = itertools.count(1).__next__
+        self._defined: dict[Any, int] = {}     # owner -> bytes of its defined records
         self.on_free = lambda record: None     # tell the holders to drop their copies
         self.on_drop = lambda record: None     # the record itself is gone
 
@@ -50,6 +52,13 @@ class ObjectStore:
 
     def add(self, record: ObjectRecord) -> None:
         self._objects[record.oid] = record
+        if record.defined:
+            self._defined[record.owner] = self._defined.get(record.owner, 0) + record.size
+
+    def defined_bytes(self, owner: Any) -> int:
+        """Bytes of the values ``owner`` defined that are still here: those it released
+        too, while a recipe keeps them to compute a result again (``_drop``)."""
+        return self._defined.get(owner, 0)
 
     def get(self, oid: int) -> ObjectRecord | None:
         return self._objects.get(oid)
@@ -91,6 +100,10 @@ class ObjectStore:
             if self._objects.get(record.oid) is not record:
                 continue
             del self._objects[record.oid]
+            if record.defined:
+                left = self._defined.pop(record.owner) - record.size
+                if left:
+                    self._defined[record.owner] = left
             self._free_value(record)
             self.on_drop(record)
             for oid in record.recipe.deps if record.recipe is not None else ():

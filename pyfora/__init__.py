@@ -15,7 +15,7 @@ from .errors import (AuthenticationError, BadWithBlockError, CantGetSourceTextEr
                      ComputationError, ExecutorClosedError, ForeignProxyError, InternalError,
                      ProtocolError, PyforaConnectionError, PyforaError, PyforaTimeoutError,
                      PyforaUsageError, PythonToForaConversionError,
-                     ResultExceededBytecountThreshold, SessionClosedOK, SessionLost,
+                     ResourceLimitError, ResultExceededBytecountThreshold, SessionClosedOK, SessionLost,
                      WorkerCrashedError)
 from .executor import Executor
 from .future import Future
@@ -42,6 +42,7 @@ __all__ = [
     "PyforaUsageError",
     "PythonToForaConversionError",
     "RemotePythonObject",
+    "ResourceLimitError",
     "ResultExceededBytecountThreshold",
     "SessionClosedOK",
     "SessionLost",

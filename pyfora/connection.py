@@ -34,6 +34,8 @@ def connect(url: str | None = None, *, token: str | None = None,
         ConnectionError: the cluster cannot be reached, or its certificate cannot be
             verified (``pyfora.ConnectionError``).
         AuthenticationError: the cluster refused the token.
+        ResourceLimitError: the cluster has as many sessions as it takes
+            (``pyfora-cluster --max-sessions``).
 
     Blocks; any thread but pyfora's own event loop thread.
     """

@@ -15,6 +15,7 @@ The tree::
     │   └── CantGetSourceTextError     a with-block whose source cannot be read
     ├── PythonToForaConversionError    a value cloudpickle cannot serialize
     ├── ResultExceededBytecountThreshold
+    ├── ResourceLimitError             a limit of the cluster (pyfora-cluster --max-...) was reached
     ├── ComputationError               the remote code raised; .remoteException is what it raised
     │   └── WorkerCrashedError         the worker running it died
     ├── ProtocolError                  a malformed message or version skew
@@ -86,6 +87,13 @@ class PythonToForaConversionError(PyforaError):
 
 class ResultExceededBytecountThreshold(PyforaError):
     """A result is larger than the byte count allowed for download."""
+
+
+class ResourceLimitError(PyforaError):
+    """The cluster refused a request, or a session, that would take it past one of its
+    configured limits (sessions, a session's defined bytes or queued tasks, replies a
+    client has not acknowledged). The message names the limit and the ``pyfora-cluster``
+    flag that raises it; the session goes on (unless the message says it was closed)."""
 
 
 class ComputationError(PyforaError):

@@ -553,7 +553,8 @@ class Assembler:
 
         Raises:
             ProtocolError: the connection cannot go on and must be closed with the error's
-                ``close_code``: 1009, a message is over ``max_size``; 1002, a buffer's
+                ``close_code``: 1009, a message is over ``max_size`` or a ``batch``
+                frame over ``BATCH_BYTES`` (which no peer makes); 1002, a buffer's
                 frames do not fit what its envelope said, or a batch holds a message whose
                 buffers would have to follow it.
         """
@@ -565,6 +566,11 @@ class Assembler:
             return [(exc, len(frame))]
         if type(message) is not Batch:
             return self._envelope(message, len(frame))
+        if len(frame) > BATCH_BYTES:
+            # No peer makes one (``batch``): refused before its messages are handled, as
+            # each would be answered (and its reply kept, ``Replay``) however many it holds.
+            raise _fatal(1009, f"a batch frame of {len(frame):,} bytes is over the "
+                         f"{BATCH_BYTES:,} a peer sends (protocol.BATCH_BYTES)")
         arrived: list[tuple[Message | ProtocolError, int]] = []
         for envelope in message.envelopes:
             try:

@@ -14,8 +14,8 @@ PYFORA_ALL = [
     "ComputationError", "ConnectionError", "Executor", "ExecutorClosedError",
     "ForeignProxyError", "Future", "InternalError", "ProtocolError", "PyforaConnectionError",
     "PyforaError", "PyforaTimeoutError", "PyforaUsageError", "PythonToForaConversionError",
-    "RemotePythonObject", "ResultExceededBytecountThreshold", "SessionClosedOK", "SessionLost",
-    "WorkerCrashedError", "connect",
+    "RemotePythonObject", "ResourceLimitError", "ResultExceededBytecountThreshold",
+    "SessionClosedOK", "SessionLost", "WorkerCrashedError", "connect",
 ]
 
 #: Public methods and attributes, identical in pyfora and pyfora.aio.
@@ -73,6 +73,7 @@ def test_error_tree():
         errors.CantGetSourceTextError: (errors.PyforaUsageError,),
         errors.PythonToForaConversionError: (errors.PyforaError,),
         errors.ResultExceededBytecountThreshold: (errors.PyforaError,),
+        errors.ResourceLimitError: (errors.PyforaError,),
         errors.ComputationError: (errors.PyforaError,),
         errors.WorkerCrashedError: (errors.ComputationError,),
         errors.ProtocolError: (errors.PyforaError,),

@@ -298,6 +298,15 @@ def test_a_batch_respects_the_frame_limit(limit):
     assert [m.id for m in arrived] == list(range(3000))
 
 
+def test_a_batch_frame_larger_than_any_peer_makes_is_refused():
+    """Its messages are not handled: the peer that sent it is not a pyfora one."""
+    frame = p.encode(p.Batch(envelopes=[p.encode(p.Status(id=i)) for i in range(2000)]))
+    assert len(frame) > p.BATCH_BYTES
+    with pytest.raises(errors.ProtocolError, match="over the 16,384 a peer sends") as info:
+        p.Assembler(join=False).feed(frame)
+    assert info.value.close_code == 1009
+
+
 def test_each_message_of_a_batch_is_counted_with_its_own_size():
     messages = [envelope(i) for i in range(5)]
     [frame] = p.batch(messages)

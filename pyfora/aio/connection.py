@@ -43,6 +43,8 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
         PyforaConnectionError: the cluster cannot be reached, or its certificate cannot
             be verified.
         AuthenticationError: the cluster refused the token.
+        ResourceLimitError: the cluster has as many sessions as it takes
+            (``pyfora-cluster --max-sessions``).
     """
 
     def __init__(self, url: str | None = None, *, token: str | None = None,
