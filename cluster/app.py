@@ -163,6 +163,8 @@ class Coordinator:
         info = self.dispatcher.status()
         info["sessions"] = len(self.sessions)
         info["shared_memory"] = self.shm.usage() if self.shm is not None else None
+        guard = self.doors.guard
+        info["unauthenticated"] = {"waiting": len(guard), **guard.closed}
         return info
 
     async def wait_for_workers(self, count: int, timeout: float = JOIN_TIMEOUT) -> None:

@@ -10,7 +10,7 @@ import time
 
 import psutil
 import pytest
-from conftest import UNIT, ClusterProcess
+from conftest import UNIT, ClusterProcess, http_status, wait_until
 
 import pyfora
 from pyfora import aio
@@ -78,6 +78,7 @@ async def test_a_request_never_finished_is_closed_at_the_deadline(guarded):
         started = time.monotonic()
         assert await asyncio.wait_for(reader.read(), T) == b""     # closed, unanswered
         assert time.monotonic() - started >= 0.5
+        assert http_status(guarded.url)["unauthenticated"]["expired"] >= 1
     finally:
         writer.close()
 
@@ -91,10 +92,15 @@ async def test_idle_connections_cannot_lock_clients_out(guarded):
         first_reader = idle[0][0]
         assert await asyncio.wait_for(first_reader.read(), T) == b""   # the oldest went
         async with aio.connect(guarded.url) as ex:
-            assert (await asyncio.wait_for(ex.status(), T))["workers"] == []
+            status = await asyncio.wait_for(ex.status(), T)
+            # The client's own connection, once authenticated, is not one of them.
+            assert status["unauthenticated"]["waiting"] <= 4
+            assert status["unauthenticated"]["evicted"] >= 1
     finally:
         for _, writer in idle:
             writer.close()
+    wait_until(lambda: http_status(guarded.url)["unauthenticated"]["waiting"] == 0, T,
+               "the idle connections to be forgotten")
 
 
 def test_without_the_token_nothing_is_served(guarded):
