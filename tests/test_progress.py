@@ -210,14 +210,14 @@ def test_coordinator_adds_running_pieces_to_the_roots_count(monkeypatch):
     def counts():
         return [(m.target, m.done, m.total) for m in client.sent
                 if isinstance(m, p.Progress)]
-    coordinator.task_progress(p.Progress(target=root.tid, done=30, total=100))
-    coordinator.task_progress(p.Progress(target=piece.tid, done=20, total=50))
+    coordinator.task_progress(a, p.Progress(target=root.tid, done=30, total=100))
+    coordinator.task_progress(b, p.Progress(target=piece.tid, done=20, total=50))
     assert counts() == [(7, 30, 100), (7, 50, 100)]     # the client's id; the map's total
     # The piece returns: the root counts its 50 from now on, the coordinator stops.
     coordinator.task_done(b, p.Done(id=piece.tid, oid=piece.oid, size=1, type="t",
                                     value=b"v"))
-    coordinator.task_progress(p.Progress(target=root.tid, done=80, total=100))
-    coordinator.task_progress(p.Progress(target=piece.tid, done=50, total=50))  # late
+    coordinator.task_progress(a, p.Progress(target=root.tid, done=80, total=100))
+    coordinator.task_progress(b, p.Progress(target=piece.tid, done=50, total=50))  # late
     assert counts()[2:] == [(7, 80, 100)]
 
 
