@@ -165,6 +165,7 @@ class Coordinator:
         info["shared_memory"] = self.shm.usage() if self.shm is not None else None
         guard = self.doors.guard
         info["unauthenticated"] = {"waiting": len(guard), **guard.closed}
+        info["compiled"] = compiled_totals(info.get("workers", ()))
         return info
 
     async def wait_for_workers(self, count: int, timeout: float = JOIN_TIMEOUT) -> None:
@@ -384,3 +385,14 @@ async def _bind(config: Config, backend: Backend | None,
         await RunningCluster(runner, url, coordinator).stop()
         raise
     return RunningCluster(runner, url, coordinator)
+
+
+def compiled_totals(workers) -> dict:
+    """The compiled tier's counts of all workers (``pyfora.compiled.counts``), summed."""
+    totals = {"compiled": 0, "runs": 0, "reruns": 0, "fallbacks": 0, "compile_s": 0.0}
+    for worker in workers:
+        for name, value in (worker.get("compiled") or {}).items():
+            if name in totals:
+                totals[name] += value
+    totals["compile_s"] = round(totals["compile_s"], 3)
+    return totals

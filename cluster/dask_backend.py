@@ -100,7 +100,8 @@ class DaskWorker:
                 "task": task.tid if task is not None else None,
                 "task_seconds": round(time.monotonic() - task.started, 2)
                 if task is not None else None,
-                "rss": self.metrics.get("memory"), "cpu": self.metrics.get("cpu")}
+                "rss": self.metrics.get("memory"), "cpu": self.metrics.get("cpu"),
+                "compiled": self.metrics.get("pyfora_compiled") or {}}
 
 
 class DaskBackend(Backend):

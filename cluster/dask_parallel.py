@@ -70,6 +70,7 @@ from typing import Any, Callable, Iterator
 
 from distributed import get_client, get_worker
 
+from pyfora import compiled
 from pyfora import protocol as p
 from pyfora import serialization
 from pyfora.errors import PyforaUsageError
@@ -105,6 +106,11 @@ def install_parallel_context() -> DaskParallelContext:
             _installed = DaskParallelContext(worker)
             worker.handlers[HANDLER] = _installed.handle
             _runtime.install(_installed)
+            # The compiled tier's counts ride on the worker's heartbeat to the scheduler,
+            # where the backend's poll reads them; its warm-up starts with the first
+            # task (a Dask worker runs no code of ours before that).
+            worker.metrics["pyfora_compiled"] = lambda _worker: compiled.counts()
+            compiled.start_warm_up()
         elif _installed.worker is not worker:
             raise PyforaUsageError(
                 "pyfora's parallel runtime needs one Dask worker per process "

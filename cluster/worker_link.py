@@ -84,4 +84,5 @@ class WorkerLink(Link):
                 "task_seconds": round(time.monotonic() - self.task_started, 2)
                 if task is not None else None,
                 "rss": self.stats.rss if self.stats is not None else None,
-                "cpu": self.stats.cpu if self.stats is not None else None}
+                "cpu": self.stats.cpu if self.stats is not None else None,
+                "compiled": self.stats.compiled if self.stats is not None else {}}

@@ -30,8 +30,8 @@ import threading
 import websockets
 from websockets.asyncio.client import connect
 
+from pyfora import compiled, local_tokens, serialization, shared_memory
 from pyfora import protocol as p
-from pyfora import local_tokens, serialization, shared_memory
 from pyfora.aio.sender import Sender
 from pyfora.aio.tls import client_context
 from pyfora.errors import ProtocolError, PyforaConnectionError
@@ -285,6 +285,9 @@ async def run_worker(url: str, token: str | None, name: str,
         if not isinstance(reply, p.Welcome):
             raise SystemExit(f"pyfora-worker: the coordinator opened with {reply.op!r}")
         worker = Worker(ws, name, reply.max_frame, shared_memory.Directory.offered(reply.shm))
+        # numba's import and LLVM's start (0.5-1 s of CPU) happen now, once the worker
+        # has joined and while it waits for work, not in its first task that compiles.
+        compiled.start_warm_up()
         stats = asyncio.create_task(worker_stats.report(worker.send))
         try:
             await worker.serve()

@@ -16,6 +16,7 @@ from typing import Callable
 
 import psutil
 
+from pyfora import compiled
 from pyfora import protocol as p
 
 #: Seconds between two reports.
@@ -23,8 +24,10 @@ INTERVAL = 1.0
 
 
 def sample(process: psutil.Process) -> p.Stats:
-    """This process's resident memory and CPU percent (of one core) since the last call."""
-    return p.Stats(rss=process.memory_info().rss, cpu=round(process.cpu_percent(None), 1))
+    """This process's resident memory, CPU percent (of one core) since the last call, and
+    what its compiled tier did."""
+    return p.Stats(rss=process.memory_info().rss, cpu=round(process.cpu_percent(None), 1),
+                   compiled=compiled.counts())
 
 
 async def report(send: Callable[[p.Message], None], interval: float = INTERVAL) -> None:

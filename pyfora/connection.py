@@ -9,7 +9,8 @@ from .executor import Executor
 
 def connect(url: str | None = None, *, token: str | None = None,
             workers: int | None = None, cafile: str | None = None,
-            verify: bool = True, progress: bool | None = None) -> Executor:
+            verify: bool = True, progress: bool | None = None,
+            compile: bool | None = None) -> Executor:  # noqa: A002 - the option's name
     """Connect to a cluster and return an ``Executor``.
 
     Args:
@@ -29,6 +30,9 @@ def connect(url: str | None = None, *, token: str | None = None,
             default): when stderr is a terminal or in Jupyter, unless
             ``$PYFORA_PROGRESS=0``; ``$PYFORA_PROGRESS=1`` turns it on everywhere. True
             or False decide regardless of the environment.
+        compile: run split comprehensions and maps compiled on the workers
+            (``pyfora.compiled``; same answers, faster). None (the default): yes, unless
+            ``$PYFORA_COMPILE=0``.
 
     Raises:
         ConnectionError: the cluster cannot be reached, or its certificate cannot be
@@ -41,7 +45,7 @@ def connect(url: str | None = None, *, token: str | None = None,
     """
     portal = get_portal()
     twin = portal.call(aio.connect(url, token=token, workers=workers, cafile=cafile,
-                                   verify=verify, progress=progress))
+                                   verify=verify, progress=progress, compile=compile))
     executor = Executor(twin, portal)
     portal.closeables.add(executor)
     return executor

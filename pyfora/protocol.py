@@ -287,9 +287,11 @@ class Get(Message):
 @_message("stats")
 class Stats(Message):
     """A worker's periodic report of its own process, for the dashboard: resident memory
-    in bytes and CPU use in percent of one core since its previous report."""
+    in bytes and CPU use in percent of one core since its previous report, and the
+    compiled tier's counts (``pyfora.compiled.counts``)."""
     rss: int
     cpu: float
+    compiled: dict = dataclasses.field(default_factory=dict)
 
 
 # -- parallel pieces (worker to coordinator, see pyfora/parallel/_runtime.py) ----------

@@ -76,6 +76,12 @@ class WithBlock:
         self._aio.sequential()
         return self
 
+    def interpreted(self) -> WithBlock:
+        """Run the block in CPython only, without the compiled tier (same answers; for
+        comparing, or for code whose speed should not change)."""
+        self._aio.interpreted()
+        return self
+
     def __enter__(self) -> WithBlock:
         frame = sys._getframe(1)
         block = self._compile(frame)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import compiled
 from .executor import Executor
 from .session import Session
 from .tls import client_context
@@ -38,6 +39,9 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
             stderr is a log), or None for "when stderr is a terminal or a Jupyter cell"
             (``$PYFORA_PROGRESS=0``/``1`` decides then, if set). See
             ``pyfora.aio.progress``.
+        compile: run split comprehensions and maps compiled on the workers
+            (``pyfora.compiled``); None (the default) means yes unless
+            ``$PYFORA_COMPILE=0``. The answers are the same either way.
 
     Raises:
         PyforaConnectionError: the cluster cannot be reached, or its certificate cannot
@@ -49,8 +53,10 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
 
     def __init__(self, url: str | None = None, *, token: str | None = None,
                  workers: int | None = None, cafile: str | None = None,
-                 verify: bool = True, progress: bool | None = False) -> None:
+                 verify: bool = True, progress: bool | None = False,
+                 compile: bool | None = None) -> None:  # noqa: A002 - the option's name
         self._url = url
+        self._compile = compiled.default_on() if compile is None else compile
         self._progress = progress
         self._token = token
         self._workers = workers
@@ -71,6 +77,7 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
             session = await Session.open(self._url, self._token, ssl_context=context)
         executor = Executor(session, cluster)
         executor.progress = self._progress
+        executor.compile = self._compile
         return executor
 
     def __await__(self):

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from .. import protocol as p
 from .. import serialization
 from ..errors import ExecutorClosedError, PyforaTimeoutError
+from ..compiled import run_interpreted
 from ..parallel import is_user_function, rewrite_function
 from ..parallel._runtime import pmap
 from . import progress
@@ -68,6 +69,9 @@ class Executor:
         #: Show a progress line for long calls: True, False, or None for "when stderr is
         #: a terminal or a Jupyter cell" (see ``pyfora.aio.progress``). Set by ``connect``.
         self.progress: bool | None = False
+        #: Let the workers compile this executor's tasks (``pyfora.compiled``). Set by
+        #: ``connect``; when False, every task runs through ``run_interpreted``.
+        self.compile = True
 
     # -- remote operations ------------------------------------------------------------
 
@@ -86,6 +90,8 @@ class Executor:
         self._check_open()
         if parallel and is_user_function(fn):
             fn = rewrite_function(fn)
+        if not self.compile:
+            fn, args = run_interpreted, (fn, *args)
         buffers: list = []
         payload, deps = serialization.dumps_call(fn, args, kwargs or {}, self, self._code_map,
                                                  buffers)

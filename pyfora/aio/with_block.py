@@ -33,6 +33,7 @@ import types
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import serialization
+from ..compiled import run_interpreted
 from ..errors import BadWithBlockError, CantGetSourceTextError
 from . import progress
 from .remote import RemotePythonObject  # noqa: F401 - the facade wraps these
@@ -365,6 +366,7 @@ class Remotely:
         self.bytecount: int | None = None
         self.status_callback: Callable[[dict], Any] | None = None
         self.parallel = True
+        self.compiled = True
 
     def downloadAll(self) -> Remotely:
         self.policy, self.bytecount = "downloadAll", None
@@ -390,6 +392,11 @@ class Remotely:
         self.parallel = False
         return self
 
+    def interpreted(self) -> Remotely:
+        """Run the block in CPython only, without the compiled tier (``pyfora.compiled``)."""
+        self.compiled = False
+        return self
+
     async def run(self, block: Block, args: tuple) -> tuple[dict, dict | None]:
         """Run a compiled block on the cluster.
 
@@ -408,7 +415,11 @@ class Remotely:
         if self.status_callback is not None:
             remove = self.executor.addStatusCallback(self.status_callback)
         try:
-            outcome = await self.executor.submit(run_block, block.function, args)
+            if self.compiled:
+                outcome = await self.executor.submit(run_block, block.function, args)
+            else:
+                outcome = await self.executor.submit(run_interpreted, run_block,
+                                                     block.function, args)
             if self.policy == "downloadAll":
                 result = await outcome.toLocal()
                 return result.values, result.error

@@ -72,6 +72,8 @@ BATCH = 0.02
 #: ``(n - FIRST) * seconds < _CHEAP``: ten times the first batch's rate leaves too little
 #: to split, so the rest runs at once.
 _CHEAP = WORTH * FIRST / 10
+#: Seconds of CPython work (at the rate of the first elements) worth a compile.
+COMPILE_WORTH = 0.05
 #: How often a task running alone asks again for idle workers.
 CHECK = 0.1
 #: A map's first count is sent this long after it starts (a shorter map sends none: the
@@ -107,7 +109,9 @@ def install(context: Any) -> None:
 # ``islice`` cost less than slicing a range, and much less than copying a list).
 # Otherwise ``_collect`` goes on in growing batches and may split.
 
-def listcomp(it: Any, fn: Callable, report: _Report | None = None) -> list:
+def listcomp(it: Any, fn: Callable, report: _Report | None = None, src: str | None = None,
+             names: dict | None = None) -> list:
+    """``src`` (and ``names``, else ``fn``'s): see ``_compiler``."""
     if _context is None or type(it) not in _SIZED or (n := len(it)) <= FIRST:
         return fn(it)
     items = iter(it)
@@ -118,7 +122,21 @@ def listcomp(it: Any, fn: Callable, report: _Report | None = None) -> list:
         rest = fn(items)
         rest[:0] = head             # a move of pointers: cheaper than extending the head
         return rest
-    return _collect(it, fn, head, seconds, list.extend, report)
+    return _collect(it, fn, head, seconds, list.extend, report,
+                    _compiler("list", it, fn, src, names))
+
+
+def _compiler(kind: str, it: Any, fn: Callable, src: str | None,
+              names: dict | None) -> Callable | None:
+    """What gives the compiled piece for ``fn`` (``pyfora.compiled.piece``) when ``_collect``
+    finds the rest worth compiling; None when it cannot be compiled. ``src`` is the
+    comprehension's source: the rewrite passes it where the tier may compile."""
+    if src is None or type(it) is not range:
+        return None
+    from .. import compiled
+    if not compiled.enabled():
+        return None
+    return partial(compiled.piece, kind, src, fn, names)
 
 
 def setcomp(it: Any, fn: Callable) -> set:
@@ -213,7 +231,7 @@ def _genexp_head(it: Any, items: Any, fn: Callable, context: Any, probe: _Probe 
         a, b = probe.batch()
 
 
-def sum_genexp(reducer: Any, it: Any, fn: Callable) -> Any:
+def sum_genexp(reducer: Any, it: Any, fn: Callable, src: str | None = None) -> Any:
     """``sum`` of a generator expression (``reducer`` is what the name ``sum`` held where
     the call was written: anything else is called as written). On a worker the first
     elements are summed alone and timed, then the rest is summed from that partial sum:
@@ -226,6 +244,9 @@ def sum_genexp(reducer: Any, it: Any, fn: Callable) -> Any:
         return reducer(genexp(it, fn))
     if _context is None or type(it) not in _SIZED or (n := len(it)) <= FIRST:
         return sum(fn(it))
+    compiler = _compiler("sum", it, fn, src, None)
+    if compiler is not None:
+        return _sum_compilable(it, fn, compiler)
     items = iter(it)
     t0 = perf_counter()
     if _COMPENSATED:
@@ -243,6 +264,20 @@ def sum_genexp(reducer: Any, it: Any, fn: Callable) -> Any:
     else:
         rest = _genexp_rest(it, items, fn, _context, probe)
     return _sum_rest(first_sum, kept, rest)
+
+
+def _sum_compilable(it: range, fn: Callable, compiler: Callable) -> Any:
+    """``sum`` over a comprehension the compiled tier may take: its values are collected
+    (elements from CPython batches; from compiled ones, partial sums of ints or float
+    elements, see ``pyfora.compiled._pieces``) and summed once, which is CPython's fold
+    over the same elements."""
+    n = len(it)
+    t0 = perf_counter()
+    head = list(fn(it[:FIRST]))
+    seconds = perf_counter() - t0
+    if (n - FIRST) * seconds < _CHEAP:
+        return sum(chain(head, fn(it[FIRST:])))
+    return sum(_collect(it, fn, head, seconds, list.extend, None, compiler))
 
 
 def _sum_rest(first_sum: Any, kept: Any, rest: Any) -> Any:
@@ -277,7 +312,11 @@ def pmap(fn: Callable, items: Any) -> list:
 
     def part(it: Any) -> list:
         return list(map(fn, it))
-    return listcomp(items, part, None if _context is None else _Report(len(items), _context))
+    return listcomp(items, part, None if _context is None else _Report(len(items), _context),
+                    _MAP_SRC, {"_pyfora_fn": fn})
+
+
+_MAP_SRC = "[_pyfora_fn(_pyfora_x) for _pyfora_x in _pyfora_it]"
 
 
 class _Report:
@@ -336,20 +375,32 @@ class _Probe:
 
 
 def _collect(it: Any, fn: Callable, acc: Any, seconds: float, combine: Callable,
-             report: _Report | None = None) -> Any:
-    """Go on after the first ``FIRST`` elements (``acc``, computed in ``seconds``)."""
+             report: _Report | None = None, compiler: Callable | None = None) -> Any:
+    """Go on after the first ``FIRST`` elements (``acc``, computed in ``seconds``). With
+    ``compiler``, ``fn`` becomes its compiled piece at once if this worker compiled it
+    before, else once the rest would take ``COMPILE_WORTH`` seconds in CPython (the first
+    elements are often the cheapest: small numbers for isPrime)."""
     n = len(it)
     probe = _Probe(n, _context)
     probe.measured(FIRST, seconds)
     if report is not None:
         report.add(FIRST)
+    if compiler is not None and (found := compiler(compile_now=False)) is not None:
+        fn, compiler = found, None
     while probe.pos < n:
+        if compiler is not None and (n - probe.pos) * probe.rate >= COMPILE_WORTH:
+            found, compiler = compiler(), None
+            if found is not None:
+                fn = found
+                probe.size = FIRST      # re-timed from its own first batch
         a, b = probe.batch()
         t0 = perf_counter()
         combine(acc, fn(it[a:b]))
         if report is not None:
             report.add(b - a)
         if probe.measured(b - a, perf_counter() - t0):
+            if compiler is not None and (n - probe.pos) * probe.rate >= COMPILE_WORTH:
+                continue        # compile first (above), then split at the compiled rate
             combine(acc, _Engine(it, probe.pos, fn, _context, probe.rate,
                                  probe.idle, report).results())
             break

@@ -88,6 +88,14 @@ def _unsupported(node: Any) -> bool:
     return False
 
 
+def _compilable(node: Any) -> bool:
+    """Whether the compiled tier may take ``node``: one loop over a name, nothing nested
+    (it refuses the rest; their source would only weigh on the payload)."""
+    return len(node.generators) == 1 and isinstance(node.generators[0].target, ast.Name) \
+        and not any(isinstance(sub, (*_COMPS, ast.Lambda)) for sub in ast.walk(node)
+                    if sub is not node)
+
+
 def _with_iter(node: Any, iter_node: ast.expr) -> ast.expr:
     """A copy of comprehension ``node``, its outermost loop over ``iter_node``; a dict
     comprehension's over each of the iterables in ``iter_node`` in turn (see
@@ -127,11 +135,17 @@ class _Rewriter(ast.NodeTransformer):
         if _unsupported(node):
             return self.generic_visit(node)
         first = node.generators[0]
+        kind = kind or _KIND[type(node)]
+        # The source of the comprehensions the compiled tier can run (``pyfora.compiled``),
+        # over the lambda's iterable: a constant of the code, nothing at run time.
+        src = ast.unparse(_with_iter(node, ast.Name(_IT, ast.Load()))) \
+            if kind in ("listcomp", "sum_genexp") and _compilable(node) else None
         outer_iter = self.visit(first.iter)   # evaluated in the enclosing scope: rewrite it too
         it = ast.copy_location(ast.Name(_IT, ast.Load()), first.iter)
         fn = _lambda(_with_iter(node, it), node)
-        call = ast.Call(ast.Attribute(self.runtime(node), kind or _KIND[type(node)],
-                                      ast.Load()), (before or []) + [outer_iter, fn], [])
+        keywords = [] if src is None else [ast.keyword("src", ast.Constant(src))]
+        call = ast.Call(ast.Attribute(self.runtime(node), kind, ast.Load()),
+                        (before or []) + [outer_iter, fn], keywords)
         ast.copy_location(call.func, node)
         self.count += 1
         return ast.copy_location(call, node)

@@ -1,0 +1,100 @@
+"""The compiled tier on a real cluster (both backends): the seed's block gives the exact
+answer with its pieces compiled, the three ways to turn it off keep it off, and code that
+cannot compile is counted as a fallback. What ran compiled is read from the workers'
+counts in ``status()`` (``"compiled"``), never from timing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import pyfora
+
+from conftest import UNIT, wait_until
+
+TIMEOUT = 60 * UNIT
+#: Workers report their counts every second (cluster/worker_stats.py; Dask: heartbeats).
+SETTLE = 2.5
+
+
+def isPrime(p):  # noqa: N802 - the seed's own name
+    x = 2
+    while x * x <= p:
+        if p % x == 0:
+            return 0
+        x = x + 1
+    return 1
+
+
+def labelled(x):
+    return {"x": x}["x"] % 3     # a dict: numba cannot type it, CPython runs it
+
+
+N = 100_000
+PRIMES = 9592 + 2                # primes below 100,000, and 0 and 1 (the seed counts them)
+
+
+def totals(ufora) -> dict:
+    return ufora.status()["compiled"]
+
+
+def settled(ufora) -> dict:
+    """The counts once every worker has reported what it did so far."""
+    time.sleep(SETTLE)
+    return totals(ufora)
+
+
+def test_the_seed_block_runs_compiled_with_the_exact_answer(ufora):
+    before = totals(ufora)
+    with ufora.remotely.downloadAll():
+        result = sum(isPrime(x) for x in range(N))
+        primes = [x for x in range(N) if isPrime(x)]
+    assert result == PRIMES
+    assert primes == [x for x in range(N) if isPrime(x)]
+    wait_until(lambda: totals(ufora)["runs"] > before["runs"], TIMEOUT, "compiled runs")
+
+
+def test_an_overflow_is_computed_again_in_cpython(ufora):
+    before = totals(ufora)
+    with ufora.remotely.downloadAll():
+        result = sum(isPrime(x) * x ** 4 * 10 ** 6 for x in range(N))
+    assert result == sum(isPrime(x) * x ** 4 * 10 ** 6 for x in range(N))
+    assert result > 2 ** 63
+    wait_until(lambda: totals(ufora)["reruns"] > before["reruns"], TIMEOUT, "a rerun")
+
+
+def test_code_numba_cannot_type_falls_back_and_is_counted(ufora):
+    before = totals(ufora)
+    with ufora.remotely.downloadAll():
+        result = sum(labelled(x) + isPrime(x) for x in range(N))
+    assert result == sum(labelled(x) + isPrime(x) for x in range(N))
+    wait_until(lambda: totals(ufora)["fallbacks"] > before["fallbacks"], TIMEOUT,
+               "a counted fallback")
+
+
+def interpreted_block(ufora) -> int:
+    with ufora.remotely.interpreted().downloadAll():
+        result = sum(isPrime(x) for x in range(N))
+    return result
+
+
+def plain_block(ufora) -> int:
+    with ufora.remotely.downloadAll():
+        result = sum(isPrime(x) for x in range(N))
+    return result
+
+
+@pytest.mark.parametrize("how", ["interpreted", "compile=False"])
+def test_turned_off_nothing_runs_compiled(ufora, cluster_url, how):
+    plain_block(ufora)              # compiled once, so that a later run could only hit
+    before = settled(ufora)
+    if how == "interpreted":
+        assert interpreted_block(ufora) == PRIMES
+    else:
+        with pyfora.connect(cluster_url, compile=False) as off:
+            assert plain_block(off) == PRIMES
+    after = settled(ufora)
+    assert after["runs"] == before["runs"]
+    assert after["compiled"] == before["compiled"]
