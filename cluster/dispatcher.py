@@ -287,9 +287,10 @@ class Dispatcher(Backend):
             self.idle[worker] = None
             if not self.queue:
                 self.limits[worker] = 1
-        if msg.error is not None and msg.error["type"] == CRASHED:
+        if msg.error is not None and msg.error["type"] == CRASHED and not task.cancelled:
             # An input was lost with another worker: the task waits for it to be computed
-            # again (see lineage.ready), at no cost to its retries.
+            # again (see lineage.ready), at no cost to its retries (unless it was cancelled
+            # meanwhile: then it ends here).
             task.worker = None
             self.enqueue(task, front=True)
         else:

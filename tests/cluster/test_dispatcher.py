@@ -267,9 +267,6 @@ async def test_downloading_a_lost_object_computes_it_again_then_fetches_it():
 
 # -- bugs found, not fixed here --------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="task_done queues a task again when its worker "
-                   "reports an input lost (CRASHED), even if it was cancelled meanwhile: "
-                   "the lost input is rebuilt and the cancelled task runs again")
 async def test_a_cancelled_task_whose_input_was_lost_does_not_run_again():
     d, session, (w1, w2) = make("w1", "w2")
     oid = d.store.new_id()
