@@ -2,7 +2,7 @@
 
 Prints the URL clients connect to once every worker has joined (with ``?token=`` when
 the token was generated here, and the tokens on stderr), leaves the tokens for its user
-(``pyfora.local_tokens``), then serves until SIGINT or SIGTERM, when it closes every
+(``pyfora.net.local_tokens``), then serves until SIGINT or SIGTERM, when it closes every
 session with GOING_AWAY, stops its workers and removes the tokens' file.
 
 Runs the coordinator's event loop on the main thread.
@@ -17,7 +17,7 @@ import re
 import signal
 import sys
 
-from pyfora import local_tokens
+from pyfora.net import local_tokens
 
 from . import loop_factory
 from .app import Config, start_cluster

@@ -19,8 +19,8 @@ import uuid
 
 from aiohttp import WSCloseCode, web
 
-from pyfora import protocol as p
-from pyfora import shared_memory
+from pyfora import wire as p
+from pyfora.net import shared_memory
 from pyfora.errors import ProtocolError, PyforaUsageError, ResourceLimitError
 
 from . import dashboard, in_process
@@ -59,7 +59,7 @@ class Config:
     coordinator's own, or ``"dask"``, the Dask cluster whose scheduler is at
     ``scheduler`` (a local one of ``workers`` processes when None; ``dask_backend``).
     ``shared_memory``: clients and workers on this machine hand large buffers over
-    through ``/dev/shm`` (``pyfora.shared_memory``). ``max_sessions``,
+    through ``/dev/shm`` (``pyfora.net.shared_memory``). ``max_sessions``,
     ``max_session_bytes``, ``max_queued_tasks`` and ``max_unacked_bytes`` bound what
     clients may make the coordinator hold (``cluster.limits``).
     """
@@ -144,7 +144,7 @@ class Coordinator:
 
     def connection_ended(self, link) -> None:
         """A peer's connection ended: unlink the shared buffers no message will take any
-        more (``pyfora.shared_memory``): those written for ``link``'s peer, if it has
+        more (``pyfora.net.shared_memory``): those written for ``link``'s peer, if it has
         ended for good (a session may be resumed), and those whose writer died."""
         if link.shm is not None and link.closed:
             link.shm.reclaim()

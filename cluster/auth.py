@@ -30,7 +30,7 @@ import urllib.parse
 
 from aiohttp import abc, web
 
-from pyfora import protocol as p
+from pyfora import wire as p
 
 from .guard import Guard
 

@@ -19,7 +19,7 @@ import itertools
 import time
 from typing import Any
 
-from pyfora import protocol as p
+from pyfora import wire as p
 from pyfora.errors import ForeignProxyError, PyforaUsageError
 
 from .store import ObjectRecord, ObjectStore

@@ -39,9 +39,9 @@ from typing import Any
 from distributed import Client, LocalCluster, wait
 from distributed.client import FutureCancelledError
 
-from pyfora import protocol as p
+from pyfora import wire as p
 from pyfora.errors import PyforaUsageError, WorkerCrashedError
-from pyfora.shared_memory import Shared
+from pyfora.net.shared_memory import Shared
 
 from . import dask_parallel, dask_tasks
 from .backend import Backend
@@ -426,7 +426,7 @@ class DaskBackend(Backend):
 
 def _joined(oob: list, frames: list) -> list:
     """Out-of-band buffers whole, from the frames the coordinator keeps them in (a buffer
-    over ``protocol.CHUNK`` came in several, one in shared memory as a ``Shared``)."""
+    over ``wire.CHUNK`` came in several, one in shared memory as a ``Shared``)."""
     buffers, parts = [], iter(frames)
     for size, *_ in oob:
         pieces, got = [], 0

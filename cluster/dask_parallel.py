@@ -71,7 +71,7 @@ from typing import Any, Callable, Iterator
 from distributed import get_client, get_worker
 
 from pyfora import compiled
-from pyfora import protocol as p
+from pyfora import wire as p
 from pyfora import serialization
 from pyfora.errors import PyforaUsageError
 from pyfora.parallel import _runtime

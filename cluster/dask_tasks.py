@@ -28,7 +28,7 @@ from typing import Any
 
 from distributed import get_worker
 
-from pyfora import protocol as p
+from pyfora import wire as p
 from pyfora import serialization
 
 from .dask_parallel import current_task

@@ -46,7 +46,7 @@ import logging
 import time
 from typing import Any
 
-from pyfora import protocol as p
+from pyfora import wire as p
 from pyfora.errors import ProtocolError, PyforaUsageError, WorkerCrashedError
 
 from .backend import Backend

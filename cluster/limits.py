@@ -11,7 +11,7 @@ well-behaved client reaches:
 - ``max_queued_tasks`` (``--max-queued-tasks``): tasks one session has queued or running.
   A ``submit`` over it is refused.
 - ``max_unacked_bytes`` (``--max-unacked-bytes``): bytes of replies sent to one session
-  that its client has not acknowledged (``protocol.Replay``), see below.
+  that its client has not acknowledged (``wire.Replay``), see below.
 
 A refused request fails alone with ``ResourceLimitError``, whose message names the limit
 and its flag; the session and everything it holds go on.
@@ -36,7 +36,7 @@ Why not stop reading the client's socket when over the limit (the usual backpres
 acknowledgements come on that socket, behind the requests the client sent before them;
 a coordinator that waits for an acknowledgement it does not read waits forever, however
 well the client behaves. Holding back fetches keeps reading. Why a fetch may start with
-up to ``protocol.Replay.ACK_BYTES`` unacknowledged even when it does not fit: a client
+up to ``wire.Replay.ACK_BYTES`` unacknowledged even when it does not fit: a client
 acknowledges every ``ACK_BYTES`` received, so it may hold its acknowledgement of less for
 as long as nothing more comes; waiting for it would wait forever. This also lets one
 value larger than the limit through, alone.
@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from pyfora import protocol as p
+from pyfora import wire as p
 from pyfora.errors import ResourceLimitError
 
 #: Below this, ``--max-unacked-bytes`` would close well-behaved sessions: a client may
@@ -58,7 +58,7 @@ MIN_UNACKED_BYTES = 4 * p.Replay.ACK_BYTES
 
 
 class CountedReplay(p.Replay):
-    """``protocol.Replay`` that counts the bytes it keeps (``bytes``), and of them those
+    """``wire.Replay`` that counts the bytes it keeps (``bytes``), and of them those
     of fetched values (``fetched``)."""
 
     def __init__(self) -> None:

@@ -26,7 +26,7 @@ import asyncio
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from pyfora import protocol as p
+from pyfora import wire as p
 
 from .store import ObjectRecord
 

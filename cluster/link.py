@@ -3,8 +3,8 @@ ordered sends, and requests that await their reply.
 
 Sending never awaits, so the dispatcher can send from plain functions: a message is
 written at once, or queued behind those still waiting, a message and its buffers' frames
-together (``pyfora.aio.sender``). Buffers are relayed as the frames they came in, never
-joined or decoded (``protocol.Assembler``).
+together (``pyfora.net.sender``). Buffers are relayed as the frames they came in, never
+joined or decoded (``wire.Assembler``).
 
 Runs on the coordinator's event loop.
 """
@@ -18,10 +18,10 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from pyfora import protocol as p
-from pyfora.aio.sender import Sender
+from pyfora import wire as p
+from pyfora.net.sender import Sender
 from pyfora.errors import ProtocolError, PyforaError
-from pyfora.shared_memory import Directory
+from pyfora.net.shared_memory import Directory
 
 from .auth import Doors, refuse
 
@@ -32,12 +32,12 @@ async def accept(request: web.Request, role: str, doors: Doors, max_frame: int,
                  welcome: Callable[[web.WebSocketResponse, p.Hello], p.Welcome | p.Error],
                  ) -> tuple[web.WebSocketResponse, p.Hello] | web.Response:
     """Check the upgrade request of a ``role`` (its Origin and token: ``Doors``, its
-    ``hello``: ``protocol.hello_from_header``), then upgrade and send the welcome.
+    ``hello``: ``wire.hello_from_header``), then upgrade and send the welcome.
 
     ``welcome`` makes the welcome from the hello (a client resuming its session gets that
     session's); an ``Error`` it returns refuses the connection. A refusal is an HTTP
     response, returned to be answered, that names the error for the peer to raise
-    (``protocol.refusal``): nothing is accepted from a peer before it is known.
+    (``wire.refusal``): nothing is accepted from a peer before it is known.
     """
     refusal = doors.refusal(request, role)
     if refusal is not None:

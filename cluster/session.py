@@ -7,7 +7,7 @@ without a close frame (a network cut, a client that died) only *detaches* it: it
 go on, its objects stay, and what the dispatcher sends it meanwhile is kept. A client
 that comes back within the grace period with the session's resume secret (given in
 ``welcome``, sent nowhere else and never logged) gets it back, and both ends send again
-what the other missed (``pyfora.protocol.Replay``), so replies that finished meanwhile
+what the other missed (``pyfora.wire.Replay``), so replies that finished meanwhile
 arrive and requests lost in the cut are handled once. Past the grace period the session
 ends as if closed.
 
@@ -34,7 +34,7 @@ import secrets
 
 from aiohttp import WSCloseCode, web
 
-from pyfora import protocol as p
+from pyfora import wire as p
 from pyfora.errors import PyforaError
 
 from . import limits

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from pyfora import protocol as p
+from pyfora import wire as p
 from pyfora.errors import ProtocolError, PyforaError
 
 from .link import Link

@@ -30,10 +30,12 @@ import threading
 import websockets
 from websockets.asyncio.client import connect
 
-from pyfora import compiled, local_tokens, serialization, shared_memory
-from pyfora import protocol as p
-from pyfora.aio.sender import Sender
-from pyfora.aio.tls import client_context
+from pyfora import compiled, serialization
+
+from pyfora.net import local_tokens, shared_memory
+from pyfora import wire as p
+from pyfora.net.sender import Sender
+from pyfora.net.tls import client_context
 from pyfora.errors import ProtocolError, PyforaConnectionError
 from pyfora.parallel import _runtime as parallel_runtime
 

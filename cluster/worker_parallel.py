@@ -16,7 +16,7 @@ import asyncio
 import threading
 from typing import Any, Callable
 
-from pyfora import protocol as p
+from pyfora import wire as p
 
 #: How long the task thread waits for the coordinator's answer before going on alone.
 REPLY_TIMEOUT = 30.0

@@ -17,7 +17,7 @@ from typing import Callable
 import psutil
 
 from pyfora import compiled
-from pyfora import protocol as p
+from pyfora import wire as p
 
 #: Seconds between two reports.
 INTERVAL = 1.0

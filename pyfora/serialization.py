@@ -9,7 +9,7 @@ Given a ``buffers`` list, ``dumps`` pickles large buffers out of band (protocol 
 arrays, ``bytearray``, ``memoryview``, and ``bytes`` that are the value itself, an
 element of a tuple value, or an argument of a call (pickle calls no hook for ``bytes`` and
 ``bytearray`` nested deeper, so those stay in the pickle). The list gets views of the
-value's own memory, sent as they are (``pyfora.protocol``); ``loads`` rebuilds the value
+value's own memory, sent as they are (``pyfora.wire``); ``loads`` rebuilds the value
 around the buffers it is given, without copying them.
 
 cloudpickle ships functions of ``__main__`` and of modules workers cannot import by value,
@@ -42,7 +42,7 @@ import cloudpickle
 
 from .errors import (ComputationError, ForeignProxyError, PythonToForaConversionError,
                      WorkerCrashedError)
-from .protocol import INLINE_LIMIT, MAX_FRAME
+from .wire.messages import INLINE_LIMIT, MAX_FRAME
 
 PROTOCOL = 5
 _local = threading.local()
@@ -110,7 +110,7 @@ class _OutOfBand:
 
 def _rebuild(kind: type, buffer: Any) -> Any:
     """The ``bytes``, ``bytearray`` or ``memoryview`` pickled as ``buffer``: the buffer
-    object itself when it has that type already (``protocol.Assembler`` gives read-only
+    object itself when it has that type already (``wire.Assembler`` gives read-only
     buffers as ``bytes`` and writable ones as ``memoryview``), else a copy."""
     return buffer if type(buffer) is kind else kind(buffer)
 

@@ -28,7 +28,7 @@ import pytest
 #: One scaled time unit for every timeout in the tests (raise PYFORA_TEST_UNIT on slow CI).
 UNIT = float(os.environ.get("PYFORA_TEST_UNIT", "1.0"))
 
-# The clusters the tests start leave their tokens here (``pyfora.local_tokens``), not in
+# The clusters the tests start leave their tokens here (``pyfora.net.local_tokens``), not in
 # the user's own runtime directory; child processes inherit it.
 os.environ.setdefault("PYFORA_RUNTIME_DIR", tempfile.mkdtemp(prefix="pyfora-tests-"))
 
@@ -87,7 +87,7 @@ class ClusterProcess:
 def http_status(url: str, token: str | None = None) -> dict:
     """``GET /api/status`` of the coordinator at ``url``, with its token (default: the
     ``?token=`` of ``url``, else the one a local cluster left for its user)."""
-    from pyfora import local_tokens
+    from pyfora.net import local_tokens
     url, _, given = url.partition("?token=")
     request = urllib.request.Request(url.rstrip("/") + "/api/status", headers={
         "Authorization": f"Bearer {token or given or local_tokens.find(url)}"})
@@ -100,8 +100,8 @@ def upgrade_headers(url: str, role: str = "client", token: str | None = None,
                     **hello) -> dict:
     """The headers a raw test client opens a connection to ``url`` with: its hello, and
     the token of ``role`` (default: the one a local cluster left for its user)."""
-    from pyfora import local_tokens
-    from pyfora import protocol as p
+    from pyfora.net import local_tokens
+    from pyfora import wire as p
     if token is None:
         token = local_tokens.find(url, "token" if role == "client" else "worker_token")
     return p.upgrade_headers(p.Hello(version=p.VERSION, role=role, **hello), token)
@@ -114,7 +114,7 @@ def ws_endpoint(url: str, path: str = "/api/session") -> str:
 
 def messages_of(frame: bytes) -> list:
     """The messages in a frame a raw test client received: one, or each of a ``batch``."""
-    from pyfora import protocol as p
+    from pyfora import wire as p
     message = p.decode(frame)
     if isinstance(message, p.Batch):
         return [p.decode(envelope) for envelope in message.envelopes]

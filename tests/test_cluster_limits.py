@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from cluster import limits
-from pyfora import protocol as p
+from pyfora import wire as p
 from pyfora.errors import ProtocolError, ResourceLimitError
 
 MiB = 1 << 20

@@ -11,8 +11,8 @@ from aiohttp import WSCloseCode, WSMsgType
 from conftest import UNIT
 
 from cluster import in_process
-from pyfora import protocol as p
-from pyfora.aio.sender import Sender
+from pyfora import wire as p
+from pyfora.net.sender import Sender
 
 T = 10 * UNIT
 
@@ -74,7 +74,7 @@ async def test_a_close_with_an_error_code_raises_for_the_session_as_websockets_d
 
 
 async def test_the_senders_batches_reach_the_assembler_whole():
-    """What both ends of a session run over it: ``Sender`` and ``protocol.Assembler``."""
+    """What both ends of a session run over it: ``Sender`` and ``wire.Assembler``."""
     client, server = in_process.pair()
     sender = Sender.on_websocket(client, p.MAX_FRAME)
     sent = [p.Release(oids=[i]) for i in range(100)]

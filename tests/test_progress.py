@@ -23,7 +23,7 @@ import time
 import pytest
 from conftest import UNIT, wait_idle
 
-from pyfora import protocol as p
+from pyfora import wire as p
 from pyfora import serialization
 from pyfora.aio import progress
 from pyfora.parallel import _runtime

@@ -1,4 +1,4 @@
-"""Session replay with no I/O: ``pyfora.protocol.Replay`` (what each end keeps until the
+"""Session replay with no I/O: ``pyfora.wire.Replay`` (what each end keeps until the
 other acknowledges it, and sends again on resume) and the coordinator's byte counts of it,
 ``cluster.limits.CountedReplay`` and ``Window``. Frames are stand-ins (``[b"0"]``, ...):
 the replay keeps them, never reads them. (The fetch turns of ``Window`` are covered in
@@ -11,7 +11,7 @@ from conftest import UNIT
 
 from cluster.limits import CountedReplay, Window
 from pyfora.errors import ProtocolError
-from pyfora.protocol import Ack, Replay
+from pyfora.wire import Ack, Replay
 
 
 def sent(replay: Replay, count: int) -> list[list[bytes]]:

@@ -1,5 +1,5 @@
-"""``pyfora.aio.sender``: messages through a real websocket on 127.0.0.1, as the peer sees
-them (its frames, and the messages ``protocol.Assembler`` makes of them)."""
+"""``pyfora.net.sender``: messages through a real websocket on 127.0.0.1, as the peer sees
+them (its frames, and the messages ``wire.Assembler`` makes of them)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from conftest import UNIT
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
-from pyfora import protocol as p
-from pyfora.aio.sender import Sender
+from pyfora import wire as p
+from pyfora.net.sender import Sender
 from pyfora.errors import ProtocolError
 
 T = 10 * UNIT

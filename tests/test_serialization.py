@@ -113,7 +113,7 @@ def test_large_buffers_go_out_of_band_and_come_back_without_copies():
     # five out of band (the keyword repeats an argument); small and nested bytes in band
     assert [view.nbytes for view in buffers] == [big] * 4
     assert big < len(data) < 2 * big
-    # as pyfora.protocol.Assembler(join=True) gives them: read-only ones as bytes,
+    # as pyfora.wire.Assembler(join=True) gives them: read-only ones as bytes,
     # writable ones as writable memoryviews
     received = [bytes(v) if v.readonly else memoryview(bytearray(v)) for v in buffers]
     fn, back, kwargs = serialization.loads(data, buffers=received)

@@ -1,4 +1,4 @@
-"""``pyfora.shared_memory``: the coordinator's directory and what is left of a dead one.
+"""``pyfora.net.shared_memory``: the coordinator's directory and what is left of a dead one.
 (Buffers through it: ``test_protocol.py`` and ``e2e/test_transfer.py``.)"""
 
 import os
@@ -9,12 +9,12 @@ import sys
 import pytest
 from conftest import UNIT, wait_until
 
-from pyfora import shared_memory
+from pyfora.net import shared_memory
 
 pytestmark = pytest.mark.skipif(shared_memory.host_id() is None, reason="no /dev/shm")
 
 COORDINATOR = """
-from pyfora import shared_memory
+from pyfora.net import shared_memory
 directory = shared_memory.Directory.create()
 open(directory.path + "/1-2-ab", "wb").write(b"left behind")
 print(directory.path, flush=True)
@@ -129,7 +129,7 @@ def test_a_coordinators_directory_is_its_users_alone():
 
 WRITER = """
 import os, signal, sys
-from pyfora import shared_memory
+from pyfora.net import shared_memory
 name = shared_memory.Directory(sys.argv[1]).put(b"x" * 4096)
 print(name, flush=True)
 os.kill(os.getpid(), signal.SIGKILL if sys.argv[2] == "die" else signal.SIGSTOP)

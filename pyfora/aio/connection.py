@@ -15,7 +15,7 @@ from typing import Any
 from .. import compiled
 from .executor import Executor
 from .session import Session
-from .tls import client_context
+from ..net.tls import client_context
 
 
 class connect:  # noqa: N801 - used like a function: `await connect()`, `async with connect()`

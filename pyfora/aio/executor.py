@@ -15,7 +15,7 @@ import logging
 import sys
 from typing import Any, Callable
 
-from .. import protocol as p
+from .. import wire as p
 from .. import serialization
 from ..errors import ExecutorClosedError, PyforaTimeoutError
 from ..compiled import run_interpreted

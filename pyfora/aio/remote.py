@@ -9,7 +9,7 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .. import protocol as p
+from .. import wire as p
 from .. import serialization
 
 if TYPE_CHECKING:

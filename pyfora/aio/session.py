@@ -9,7 +9,7 @@ A connection that breaks without a close frame (a network cut: not ``close()``, 
 cluster shutting down with GOING_AWAY) is not the end of the session: the coordinator
 keeps it for the grace period it announced in ``welcome``, and the reader reconnects with
 backoff within it, presenting the session's resume secret. Pending requests stay pending;
-both ends send again what the other missed (``pyfora.protocol.Replay``), so a reply that
+both ends send again what the other missed (``pyfora.wire.Replay``), so a reply that
 came while the client was away arrives, and a request lost in the cut is handled once.
 A refused TCP connection means nothing listens there any more (the cluster is gone), so
 it ends the attempt at once; so does the coordinator saying the session has ended. Only
@@ -33,12 +33,12 @@ from typing import Any, Awaitable, Callable
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
-from .. import protocol as p
-from .. import local_tokens, shared_memory
+from .. import wire as p
+from ..net import local_tokens, shared_memory
 from ..errors import (AuthenticationError, ExecutorClosedError, ProtocolError,
                       PyforaConnectionError, SessionClosedOK, SessionLost)
-from .sender import Sender
-from .tls import client_context
+from ..net.sender import Sender
+from ..net.tls import client_context
 
 log = logging.getLogger("pyfora")
 OPEN_TIMEOUT = 20.0
@@ -88,13 +88,13 @@ class Session:
         """Connect and say hello.
 
         Args:
-            url: the cluster's address (see ``protocol.endpoint_url``).
+            url: the cluster's address (see ``wire.endpoint_url``).
             token: the token (default: ``?token=`` in ``url``, else ``$PYFORA_TOKEN``, else
                 for a loopback URL the one a local ``pyfora-cluster`` left for its user,
-                see ``pyfora.local_tokens``).
+                see ``pyfora.net.local_tokens``).
             on_push: called with each message pushed by the cluster.
             ssl_context: for ``https``/``wss`` URLs (default: verify against the system's
-                authorities; see ``pyfora.aio.tls``).
+                authorities; see ``pyfora.net.tls``).
 
         Raises:
             PyforaConnectionError: the cluster cannot be reached, or its certificate

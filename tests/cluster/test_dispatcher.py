@@ -15,7 +15,7 @@ from conftest import UNIT
 from cluster.dispatcher import WINDOW, Dispatcher
 from cluster.lineage import CRASHED, Recipe
 from cluster.store import ObjectRecord, ObjectStore
-from pyfora import protocol as p
+from pyfora import wire as p
 from pyfora.errors import ProtocolError, WorkerCrashedError
 
 

@@ -94,7 +94,7 @@ def text(driver: Any, element_id: str) -> str:
 def open_dashboard(driver: Any, url: str, interval_ms: int = 250, timeout: float = 30) -> None:
     """Load the dashboard at ``url`` (a cluster's base URL, with ``?token=``, else the
     token a local cluster left for its user) and wait for its first redraw."""
-    from pyfora import local_tokens
+    from pyfora.net import local_tokens
     base, _, query = url.partition("?")
     if "token=" not in query:
         query = urllib.parse.urlencode({"token": local_tokens.find(base) or ""})

@@ -10,8 +10,8 @@ import websockets
 from conftest import UNIT, messages_of, upgrade_headers
 
 import pyfora
-from pyfora import local_tokens
-from pyfora import protocol as p
+from pyfora.net import local_tokens
+from pyfora import wire as p
 
 T = 30 * UNIT
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import UNIT, ClusterProcess, alive, busy, http_status, wait_until
 
 import pyfora
-from pyfora import local_tokens
+from pyfora.net import local_tokens
 
 T = 30 * UNIT
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "pyfora-cluster")

@@ -12,7 +12,7 @@ import pytest
 from conftest import UNIT, ClusterProcess, alive, busy, http_status, wait_until
 
 import pyfora
-from pyfora import local_tokens
+from pyfora.net import local_tokens
 
 T = 30 * UNIT       # a generous bound for one operation on a loaded machine
 

@@ -27,7 +27,7 @@ from websockets.sync.client import connect
 
 import pyfora
 from pyfora import aio
-from pyfora import protocol as p
+from pyfora import wire as p
 
 T = 10 * UNIT
 EXAMPLES = int(os.environ.get("PYFORA_FUZZ_EXAMPLES", "300"))

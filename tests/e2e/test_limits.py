@@ -6,7 +6,7 @@ acknowledging them is closed, saying why; a request over a per-session limit fai
 with ``ResourceLimitError`` and the session goes on with nothing lost; and a batch frame
 larger than any client makes is refused while the cluster serves others.
 
-Raw clients (the ``websockets`` library speaking ``pyfora.protocol``) all open their
+Raw clients (the ``websockets`` library speaking ``pyfora.wire``) all open their
 websocket through ``raw_session``."""
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import websockets
 from conftest import (UNIT, ClusterProcess, async_wait_until, http_status, upgrade_headers,
                       ws_endpoint)
 
-from pyfora import aio, serialization, shared_memory
-from pyfora import protocol as p
+from pyfora import aio, serialization
+
+from pyfora.net import shared_memory
+from pyfora import wire as p
 from pyfora.errors import ResourceLimitError
 
 T = 30 * UNIT
@@ -60,7 +62,7 @@ class _Sized:
 
 
 class RawClient:
-    """Messages of one raw session, counted as ``protocol.Replay`` counts them; it
+    """Messages of one raw session, counted as ``wire.Replay`` counts them; it
     acknowledges only when told to (``ack``)."""
 
     def __init__(self, ws, welcome: p.Welcome) -> None:

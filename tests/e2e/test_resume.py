@@ -13,8 +13,9 @@ import pytest
 from conftest import UNIT, ClusterProcess, async_wait_until, busy, http_status
 
 import pyfora
-from pyfora import aio, local_tokens
-from pyfora import protocol as p
+from pyfora import aio
+from pyfora.net import local_tokens
+from pyfora import wire as p
 
 T = 30 * UNIT
 
@@ -214,7 +215,7 @@ def sha256(data: bytes) -> str:
 
 
 async def test_a_large_message_cut_in_the_middle_is_sent_again_whole(resumable_wire):
-    """A message and its buffers' frames are one unit for ``protocol.Replay``: a cut
+    """A message and its buffers' frames are one unit for ``wire.Replay``: a cut
     inside the buffers (of a submit going up, of a value coming down) loses the part
     that came, and the whole message is sent again after the resume."""
     url = resumable_wire.url

@@ -26,8 +26,9 @@ import pytest
 from conftest import UNIT, http_status, upgrade_headers, wait_until
 
 import pyfora
-from pyfora import aio, local_tokens
-from pyfora import protocol as p
+from pyfora import aio
+from pyfora.net import local_tokens
+from pyfora import wire as p
 
 T = 30 * UNIT
 TOKEN = "s3cret-token-for-the-tests-0123456789"
@@ -262,7 +263,7 @@ def test_a_loopback_cluster_has_tokens_too_and_leaves_them_for_its_user(tmp_path
 def test_a_file_planted_by_another_user_is_not_trusted(tmp_path, monkeypatch):
     """A tokens' file that is not ours alone (another owner, or readable by others) is
     ignored, so no one can hand our clients a token of theirs."""
-    from pyfora import local_tokens
+    from pyfora.net import local_tokens
     runtime = tmp_path / "runtime"
     monkeypatch.setenv("PYFORA_RUNTIME_DIR", str(runtime))
     path = local_tokens.write(8123, "http://127.0.0.1:8123/", "t", "w")

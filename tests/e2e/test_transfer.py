@@ -1,7 +1,7 @@
 """Large values end to end: their buffers travel out of band, in frames of at most
-``protocol.CHUNK`` bytes, relayed by the coordinator without decoding
-(``pyfora/protocol.py``, ``pyfora/serialization.py``), or, between processes of this
-machine, as files in shared memory (``pyfora/shared_memory.py``). Each round trip runs
+``wire.CHUNK`` bytes, relayed by the coordinator without decoding
+(``pyfora/wire/``, ``pyfora/serialization.py``), or, between processes of this
+machine, as files in shared memory (``pyfora/net/shared_memory.py``). Each round trip runs
 both ways: on the shared clusters (shared memory) and on a ``--no-shared-memory`` one.
 Real coordinator, real workers."""
 
@@ -23,8 +23,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 import pyfora
-from pyfora import aio, shared_memory
-from pyfora import protocol as p
+from pyfora import aio
+from pyfora.net import shared_memory
+from pyfora import wire as p
 
 T = 60 * UNIT
 MB = 1 << 20
@@ -204,7 +205,7 @@ KILLED_CLIENT = """
 import os, signal, sys
 sys.path[:0] = sys.argv[2:]
 from test_transfer import hello
-from pyfora import shared_memory
+from pyfora.net import shared_memory
 with hello(sys.argv[1], shared_memory.host_id()) as (ws, welcome):
     name = shared_memory.Directory.offered(welcome.shm).put(b"x" * (2 << 20))
     print(name, flush=True)

@@ -1,6 +1,6 @@
 """A worker is trusted with what it was given and nothing more (``cluster/dispatcher.py``,
 ``cluster/worker_link.py``): a raw connection on ``/api/worker`` (the ``websockets``
-client speaking ``pyfora.protocol``) that fetches an object it was not given is refused,
+client speaking ``pyfora.wire``) that fetches an object it was not given is refused,
 and its ``done``, ``output`` and ``progress`` for a task it was not given are dropped,
 while the session whose task that is gets its real output and result.
 
@@ -18,8 +18,10 @@ import pytest
 from conftest import UNIT, ClusterProcess, http_status, messages_of, wait_until, ws_endpoint
 from websockets.sync.client import connect
 
-from pyfora import local_tokens, serialization
-from pyfora import protocol as p
+from pyfora import serialization
+
+from pyfora.net import local_tokens
+from pyfora import wire as p
 
 T = 30 * UNIT
 

@@ -11,7 +11,7 @@ and what is sent meanwhile queues behind it, so the order is kept.
 Writing costs a system call and a frame for the peer to parse, whatever the frame's size,
 and thousands of tiny tasks make thousands of tiny messages at once. So after writing a
 message at once, the messages sent in the rest of that loop iteration are held, and
-written together at the start of the next (``protocol.batch``): envelopes alone share
+written together at the start of the next (``wire.batch``): envelopes alone share
 ``batch`` frames, a message with buffers goes as its own frames between them. A lone
 request goes out at once; a burst costs a few frames.
 
@@ -28,14 +28,14 @@ from typing import Any
 
 import websockets
 
-from .. import protocol as p
+from .. import wire as p
 
 # Looked up once: ``websockets.State`` is a lazy import, resolved again on every use.
 _OPEN = websockets.State.OPEN
 
 
 class Sender:
-    """Writes messages (each the frames of one, ``protocol.to_frames``) through ``send`` (a
+    """Writes messages (each the frames of one, ``wire.to_frames``) through ``send`` (a
     coroutine function of one frame), in order.
 
     ``gone``: the exceptions that mean the connection ended; what is queued is then dropped
@@ -44,7 +44,7 @@ class Sender:
     connection waits on a deadline that needs its own task). With ``paused``, messages are
     only queued until ``start()`` (the other end expects another frame first). ``limit``:
     the largest ``batch`` frame to make (the peer's frame limit, if lower than
-    ``protocol.BATCH_BYTES``).
+    ``wire.BATCH_BYTES``).
     """
 
     def __init__(self, send: Callable[[Any], Coroutine[Any, Any, Any]],
