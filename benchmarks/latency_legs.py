@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tasks  # noqa: E402
 
 import pyfora  # noqa: E402
-from cluster.session import ClientSession  # noqa: E402
-from cluster.worker_link import WorkerLink  # noqa: E402
+from cluster.coordinator.session import ClientSession  # noqa: E402
+from cluster.coordinator.worker_link import WorkerLink  # noqa: E402
 from pyfora import protocol as p  # noqa: E402
 
 LEGS = ["client submit() -> coordinator handles Submit",

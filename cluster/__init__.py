@@ -1,7 +1,11 @@
-"""The pyfora cluster: an aiohttp coordinator and its worker processes.
+"""The pyfora cluster, one subpackage per process: ``coordinator`` (the aiohttp app and
+what it holds), ``scheduling`` (where tasks run, also in the coordinator) and ``worker``
+(inside worker processes).
 
-The coordinator never unpickles user payloads; only workers do. This package may import
-``pyfora.wire``, ``pyfora.serialization`` (workers only) and ``pyfora.errors``.
+The coordinator never unpickles user payloads; only workers do. The coordinator imports
+``pyfora.wire``, ``pyfora.net`` and ``pyfora.errors`` only; workers also
+``pyfora.serialization``, ``pyfora.parallel`` and ``pyfora.compiled``
+(``tests/test_layering.py``).
 """
 
 

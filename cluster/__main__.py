@@ -19,9 +19,9 @@ import sys
 
 from pyfora.net import local_tokens
 
-from . import loop_factory
-from .app import Config, start_cluster
-from .limits import MIN_UNACKED_BYTES
+from cluster import loop_factory
+from cluster.coordinator.app import Config, start_cluster
+from cluster.coordinator.limits import MIN_UNACKED_BYTES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -9,19 +9,43 @@ The asynchronous API is ``pyfora.aio``; this package is a thin synchronous facad
 """
 
 from concurrent.futures import CancelledError
+from typing import TYPE_CHECKING
 
-from .connection import connect
 from .errors import (AuthenticationError, BadWithBlockError, CantGetSourceTextError,
                      ComputationError, ExecutorClosedError, ForeignProxyError, InternalError,
                      ProtocolError, PyforaConnectionError, PyforaError, PyforaTimeoutError,
-                     PyforaUsageError, PythonToForaConversionError,
-                     ResourceLimitError, ResultExceededBytecountThreshold, SessionClosedOK, SessionLost,
+                     PyforaUsageError, PythonToForaConversionError, ResourceLimitError,
+                     ResultExceededBytecountThreshold, SessionClosedOK, SessionLost,
                      WorkerCrashedError)
-from .executor import Executor
-from .future import Future
-from .remote import RemotePythonObject
 
 ConnectionError = PyforaConnectionError  # noqa: A001 - pyfora's historical name
+
+# The client API loads on first use (PEP 562): the coordinator and the workers import
+# ``pyfora.wire``, ``pyfora.net`` and ``pyfora.errors``, and must not pay for, or depend
+# on, the client (its event loop thread, cloudpickle, the with-block machinery).
+_LAZY = {"connect": ".connection", "Executor": ".executor", "Future": ".future",
+         "RemotePythonObject": ".remote"}
+
+
+if TYPE_CHECKING:
+    from .connection import connect
+    from .executor import Executor
+    from .future import Future
+    from .remote import RemotePythonObject
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pyfora' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AuthenticationError",

@@ -1,4 +1,4 @@
-"""Automatic parallelism inside Dask workers (``cluster/dask_parallel.py``), on a real
+"""Automatic parallelism inside Dask workers (``cluster/worker/dask_parallel.py``), on a real
 ``distributed.LocalCluster`` with worker processes of one thread each.
 
 Each test submits ``run_rewritten`` to Dask, as the Dask backend's task function would:
@@ -23,7 +23,7 @@ from pyfora import serialization  # noqa: E402
 from pyfora.errors import PyforaUsageError  # noqa: E402
 from pyfora.parallel import _runtime, rewrite_function  # noqa: E402
 
-from cluster.dask_parallel import (TAKE_BACK, TOPIC, current_task,  # noqa: E402
+from cluster.worker.dask_parallel import (TAKE_BACK, TOPIC, current_task,  # noqa: E402
                                    install_parallel_context)
 from conftest import UNIT  # noqa: E402
 

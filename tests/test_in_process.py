@@ -1,4 +1,4 @@
-"""``cluster.in_process``: the embedded session's connection behaves as the websocket it
+"""``cluster.coordinator.in_process``: the embedded session's connection behaves as the websocket it
 replaces, as each end's reader sees it (the session's, the coordinator's ``Link``)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import websockets
 from aiohttp import WSCloseCode, WSMsgType
 from conftest import UNIT
 
-from cluster import in_process
+from cluster.coordinator import in_process
 from pyfora import wire as p
 from pyfora.net.sender import Sender
 

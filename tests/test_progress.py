@@ -195,8 +195,8 @@ class Peer:
 
 
 def test_coordinator_adds_running_pieces_to_the_roots_count(monkeypatch):
-    from cluster import backend, dispatcher
-    from cluster.store import ObjectStore
+    from cluster.scheduling import backend, dispatcher
+    from cluster.coordinator.store import ObjectStore
     monkeypatch.setattr(backend, "PROGRESS_EVERY", 0.0)
     coordinator = dispatcher.Dispatcher(ObjectStore())
     client, a, b = Peer("client"), Peer("a"), Peer("b")

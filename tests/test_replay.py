@@ -1,6 +1,6 @@
 """Session replay with no I/O: ``pyfora.wire.Replay`` (what each end keeps until the
 other acknowledges it, and sends again on resume) and the coordinator's byte counts of it,
-``cluster.limits.CountedReplay`` and ``Window``. Frames are stand-ins (``[b"0"]``, ...):
+``cluster.coordinator.limits.CountedReplay`` and ``Window``. Frames are stand-ins (``[b"0"]``, ...):
 the replay keeps them, never reads them. (The fetch turns of ``Window`` are covered in
 ``test_cluster_limits.py``; here only how acknowledgements reach it.)"""
 
@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from conftest import UNIT
 
-from cluster.limits import CountedReplay, Window
+from cluster.coordinator.limits import CountedReplay, Window
 from pyfora.errors import ProtocolError
 from pyfora.wire import Ack, Replay
 

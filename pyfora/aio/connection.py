@@ -67,7 +67,7 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
     async def _open(self) -> Executor:
         if self._url is None:
             cluster = await _start_embedded(self._workers)
-            # On this loop, as the client: no socket between them (``cluster.in_process``).
+            # On this loop, as the client: no socket between them (``cluster.coordinator.in_process``).
             session = Session(*cluster.coordinator.connect_local())
         else:
             cluster = None
@@ -93,5 +93,5 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
 
 
 async def _start_embedded(workers: int | None):
-    from cluster import embedded
+    from cluster.coordinator import embedded
     return await embedded.start(workers)

@@ -1,4 +1,5 @@
-"""TLS for ``wss://`` connections: the client's ``ssl.SSLContext``.
+"""TLS for ``wss://`` connections: the client's ``ssl.SSLContext``, and the one a
+coordinator's own workers pin its certificate with.
 
 Clients verify the cluster's certificate by default, against the system's trusted
 authorities (and ``$SSL_CERT_FILE``, which OpenSSL reads). ``cafile=`` trusts a given
@@ -38,5 +39,18 @@ def client_context(cafile: str | None = None, verify: bool = True) -> ssl.SSLCon
         raise PyforaConnectionError(f"cannot load cafile {cafile!r}: {exc}") from None
     # Lets a self-signed certificate in cafile be its own trust anchor; the default from
     # Python 3.13 on (https://github.com/python/cpython/issues/107361).
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
+def pinned_context(certfile: str) -> ssl.SSLContext:
+    """For the coordinator's own worker subprocesses: trust exactly the coordinator's
+    certificate. They dial the address it bound (often 127.0.0.1 or 0.0.0.0), which need
+    not be a name the certificate carries, so the host name is not checked; the pin and
+    the token are what authenticate the coordinator."""
+    context = ssl.create_default_context(cafile=certfile)
+    context.check_hostname = False
+    # A self-signed leaf is its own trust anchor only with PARTIAL_CHAIN (the default
+    # from Python 3.13 on, not before).
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context

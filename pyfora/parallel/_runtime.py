@@ -94,7 +94,7 @@ _context: Any = None
 
 def install(context: Any) -> None:
     """Called once by the worker process; ``context`` talks to the coordinator (see
-    ``cluster/worker_parallel.py`` for the interface)."""
+    ``cluster/worker/parallel.py`` for the interface)."""
     global _context
     _context = context
 

@@ -1,4 +1,4 @@
-"""``cluster/dispatcher.py`` and ``cluster/lineage.py`` with no sockets: the dispatcher
+"""``cluster/scheduling/dispatcher.py`` and ``cluster/scheduling/lineage.py`` with no sockets: the dispatcher
 drives ``FakeLink``s standing in for ``WorkerLink`` and ``ClientSession``, and each test
 plays the worker's or the client's part by calling the dispatcher's own entry points
 (``submit``, ``task_done``, ``worker_lost``, ...) and reading what it sent them.
@@ -12,9 +12,9 @@ import asyncio
 import pytest
 from conftest import UNIT
 
-from cluster.dispatcher import WINDOW, Dispatcher
-from cluster.lineage import CRASHED, Recipe
-from cluster.store import ObjectRecord, ObjectStore
+from cluster.scheduling.dispatcher import WINDOW, Dispatcher
+from cluster.scheduling.lineage import CRASHED, Recipe
+from cluster.coordinator.store import ObjectRecord, ObjectStore
 from pyfora import wire as p
 from pyfora.errors import ProtocolError, WorkerCrashedError
 

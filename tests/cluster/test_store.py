@@ -1,9 +1,9 @@
-"""``cluster/store.py`` on its own: ids, owners, references, holders and the bytes each
+"""``cluster/coordinator/store.py`` on its own: ids, owners, references, holders and the bytes each
 owner has defined. No dispatcher: ``on_free`` / ``on_drop`` are recorded instead of
 telling workers, so each test sees exactly what the store would have asked for."""
 
-from cluster.lineage import Recipe
-from cluster.store import ObjectRecord, ObjectStore
+from cluster.scheduling.lineage import Recipe
+from cluster.coordinator.store import ObjectRecord, ObjectStore
 
 
 class Owner:

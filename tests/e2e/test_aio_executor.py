@@ -219,7 +219,7 @@ def _sockets_to(port: int) -> list:
 
 
 async def test_the_embedded_session_needs_no_socket_and_loses_nothing():
-    """The embedded default's session passes its frames in memory (``cluster.in_process``):
+    """The embedded default's session passes its frames in memory (``cluster.coordinator.in_process``):
     no connection from this process to its coordinator, while the workers' are real."""
     blob = os.urandom(3 << 20)      # large enough for shared memory
     async with aio.connect(workers=1) as ex:

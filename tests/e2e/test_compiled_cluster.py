@@ -15,7 +15,7 @@ import pyfora
 from conftest import UNIT, wait_until
 
 TIMEOUT = 60 * UNIT
-#: Workers report their counts every second (cluster/worker_stats.py; Dask: heartbeats).
+#: Workers report their counts every second (cluster/worker/stats.py; Dask: heartbeats).
 SETTLE = 2.5
 
 

@@ -1,4 +1,4 @@
-"""The dashboard (``cluster/dashboard.py``): its JSON, its token check, and the page in a
+"""The dashboard (``cluster/coordinator/dashboard.py``): its JSON, its token check, and the page in a
 real headless Chromium (skipped, with the reason, where Chromium is not installed)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import UNIT, ClusterProcess, busy, http_status, wait_until
 
-from cluster.app import Config, make_app
+from cluster.coordinator.app import Config, make_app
 
 TOKEN = "dashboard-test-token"
 

@@ -152,7 +152,7 @@ async def test_a_lost_dask_worker_is_recovered_from_lineage(coordinator, dask_cl
 def _drop_done_events(dask_scheduler, drop=True):
     """On the scheduler: lose (or stop losing) every pyfora done event, as a scheduler
     might under load."""
-    from cluster.dask_tasks import DONE_TOPIC
+    from cluster.worker.dask_tasks import DONE_TOPIC
     if not drop:
         dask_scheduler.__dict__.pop("log_event", None)
         return
@@ -187,7 +187,7 @@ async def test_a_task_whose_done_event_is_lost_still_answers(coordinator, dask_c
 def test_a_pyfora_worker_cannot_join_a_dask_backed_coordinator(coordinator):
     # Its worker token found where the coordinator left it: the door opens, the
     # backend refuses.
-    done = subprocess.run([sys.executable, "-m", "cluster.worker_main", coordinator.url],
+    done = subprocess.run([sys.executable, "-m", "cluster.worker.main", coordinator.url],
                           capture_output=True, text=True, timeout=T)
     assert done.returncode != 0
     assert "this coordinator runs its tasks on Dask: add Dask workers" in done.stderr, \

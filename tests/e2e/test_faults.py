@@ -334,7 +334,7 @@ def test_a_hand_started_worker_exits_with_its_coordinator_even_mid_task():
     """The task thread does not hold the process: a worker whose coordinator is gone
     exits at once, not when its task ends."""
     cluster = ClusterProcess(0)
-    worker = subprocess.Popen([sys.executable, "-m", "cluster.worker_main", cluster.url,
+    worker = subprocess.Popen([sys.executable, "-m", "cluster.worker.main", cluster.url,
                                "--name", "by-hand"])
     ex = pyfora.connect(cluster.url)
     try:
@@ -389,14 +389,14 @@ def test_cancel_queued_running_and_fetching_keeps_workers_and_directory_sound(on
         wait_until(lambda: objects() == 0, T, "everything released")
 
 
-# -- tasks queued in a worker's window (cluster.dispatcher) --------------------------------
+# -- tasks queued in a worker's window (cluster.scheduling.dispatcher) --------------------------------
 
 @pytest.fixture
 async def windowed(monkeypatch):
     """An embedded cluster of one worker whose window opens after any task (whatever the
     machine's load makes the tasks' times), so tasks queue on the worker itself. It opens
     within a stream of tasks: each test starts its stream with ``square(1)``."""
-    from cluster import dispatcher
+    from cluster.scheduling import dispatcher
     monkeypatch.setattr(dispatcher, "QUEUED_WORK", 3600.0)
     async with aio.connect(None, workers=1) as executor:
         yield executor
@@ -447,7 +447,7 @@ async def test_long_tasks_after_a_stream_of_short_ones_are_not_queued_on_a_worke
         monkeypatch, tmp_path):
     """Windows open within a stream of short tasks; a worker left idle starts from one,
     so a burst of long tasks waits centrally for whichever worker is free first."""
-    from cluster import dispatcher
+    from cluster.scheduling import dispatcher
     monkeypatch.setattr(dispatcher, "QUEUED_WORK", 3600.0)
     marker = tmp_path / "go"
     async with aio.connect(None, workers=2) as ex:

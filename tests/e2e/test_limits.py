@@ -1,4 +1,4 @@
-"""Bounded memory per client (``cluster/limits.py``), against real coordinators started
+"""Bounded memory per client (``cluster/coordinator/limits.py``), against real coordinators started
 with small limits: a client that never acknowledges what it fetches cannot make the
 coordinator hold more than ``--max-unacked-bytes`` (its fetches wait, and all arrive once
 it acknowledges), nor through files in ``/dev/shm``; one that reads other replies without

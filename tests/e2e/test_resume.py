@@ -1,5 +1,5 @@
 """A client whose connection breaks resumes its session (``pyfora/aio/session.py``,
-``cluster/session.py``): a real coordinator and workers, the client's websocket through a
+``cluster/coordinator/session.py``): a real coordinator and workers, the client's websocket through a
 small TCP proxy on 127.0.0.1 that the tests sever (both sockets aborted, no close frame)
 and can make refuse connections for a while, as a network outage would."""
 

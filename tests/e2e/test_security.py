@@ -208,7 +208,7 @@ async def test_the_token_is_never_logged(token_cluster, monkeypatch):
 def test_worker_with_a_wrong_token_or_the_clients_is_refused(token_cluster, token):
     url = token_cluster.url
     worker = subprocess.run(
-        [sys.executable, "-m", "cluster.worker_main", url, "--token", token, "--name", "intruder"],
+        [sys.executable, "-m", "cluster.worker.main", url, "--token", token, "--name", "intruder"],
         check=False, capture_output=True, text=True, timeout=T, env=env_without_token())
     assert worker.returncode != 0
     assert "refused the worker token" in worker.stderr and "PYFORA_WORKER_TOKEN" in worker.stderr
@@ -219,7 +219,7 @@ def test_worker_with_a_wrong_token_or_the_clients_is_refused(token_cluster, toke
 def test_a_hand_started_worker_finds_the_worker_token_of_a_local_cluster(token_cluster):
     """No token given: ``pyfora-worker`` reads the one the cluster left for its user."""
     worker = subprocess.Popen(
-        [sys.executable, "-m", "cluster.worker_main", token_cluster.url, "--name", "by-hand"],
+        [sys.executable, "-m", "cluster.worker.main", token_cluster.url, "--name", "by-hand"],
         env=env_without_token())
     try:
         wait_until(lambda: "by-hand" in [w["name"] for w in
@@ -457,7 +457,7 @@ def test_tls_hand_started_worker_verifies_the_certificate(tls_cluster):
     internal token, so the answer is a refusal)."""
     def run(*extra: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "cluster.worker_main", tls_cluster.url, *extra],
+            [sys.executable, "-m", "cluster.worker.main", tls_cluster.url, *extra],
             check=False, capture_output=True, text=True, timeout=T, env=env_without_token())
     unverified = run()
     assert unverified.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in unverified.stderr

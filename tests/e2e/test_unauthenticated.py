@@ -1,7 +1,7 @@
 """What a peer without the token can make the coordinator do: next to nothing. Its
 upgrade is refused before a frame is read, what it sends meanwhile is not buffered, a
 request it never finishes is closed at the deadline, and idle connections cannot pile up
-(``cluster.guard``). Real coordinators, raw TCP connections on this machine."""
+(``cluster.coordinator.guard``). Real coordinators, raw TCP connections on this machine."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""A worker is trusted with what it was given and nothing more (``cluster/dispatcher.py``,
-``cluster/worker_link.py``): a raw connection on ``/api/worker`` (the ``websockets``
+"""A worker is trusted with what it was given and nothing more (``cluster/scheduling/dispatcher.py``,
+``cluster/coordinator/worker_link.py``): a raw connection on ``/api/worker`` (the ``websockets``
 client speaking ``pyfora.wire``) that fetches an object it was not given is refused,
 and its ``done``, ``output`` and ``progress`` for a task it was not given are dropped,
 while the session whose task that is gets its real output and result.

@@ -1,7 +1,7 @@
 """The embedded default's cluster (``pyfora.connect()`` with no URL), started in the order
 that gets its first result soonest.
 
-Importing the coordinator's web server (aiohttp, ``cluster.app``) and starting worker
+Importing the coordinator's web server (aiohttp, ``cluster.coordinator.app``) and starting worker
 processes (each importing pyfora) each take a few tenths of a second. Done one after
 the other, they were most of W5's start-up (benchmarks/RESULTS.md). Here the coordinator's
 socket is bound and listening first, the workers are started connecting to it (the
@@ -17,12 +17,12 @@ import os
 import secrets
 import socket
 
-from .workers import WorkerPool
+from cluster.coordinator.pool import WorkerPool
 
 
 async def start(workers: int | None):
     """A cluster of ``workers`` worker processes (default: one per core) on 127.0.0.1,
-    once they have joined: a ``cluster.app.RunningCluster``."""
+    once they have joined: a ``cluster.coordinator.app.RunningCluster``."""
     count = workers if workers is not None else os.cpu_count() or 1
     listening = socket.create_server(("127.0.0.1", 0))
     port = listening.getsockname()[1]
@@ -32,7 +32,7 @@ async def start(workers: int | None):
     pool = WorkerPool(count, f"ws://127.0.0.1:{port}/api/worker", secrets.token_urlsafe(32))
     try:
         await pool.start()
-        from .app import Config, start_cluster
+        from cluster.coordinator.app import Config, start_cluster
     except BaseException:
         await pool.stop()
         listening.close()

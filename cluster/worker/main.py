@@ -35,13 +35,15 @@ from pyfora import compiled, serialization
 from pyfora.net import local_tokens, shared_memory
 from pyfora import wire as p
 from pyfora.net.sender import Sender
-from pyfora.net.tls import client_context
+from pyfora.net.tls import client_context, pinned_context
 from pyfora.errors import ProtocolError, PyforaConnectionError
 from pyfora.parallel import _runtime as parallel_runtime
 
-from . import loop_factory, worker_stats
-from .task_thread import TaskCancelled, capture_streams, interrupt
-from .worker_parallel import ParallelContext
+from cluster import loop_factory
+
+from cluster.worker import stats as worker_stats
+from cluster.worker.task_thread import TaskCancelled, capture_streams, interrupt
+from cluster.worker.parallel import ParallelContext
 
 log = logging.getLogger("cluster.worker")
 
@@ -354,7 +356,6 @@ def main(argv: list[str] | None = None) -> None:
     token = (args.token or args.token_file or url_token or from_env
              or local_tokens.find(url, "worker_token"))
     if args.pin and args.cafile:
-        from .auth import pinned_context
         context = pinned_context(args.cafile)
     else:
         context = client_context(args.cafile, verify=not args.no_verify)

@@ -13,7 +13,7 @@ import time
 from pyfora import wire as p
 from pyfora.errors import ProtocolError, PyforaError
 
-from .link import Link
+from cluster.coordinator.link import Link
 
 
 class WorkerLink(Link):

@@ -22,7 +22,7 @@ from typing import Any
 from pyfora import wire as p
 from pyfora.errors import ForeignProxyError, PyforaUsageError
 
-from .store import ObjectRecord, ObjectStore
+from cluster.coordinator.store import ObjectRecord, ObjectStore
 
 #: Seconds between two counts of one map forwarded to its client.
 PROGRESS_EVERY = 0.2

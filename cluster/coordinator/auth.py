@@ -32,7 +32,7 @@ from aiohttp import abc, web
 
 from pyfora import wire as p
 
-from .guard import Guard
+from cluster.coordinator.guard import Guard
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -187,17 +187,4 @@ def server_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
     """The coordinator's TLS context (https and wss)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certfile, keyfile)
-    return context
-
-
-def pinned_context(certfile: str) -> ssl.SSLContext:
-    """For the coordinator's own worker subprocesses: trust exactly the coordinator's
-    certificate. They dial the address it bound (often 127.0.0.1 or 0.0.0.0), which need
-    not be a name the certificate carries, so the host name is not checked; the pin and
-    the token are what authenticate the coordinator."""
-    context = ssl.create_default_context(cafile=certfile)
-    context.check_hostname = False
-    # A self-signed leaf is its own trust anchor only with PARTIAL_CHAIN (the default
-    # from Python 3.13 on, not before).
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context

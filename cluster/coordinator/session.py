@@ -16,7 +16,7 @@ its objects in the store and the session of its tasks in the dispatcher, so keep
 means neither needs to know about resuming; while detached it is not ``closed``, so
 results are recorded and their replies buffered exactly as if it were connected.
 
-What a session may make the coordinator hold is bounded (``cluster.limits``): its
+What a session may make the coordinator hold is bounded (``cluster.coordinator.limits``): its
 requests over a limit fail alone, its fetches wait for room among the replies not yet
 acknowledged, and a session whose other unacknowledged replies go over that limit is
 closed.
@@ -37,8 +37,8 @@ from aiohttp import WSCloseCode, web
 from pyfora import wire as p
 from pyfora.errors import PyforaError
 
-from . import limits
-from .link import Link
+from cluster.coordinator import limits
+from cluster.coordinator.link import Link
 
 log = logging.getLogger("cluster")
 #: Seconds a session closed for a limit has to take the error saying so before the close.

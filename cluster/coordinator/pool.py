@@ -78,7 +78,7 @@ class WorkerPool:
             env["PYFORA_WORKER_TOKEN"] = self.token   # not on the command line, where ps shows it
         tls = ["--cafile", self.certfile, "--pin"] if self.certfile else []
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cluster.worker_main", self.url, "--name", name,
+            sys.executable, "-m", "cluster.worker.main", self.url, "--name", name,
             "--parent-pipe", *tls, stdin=asyncio.subprocess.PIPE, env=env)
         self.procs[name] = proc
         self._keep(asyncio.create_task(self._watch(name, proc)))

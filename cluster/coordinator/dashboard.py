@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from .app import Coordinator
+    from cluster.coordinator.app import Coordinator
 
-PAGE = importlib.resources.files("cluster") / "static" / "dashboard.html"
+PAGE = importlib.resources.files("cluster.coordinator") / "static" / "dashboard.html"
 # Inline script and style are the page's own; everything else, the network included, is
 # limited to this origin, and no other site may frame the page (clickjacking).
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from pyfora import wire as p
 
-from .store import ObjectRecord
+from cluster.coordinator.store import ObjectRecord
 
 if TYPE_CHECKING:
-    from .dispatcher import Dispatcher, Task
+    from cluster.scheduling.dispatcher import Dispatcher, Task
 
 #: The error type of a task that could not finish because a worker died: its own, or the
 #: one holding an input that could not be computed again.

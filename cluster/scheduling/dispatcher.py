@@ -49,9 +49,9 @@ from typing import Any
 from pyfora import wire as p
 from pyfora.errors import ProtocolError, PyforaUsageError, WorkerCrashedError
 
-from .backend import Backend
-from .lineage import CRASHED, Rebuilder, crash_error, is_lost
-from .store import ObjectRecord, ObjectStore
+from cluster.scheduling.backend import Backend
+from cluster.scheduling.lineage import CRASHED, Rebuilder, crash_error, is_lost
+from cluster.coordinator.store import ObjectRecord, ObjectStore
 
 log = logging.getLogger("cluster")
 

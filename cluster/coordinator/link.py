@@ -23,7 +23,7 @@ from pyfora.net.sender import Sender
 from pyfora.errors import ProtocolError, PyforaError
 from pyfora.net.shared_memory import Directory
 
-from .auth import Doors, refuse
+from cluster.coordinator.auth import Doors, refuse
 
 log = logging.getLogger("cluster")
 

@@ -1,4 +1,4 @@
-"""``cluster/limits.py`` with no I/O: the byte counts of ``CountedReplay`` and the turns
+"""``cluster/coordinator/limits.py`` with no I/O: the byte counts of ``CountedReplay`` and the turns
 of ``Window``. (Not ``test_limits.py``: pytest needs basenames apart from
 ``e2e/test_limits.py``.)"""
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cluster import limits
+from cluster.coordinator import limits
 from pyfora import wire as p
 from pyfora.errors import ProtocolError, ResourceLimitError
 

@@ -23,17 +23,19 @@ from pyfora import wire as p
 from pyfora.net import shared_memory
 from pyfora.errors import ProtocolError, PyforaUsageError, ResourceLimitError
 
-from . import dashboard, in_process
-from .auth import AccessLogger, Doors, is_loopback, new_token, served_names, server_context
-from .backend import Backend
-from .dispatcher import Dispatcher
-from .guard import Guard, GuardedSite
-from .limits import check_session_count
-from .link import accept
-from .session import ClientSession
-from .store import ObjectStore
-from .worker_link import WorkerLink
-from .workers import WorkerPool
+from cluster.coordinator import dashboard
+
+from cluster.coordinator import in_process
+from cluster.coordinator.auth import AccessLogger, Doors, is_loopback, new_token, served_names, server_context
+from cluster.scheduling.backend import Backend
+from cluster.scheduling.dispatcher import Dispatcher
+from cluster.coordinator.guard import Guard, GuardedSite
+from cluster.coordinator.limits import check_session_count
+from cluster.coordinator.link import accept
+from cluster.coordinator.session import ClientSession
+from cluster.coordinator.store import ObjectStore
+from cluster.coordinator.worker_link import WorkerLink
+from cluster.coordinator.pool import WorkerPool
 
 log = logging.getLogger("cluster")
 JOIN_TIMEOUT = 60.0
@@ -47,21 +49,21 @@ class Config:
 
     ``token`` (the clients') defaults to ``$PYFORA_TOKEN`` and ``worker_token`` to
     ``$PYFORA_WORKER_TOKEN``; each is generated (``token_generated``,
-    ``worker_token_generated``) when not given, whatever the address (``cluster.auth``).
+    ``worker_token_generated``) when not given, whatever the address (``cluster.coordinator.auth``).
     ``allowed_hosts``: names of this cluster beside its machine's own (``auth.host_allowed``).
     ``max_unauthenticated`` connections may wait at once, each ``auth_timeout`` seconds at
-    most, to authenticate (``cluster.guard``).
+    most, to authenticate (``cluster.coordinator.guard``).
     ``certfile``/``keyfile`` serve https and wss. ``memory_limit`` (bytes) is each worker
     subprocess's resident memory ceiling: one that goes over it is killed and replaced.
     ``session_grace`` is how many seconds a client session whose connection broke is kept
-    for the client to resume it (0: released at once; see ``cluster.session``).
+    for the client to resume it (0: released at once; see ``cluster.coordinator.session``).
     ``backend`` is what runs the tasks: ``"pool"``, worker subprocesses of the
     coordinator's own, or ``"dask"``, the Dask cluster whose scheduler is at
     ``scheduler`` (a local one of ``workers`` processes when None; ``dask_backend``).
     ``shared_memory``: clients and workers on this machine hand large buffers over
     through ``/dev/shm`` (``pyfora.net.shared_memory``). ``max_sessions``,
     ``max_session_bytes``, ``max_queued_tasks`` and ``max_unacked_bytes`` bound what
-    clients may make the coordinator hold (``cluster.limits``).
+    clients may make the coordinator hold (``cluster.coordinator.limits``).
     """
     host: str = "127.0.0.1"
     port: int = 8000
@@ -214,7 +216,7 @@ class Coordinator:
 
     def connect_local(self) -> tuple[in_process.ClientEnd, p.Welcome]:
         """A session for a client on this event loop (the embedded default): its frames
-        are handed over in memory (``cluster.in_process``). Returns the client's end of
+        are handed over in memory (``cluster.coordinator.in_process``). Returns the client's end of
         the connection and its welcome."""
         client, server = in_process.pair()
         session = ClientSession(server, self, self.shm.for_peer() if self.shm else None)
@@ -328,12 +330,12 @@ async def start_cluster(config: Config, started: tuple[socket.socket, WorkerPool
     (with the Dask backend: connect to Dask, or start a local Dask cluster, first).
 
     ``started``: a listening socket, and a pool already started with workers connecting to
-    it (``cluster.embedded``): serve on that socket and wait for those workers.
+    it (``cluster.coordinator.embedded``): serve on that socket and wait for those workers.
     """
     backend = None
     if config.backend == "dask":
         try:
-            from .dask_backend import DaskBackend
+            from cluster.scheduling.dask import DaskBackend
         except ImportError as exc:
             raise PyforaUsageError("the Dask backend needs dask[distributed]: pip install "
                                    f"'pyfora[dask]' ({exc})") from None

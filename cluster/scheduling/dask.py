@@ -43,10 +43,12 @@ from pyfora import wire as p
 from pyfora.errors import PyforaUsageError, WorkerCrashedError
 from pyfora.net.shared_memory import Shared
 
-from . import dask_parallel, dask_tasks
-from .backend import Backend
-from .lineage import CRASHED, crash_error
-from .store import ObjectRecord, ObjectStore
+from cluster.worker import dask_parallel
+
+from cluster.worker import dask_tasks
+from cluster.scheduling.backend import Backend
+from cluster.scheduling.lineage import CRASHED, crash_error
+from cluster.coordinator.store import ObjectRecord, ObjectStore
 
 log = logging.getLogger("cluster")
 

@@ -31,8 +31,8 @@ from distributed import get_worker
 from pyfora import wire as p
 from pyfora import serialization
 
-from .dask_parallel import current_task
-from .task_thread import capture_streams, interrupt
+from cluster.worker.dask_parallel import current_task
+from cluster.worker.task_thread import capture_streams, interrupt
 
 OUTPUT_TOPIC = "pyfora-output"
 STARTED_TOPIC = "pyfora-started"

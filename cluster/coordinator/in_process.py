@@ -8,7 +8,7 @@ thread's time for tiny tasks. Here each frame is handed to the other end's queue
 
 Both ends speak only as much of their library's API as their user calls: ``ClientEnd``
 that of a ``websockets`` client connection (``pyfora.aio.session.Session``), ``ServerEnd``
-that of an aiohttp ``WebSocketResponse`` (``cluster.link.Link``). So the protocol above
+that of an aiohttp ``WebSocketResponse`` (``cluster.coordinator.link.Link``). So the protocol above
 the frames (batches, acks, shared memory, close codes) is the same code on either
 transport. The connection cannot break without a close; a session on it is never
 resumed.
