@@ -17,11 +17,10 @@ import re
 import signal
 import sys
 
-from pyfora.net import local_tokens
-
 from cluster import loop_factory
 from cluster.coordinator.app import Config, start_cluster
 from cluster.coordinator.limits import MIN_UNACKED_BYTES
+from pyfora.net import local_tokens
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,12 +11,26 @@ The asynchronous API is ``pyfora.aio``; this package is a thin synchronous facad
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING
 
-from .errors import (AuthenticationError, BadWithBlockError, CantGetSourceTextError,
-                     ComputationError, ExecutorClosedError, ForeignProxyError, InternalError,
-                     ProtocolError, PyforaConnectionError, PyforaError, PyforaTimeoutError,
-                     PyforaUsageError, PythonToForaConversionError, ResourceLimitError,
-                     ResultExceededBytecountThreshold, SessionClosedOK, SessionLost,
-                     WorkerCrashedError)
+from .errors import (
+    AuthenticationError,
+    BadWithBlockError,
+    CantGetSourceTextError,
+    ComputationError,
+    ExecutorClosedError,
+    ForeignProxyError,
+    InternalError,
+    ProtocolError,
+    PyforaConnectionError,
+    PyforaError,
+    PyforaTimeoutError,
+    PyforaUsageError,
+    PythonToForaConversionError,
+    ResourceLimitError,
+    ResultExceededBytecountThreshold,
+    SessionClosedOK,
+    SessionLost,
+    WorkerCrashedError,
+)
 
 ConnectionError = PyforaConnectionError  # noqa: A001 - pyfora's historical name
 

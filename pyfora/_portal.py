@@ -19,7 +19,8 @@ import concurrent.futures
 import os
 import threading
 import weakref
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .errors import PyforaUsageError
 from .future import Future

@@ -7,7 +7,8 @@ right there and nothing is sent; the rest happens on the loop thread.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from . import aio
 from ._portal import Portal

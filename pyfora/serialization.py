@@ -36,12 +36,17 @@ import threading
 import traceback
 import types
 import weakref
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import cloudpickle
 
-from .errors import (ComputationError, ForeignProxyError, PythonToForaConversionError,
-                     WorkerCrashedError)
+from .errors import (
+    ComputationError,
+    ForeignProxyError,
+    PythonToForaConversionError,
+    WorkerCrashedError,
+)
 from .wire.messages import INLINE_LIMIT, MAX_FRAME
 
 PROTOCOL = 5
@@ -282,7 +287,7 @@ class _Shipped:
         with cls._lock:
             cached = cls._cache.get(fn)
         if cached is not None and len(cached[0]) == len(state) \
-                and all(a is b for a, b in zip(cached[0], state)):
+                and all(a is b for a, b in zip(cached[0], state, strict=True)):
             if code_map is not None:
                 code_map.add(fn.__code__)
             return cached[1]
@@ -413,7 +418,9 @@ def _cluster_dirs() -> tuple[str, ...]:
 
 def type_name(cls: type) -> str:
     """A type's name as users write it: builtins bare, others with their module."""
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _remote_frames(error: dict, code_map: CodeMap | None):

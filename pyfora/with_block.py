@@ -21,7 +21,8 @@ import ctypes
 import inspect
 import sys
 import types
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .aio import with_block as core
 

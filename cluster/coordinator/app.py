@@ -19,23 +19,27 @@ import uuid
 
 from aiohttp import WSCloseCode, web
 
-from pyfora import wire as p
-from pyfora.net import shared_memory
-from pyfora.errors import ProtocolError, PyforaUsageError, ResourceLimitError
-
-from cluster.coordinator import dashboard
-
-from cluster.coordinator import in_process
-from cluster.coordinator.auth import AccessLogger, Doors, is_loopback, new_token, served_names, server_context
-from cluster.scheduling.backend import Backend
-from cluster.scheduling.dispatcher import Dispatcher
+from cluster.coordinator import dashboard, in_process
+from cluster.coordinator.auth import (
+    AccessLogger,
+    Doors,
+    is_loopback,
+    new_token,
+    served_names,
+    server_context,
+)
 from cluster.coordinator.guard import Guard, GuardedSite
 from cluster.coordinator.limits import check_session_count
 from cluster.coordinator.link import accept
+from cluster.coordinator.pool import WorkerPool
 from cluster.coordinator.session import ClientSession
 from cluster.coordinator.store import ObjectStore
 from cluster.coordinator.worker_link import WorkerLink
-from cluster.coordinator.pool import WorkerPool
+from cluster.scheduling.backend import Backend
+from cluster.scheduling.dispatcher import Dispatcher
+from pyfora import wire as p
+from pyfora.errors import ProtocolError, PyforaUsageError, ResourceLimitError
+from pyfora.net import shared_memory
 
 log = logging.getLogger("cluster")
 JOIN_TIMEOUT = 60.0
@@ -112,8 +116,7 @@ class Coordinator:
     def __init__(self, config: Config, backend: Backend | None = None) -> None:
         self.config = config
         self.cluster_id = uuid.uuid4().hex
-        # The name predates the Dask backend: whatever runs the tasks (``backend``).
-        self.dispatcher = backend or Dispatcher(ObjectStore())
+        self.backend = backend or Dispatcher(ObjectStore())     # what runs the tasks
         self.sessions: set[ClientSession] = set()       # those with a socket connected
         self.resumable: dict[str, ClientSession] = {}   # by resume secret, detached too
         self.stopping = False
@@ -157,12 +160,12 @@ class Coordinator:
             asyncio.get_running_loop().call_later(SWEEP_AGAIN, self.shm.sweep)
 
     def welcome(self, session: str, shm: shared_memory.Directory | None) -> p.Welcome:
-        return p.Welcome(session=session, workers=len(self.dispatcher.workers),
+        return p.Welcome(session=session, workers=len(self.backend.workers),
                          cluster=self.cluster_id, max_frame=self.config.max_frame,
                          shm=shm.path if shm else None)
 
     def status(self) -> dict:
-        info = self.dispatcher.status()
+        info = self.backend.status()
         info["sessions"] = len(self.sessions)
         info["shared_memory"] = self.shm.usage() if self.shm is not None else None
         guard = self.doors.guard
@@ -172,7 +175,7 @@ class Coordinator:
 
     async def wait_for_workers(self, count: int, timeout: float = JOIN_TIMEOUT) -> None:
         async with asyncio.timeout(timeout):
-            while len(self.dispatcher.workers) < count:
+            while len(self.backend.workers) < count:
                 self._joined.clear()
                 await self._joined.wait()
 
@@ -243,10 +246,10 @@ class Coordinator:
 
     async def worker_handler(self, request: web.Request) -> web.StreamResponse:
         def welcome(ws: web.WebSocketResponse, hello: p.Hello) -> p.Welcome | p.Error:
-            if self.dispatcher.refuses_workers is None:
+            if self.backend.refuses_workers is None:
                 return self.welcome("", self.shm_for(hello))
             return p.Error(id=0, kind="PyforaUsageError",
-                           message=self.dispatcher.refuses_workers)
+                           message=self.backend.refuses_workers)
 
         accepted = await accept(request, "worker", self.doors, self.config.max_frame, welcome)
         if isinstance(accepted, web.Response):
@@ -254,19 +257,19 @@ class Coordinator:
         ws, hello = accepted
         worker = WorkerLink(ws, self, hello.name or f"worker@{request.remote}",
                             self.shm_for(hello))
-        self.dispatcher.worker_joined(worker)
+        self.backend.worker_joined(worker)
         self._joined.set()
         try:
             await worker.serve()
         finally:
             # No new task for it while we wait to learn why it went.
-            self.dispatcher.worker_leaving(worker)
+            self.backend.worker_leaving(worker)
             if self.pool is not None and self.pool.started(worker.name):
                 why = await self.pool.exit_reason(worker.name)
             else:   # a pyfora-worker started by hand: its exit status is not ours to see
                 why = ("the worker disconnected: its process ended, or the network between "
                        "it and the coordinator failed")
-            self.dispatcher.worker_lost(worker, why)
+            self.backend.worker_lost(worker, why)
             self.connection_ended(worker)
         return ws
 
@@ -284,9 +287,9 @@ class Coordinator:
 
     async def on_shutdown(self, app: web.Application) -> None:
         await self.close_sessions()
-        if self.dispatcher.refuses_workers is not None:
+        if self.backend.refuses_workers is not None:
             return      # its workers are not ours to close
-        for link in list(self.dispatcher.workers):
+        for link in list(self.backend.workers):
             await link.ws.close(code=WSCloseCode.GOING_AWAY, message=b"cluster shutting down")
 
 
@@ -321,7 +324,7 @@ class RunningCluster:
         if self.coordinator.pool is not None:
             await self.coordinator.pool.stop()
         await self.runner.cleanup()
-        await self.coordinator.dispatcher.close()
+        await self.coordinator.backend.close()
 
 
 async def start_cluster(config: Config, started: tuple[socket.socket, WorkerPool] | None = None

@@ -30,9 +30,8 @@ import urllib.parse
 
 from aiohttp import abc, web
 
-from pyfora import wire as p
-
 from cluster.coordinator.guard import Guard
+from pyfora import wire as p
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 

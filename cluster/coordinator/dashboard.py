@@ -41,19 +41,19 @@ def cluster_status(coordinator: Coordinator, started: float) -> dict[str, Any]:
     info = coordinator.status()
     held: dict[Any, list[int]] = collections.defaultdict(lambda: [0, 0])
     owned: dict[Any, list[int]] = collections.defaultdict(lambda: [0, 0])
-    for record in coordinator.dispatcher.store.records():
+    for record in coordinator.backend.store.records():
         owned[record.owner][0] += 1
         owned[record.owner][1] += record.size
         for holder in record.holders:
             held[holder][0] += 1
             held[holder][1] += record.size
-    by_name = {w.name: w for w in coordinator.dispatcher.workers}
+    by_name = {w.name: w for w in coordinator.backend.workers}
     for row in info["workers"]:
         count, size = held.get(by_name.get(row["name"]), (0, 0))
         row["objects"], row["bytes"] = count, size
     queued: collections.Counter = collections.Counter()
     running: collections.Counter = collections.Counter()
-    for task in list(coordinator.dispatcher.tasks.values()):
+    for task in list(coordinator.backend.tasks.values()):
         # A piece (part of a task another worker split off) counts for the session whose
         # task it is part of.
         output = getattr(task, "output", None)

@@ -1,10 +1,10 @@
 """The embedded default's cluster (``pyfora.connect()`` with no URL), started in the order
 that gets its first result soonest.
 
-Importing the coordinator's web server (aiohttp, ``cluster.coordinator.app``) and starting worker
-processes (each importing pyfora) each take a few tenths of a second. Done one after
-the other, they were most of W5's start-up (benchmarks/RESULTS.md). Here the coordinator's
-socket is bound and listening first, the workers are started connecting to it (the
+Importing the coordinator's web server (aiohttp, ``cluster.coordinator.app``) and starting
+worker processes (each importing pyfora) each take a few tenths of a second, most of the
+time to a first result if done one after the other. Here the coordinator's socket is
+bound and listening first, the workers are started connecting to it (the
 kernel queues their connections), and only then is the web server imported and served
 on that socket: the two overlap. Nothing here imports aiohttp.
 

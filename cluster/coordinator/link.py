@@ -18,12 +18,11 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from pyfora import wire as p
-from pyfora.net.sender import Sender
-from pyfora.errors import ProtocolError, PyforaError
-from pyfora.net.shared_memory import Directory
-
 from cluster.coordinator.auth import Doors, refuse
+from pyfora import wire as p
+from pyfora.errors import ProtocolError, PyforaError
+from pyfora.net.sender import Sender
+from pyfora.net.shared_memory import Directory
 
 log = logging.getLogger("cluster")
 

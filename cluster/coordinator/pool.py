@@ -122,7 +122,7 @@ class WorkerPool:
             return describe_exit(None)
         try:
             code = await asyncio.wait_for(asyncio.shield(proc.wait()), wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             code = None
         return self.reasons.get(name) or describe_exit(code)
 
@@ -134,7 +134,7 @@ class WorkerPool:
                 proc.terminate()
         try:
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), STOP_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for proc in procs:
                 if proc.returncode is None:
                     proc.kill()

@@ -34,11 +34,10 @@ import secrets
 
 from aiohttp import WSCloseCode, web
 
-from pyfora import wire as p
-from pyfora.errors import PyforaError
-
 from cluster.coordinator import limits
 from cluster.coordinator.link import Link
+from pyfora import wire as p
+from pyfora.errors import PyforaError
 
 log = logging.getLogger("cluster")
 #: Seconds a session closed for a limit has to take the error saying so before the close.
@@ -50,7 +49,7 @@ class ClientSession(Link):
     def __init__(self, ws: web.WebSocketResponse, coordinator, shm=None) -> None:
         super().__init__(ws, f"session-{next(_names)}", coordinator.config.max_frame, shm)
         self.coordinator = coordinator
-        self.dispatcher = coordinator.dispatcher
+        self.backend = coordinator.backend
         self.resume_token = secrets.token_urlsafe(32)
         self.config = coordinator.config
         self.replay = limits.CountedReplay()
@@ -88,7 +87,7 @@ class ClientSession(Link):
 
     def welcome(self, received: int = 0) -> p.Welcome:
         grace = self.coordinator.config.session_grace
-        return p.Welcome(session=self.name, workers=len(self.dispatcher.workers),
+        return p.Welcome(session=self.name, workers=len(self.backend.workers),
                          cluster=self.coordinator.cluster_id,
                          resume=self.resume_token if grace > 0 else None, grace=grace,
                          received=self.replay.received,
@@ -143,7 +142,7 @@ class ClientSession(Link):
         self.attached = False
         self.window.close()
         self.coordinator.session_ended(self)
-        self.dispatcher.session_closed(self)
+        self.backend.session_closed(self)
 
     def _close_over_limit(self) -> None:
         """Its client reads replies without acknowledging them: end the session, telling
@@ -162,7 +161,7 @@ class ClientSession(Link):
     async def _close_socket(ws: web.WebSocketResponse, sender) -> None:
         try:
             await asyncio.wait_for(sender.wait(), FLUSH_BEFORE_CLOSE)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass        # it does not read either: the reason is in the close frame
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=limits.UNACKED_CLOSE_REASON)
 
@@ -171,20 +170,20 @@ class ClientSession(Link):
     def handle(self, message: p.Message) -> None:
         match message:
             case p.Submit():
-                limits.check_submit(self.dispatcher.active[self], self.config.max_queued_tasks)
-                self.dispatcher.submit(self, message)
+                limits.check_submit(self.backend.active[self], self.config.max_queued_tasks)
+                self.backend.submit(self, message)
             case p.Define():
-                limits.check_define(self.dispatcher.store.defined_bytes(self),
+                limits.check_define(self.backend.store.defined_bytes(self),
                                     p.value_size(message.payload, message.oob),
                                     self.config.max_session_bytes)
-                self.send(self.dispatcher.define(self, message))
+                self.send(self.backend.define(self, message))
             case p.Fetch():
                 self.spawn(self._fetch(message))
             case p.Release():
                 for oid in message.oids:
-                    self.dispatcher.store.release(oid, self)
+                    self.backend.store.release(oid, self)
             case p.Cancel():
-                self.dispatcher.cancel(self, message.target)
+                self.backend.cancel(self, message.target)
             case p.Status():
                 self.send(p.Info(id=message.id, info=self.coordinator.status()))
             case p.Ack():
@@ -194,12 +193,12 @@ class ClientSession(Link):
                 raise _unexpected(message)
 
     async def _fetch(self, message: p.Fetch) -> None:
-        record = self.dispatcher.store.get(message.oid)
+        record = self.backend.store.get(message.oid)
         size = record.size if record is not None else 0
         if not await self.window.enter(size):
             return      # the session ended while the fetch waited for room
         try:
-            value = await self.dispatcher.object_bytes(message.oid, session=self)
+            value = await self.backend.object_bytes(message.oid, session=self)
         except (PyforaError, ConnectionError) as exc:
             self.send_error(message.id, exc)
         else:

@@ -10,17 +10,16 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from cluster.coordinator.link import Link
 from pyfora import wire as p
 from pyfora.errors import ProtocolError, PyforaError
-
-from cluster.coordinator.link import Link
 
 
 class WorkerLink(Link):
     def __init__(self, ws, coordinator, name: str, shm=None) -> None:
         super().__init__(ws, name, coordinator.config.max_frame, shm)
         self.coordinator = coordinator
-        self.dispatcher = coordinator.dispatcher
+        self.dispatcher = coordinator.backend
         self._task = None
         self.task_started = 0.0          # time.monotonic() when ``task`` was set
         self.stats: p.Stats | None = None   # the worker's latest report of itself

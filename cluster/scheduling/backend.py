@@ -1,6 +1,6 @@
 """What runs the tasks behind a coordinator: the part both backends share.
 
-The coordinator's sessions and dashboard speak to a backend (``Coordinator.dispatcher``):
+The coordinator's sessions and dashboard speak to a backend (``Coordinator.backend``):
 ``submit``, ``define``, ``cancel``, ``session_closed``, ``object_bytes``, ``status``,
 ``store`` (the object directory) and ``workers`` / ``tasks`` (for the dashboard). Two
 implement it: ``dispatcher.Dispatcher``, the built-in worker pool (the default), and
@@ -19,10 +19,9 @@ import itertools
 import time
 from typing import Any
 
+from cluster.coordinator.store import ObjectRecord, ObjectStore
 from pyfora import wire as p
 from pyfora.errors import ForeignProxyError, PyforaUsageError
-
-from cluster.coordinator.store import ObjectRecord, ObjectStore
 
 #: Seconds between two counts of one map forwarded to its client.
 PROGRESS_EVERY = 0.2

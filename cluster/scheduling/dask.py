@@ -39,16 +39,13 @@ from typing import Any
 from distributed import Client, LocalCluster, wait
 from distributed.client import FutureCancelledError
 
+from cluster.coordinator.store import ObjectRecord, ObjectStore
+from cluster.scheduling.backend import Backend
+from cluster.scheduling.lineage import CRASHED, crash_error
+from cluster.worker import dask_parallel, dask_tasks
 from pyfora import wire as p
 from pyfora.errors import PyforaUsageError, WorkerCrashedError
 from pyfora.net.shared_memory import Shared
-
-from cluster.worker import dask_parallel
-
-from cluster.worker import dask_tasks
-from cluster.scheduling.backend import Backend
-from cluster.scheduling.lineage import CRASHED, crash_error
-from cluster.coordinator.store import ObjectRecord, ObjectStore
 
 log = logging.getLogger("cluster")
 

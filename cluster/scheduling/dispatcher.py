@@ -46,12 +46,11 @@ import logging
 import time
 from typing import Any
 
-from pyfora import wire as p
-from pyfora.errors import ProtocolError, PyforaUsageError, WorkerCrashedError
-
+from cluster.coordinator.store import ObjectRecord, ObjectStore
 from cluster.scheduling.backend import Backend
 from cluster.scheduling.lineage import CRASHED, Rebuilder, crash_error, is_lost
-from cluster.coordinator.store import ObjectRecord, ObjectStore
+from pyfora import wire as p
+from pyfora.errors import ProtocolError, PyforaUsageError, WorkerCrashedError
 
 log = logging.getLogger("cluster")
 
@@ -344,7 +343,7 @@ class Dispatcher(Backend):
                 reply = await asyncio.wait_for(
                     task.worker.request(p.Split(id=0, target=task.tid)), 30.0)
                 info = reply.info if isinstance(reply, p.Info) else {}
-            except (ConnectionError, asyncio.TimeoutError, PyforaUsageError):
+            except (TimeoutError, ConnectionError, PyforaUsageError):
                 info = {}
         asker.send(p.Info(id=msg.id, info=info))
 

@@ -26,9 +26,8 @@ import asyncio
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from pyfora import wire as p
-
 from cluster.coordinator.store import ObjectRecord
+from pyfora import wire as p
 
 if TYPE_CHECKING:
     from cluster.scheduling.dispatcher import Dispatcher, Task

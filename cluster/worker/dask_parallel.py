@@ -65,14 +65,14 @@ import asyncio
 import contextlib
 import itertools
 import threading
+from collections.abc import Callable, Iterator
 from time import perf_counter
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from distributed import get_client, get_worker
 
-from pyfora import compiled
+from pyfora import compiled, serialization
 from pyfora import wire as p
-from pyfora import serialization
 from pyfora.errors import PyforaUsageError
 from pyfora.parallel import _runtime
 

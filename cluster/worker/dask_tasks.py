@@ -28,11 +28,10 @@ from typing import Any
 
 from distributed import get_worker
 
-from pyfora import wire as p
-from pyfora import serialization
-
 from cluster.worker.dask_parallel import current_task
 from cluster.worker.task_thread import capture_streams, interrupt
+from pyfora import serialization
+from pyfora import wire as p
 
 OUTPUT_TOPIC = "pyfora-output"
 STARTED_TOPIC = "pyfora-started"
@@ -55,7 +54,8 @@ class Held:
 def _received(oob: list, buffers: list) -> list:
     """Buffers as they came from the coordinator (bytes): writable ones are made
     writable again (a copy), so arrays arrive writable as on the built-in workers."""
-    return [bytearray(data) if entry[1] else data for data, entry in zip(buffers, oob)]
+    return [bytearray(data) if entry[1] else data
+            for data, entry in zip(buffers, oob, strict=False)]
 
 
 def worker_label(address: str) -> str:
@@ -72,7 +72,7 @@ def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: l
     worker = get_worker()
     name = worker_label(worker.address)
     worker.log_event(STARTED_TOPIC, {"task": tid, "worker": worker.address})
-    values = {oid: held.value for oid, held in zip(oids, inputs)}
+    values = {oid: held.value for oid, held in zip(oids, inputs, strict=True)}
 
     def sink(stream: str, text: str) -> None:
         worker.log_event(OUTPUT_TOPIC, {"task": tid, "stream": stream, "text": text})

@@ -7,8 +7,7 @@ task prints is captured and sent, a whole line at a time, to the client that sub
 The loop hands the thread one task at a time through a queue it blocks on, and the thread
 hands back the task's ``done`` with one ``call_soon_threadsafe``, which writes it and
 hands over the next task. No executor, future or asyncio task per task: that machinery
-cost more than the rest of a small task's path (benchmarks/RESULTS.md, "Worker task
-thread without ThreadPoolExecutor").
+would cost more than the rest of a small task's path.
 
 Started by the coordinator's pool (``--parent-pipe``: exit when stdin closes, so a worker
 never outlives its coordinator) or by hand on another host.
@@ -30,20 +29,17 @@ import threading
 import websockets
 from websockets.asyncio.client import connect
 
+from cluster import loop_factory
+from cluster.worker import stats as worker_stats
+from cluster.worker.parallel import ParallelContext
+from cluster.worker.task_thread import TaskCancelled, capture_streams, interrupt
 from pyfora import compiled, serialization
-
-from pyfora.net import local_tokens, shared_memory
 from pyfora import wire as p
+from pyfora.errors import ProtocolError, PyforaConnectionError
+from pyfora.net import local_tokens, shared_memory
 from pyfora.net.sender import Sender
 from pyfora.net.tls import client_context, pinned_context
-from pyfora.errors import ProtocolError, PyforaConnectionError
 from pyfora.parallel import _runtime as parallel_runtime
-
-from cluster import loop_factory
-
-from cluster.worker import stats as worker_stats
-from cluster.worker.task_thread import TaskCancelled, capture_streams, interrupt
-from cluster.worker.parallel import ParallelContext
 
 log = logging.getLogger("cluster.worker")
 

@@ -12,7 +12,7 @@ need a thread of their own.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 import psutil
 

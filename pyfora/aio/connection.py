@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import compiled
+from ..net.tls import client_context
 from .executor import Executor
 from .session import Session
-from ..net.tls import client_context
 
 
 class connect:  # noqa: N801 - used like a function: `await connect()`, `async with connect()`
@@ -67,7 +67,8 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
     async def _open(self) -> Executor:
         if self._url is None:
             cluster = await _start_embedded(self._workers)
-            # On this loop, as the client: no socket between them (``cluster.coordinator.in_process``).
+            # On this loop, as the client: no socket between them
+            # (``cluster.coordinator.in_process``).
             session = Session(*cluster.coordinator.connect_local())
         else:
             cluster = None

@@ -13,12 +13,13 @@ import asyncio
 import collections
 import logging
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .. import wire as p
 from .. import serialization
-from ..errors import ExecutorClosedError, PyforaTimeoutError
+from .. import wire as p
 from ..compiled import run_interpreted
+from ..errors import ExecutorClosedError, PyforaTimeoutError
 from ..parallel import is_user_function, rewrite_function
 from ..parallel._runtime import pmap
 from . import progress
@@ -30,7 +31,7 @@ log = logging.getLogger("pyfora")
 
 #: How long the release of a dead proxy may wait for others to go with it. Telling the
 #: cluster costs a message to it and one to the worker holding the value: paid per
-#: proxy, that was a fifth of a round trip where each result is dropped at once (W1).
+#: proxy, it would weigh on every round trip whose result is dropped at once.
 RELEASE_DELAY = 0.02
 
 
@@ -170,7 +171,7 @@ class Executor:
         if line is not None:
             self._counted[message.id] = line
         try:
-            if timeout is None:     # no Timeout object per call: W2 makes thousands
+            if timeout is None:     # no Timeout object per call: tiny tasks come by thousands
                 done = await self._session.request(message)
             else:
                 async with asyncio.timeout(timeout):

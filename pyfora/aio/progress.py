@@ -91,7 +91,8 @@ def _make_bar(what: str, total: int | None, file: TextIO | None) -> Any:
     if total is None:
         fmt = "{desc}{postfix} [{elapsed}]"
     else:
-        fmt = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}"
+        fmt = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+               "[{elapsed}<{remaining}]{postfix}")
     return bar_cls(total=total, desc=what, file=file if file is not None else sys.stderr,
                    leave=False, bar_format=fmt, dynamic_ncols=True, mininterval=0,
                    postfix="starting")

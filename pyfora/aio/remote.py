@@ -9,8 +9,8 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .. import wire as p
 from .. import serialization
+from .. import wire as p
 
 if TYPE_CHECKING:
     from .executor import Executor

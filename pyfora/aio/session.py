@@ -28,15 +28,22 @@ import logging
 import os
 import ssl
 import urllib.parse
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
 from .. import wire as p
+from ..errors import (
+    AuthenticationError,
+    ExecutorClosedError,
+    ProtocolError,
+    PyforaConnectionError,
+    SessionClosedOK,
+    SessionLost,
+)
 from ..net import local_tokens, shared_memory
-from ..errors import (AuthenticationError, ExecutorClosedError, ProtocolError,
-                      PyforaConnectionError, SessionClosedOK, SessionLost)
 from ..net.sender import Sender
 from ..net.tls import client_context
 
@@ -106,7 +113,8 @@ class Session:
         token = (token or url_token or os.environ.get("PYFORA_TOKEN")
                  or local_tokens.find(ws_url))
         url = redacted(url)     # the token must not reach error messages or logs
-        tls: dict[str, Any] = {"ssl": ssl_context or client_context()} if ws_url.startswith("wss:") else {}
+        tls: dict[str, Any] = (
+            {"ssl": ssl_context or client_context()} if ws_url.startswith("wss:") else {})
         connect = functools.partial(ws_connect, ws_url, max_size=p.MAX_FRAME,
                                     compression=None, open_timeout=OPEN_TIMEOUT,
                                     ping_interval=20, ping_timeout=60, close_timeout=2, **tls)
@@ -132,7 +140,8 @@ class Session:
             reply = p.decode(await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT))
         except (websockets.ConnectionClosed, TimeoutError) as exc:
             await ws.close()
-            raise PyforaConnectionError(f"the cluster at {url} closed the handshake: {exc}") from None
+            raise PyforaConnectionError(
+                f"the cluster at {url} closed the handshake: {exc}") from None
         if not isinstance(reply, p.Welcome):
             await ws.close()
             raise ProtocolError(f"the cluster opened with {reply.op!r}, not welcome")

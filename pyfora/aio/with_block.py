@@ -30,7 +30,8 @@ import asyncio
 import dataclasses
 import linecache
 import types
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import serialization
 from ..compiled import run_interpreted
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
 BLOCK_NAME = "<with-block>"
 _OUT, _ASSIGNED = "__pyfora_out__", "__pyfora_assigned__"
 # FunctionDef gained type_params in 3.12; passing it on 3.11 would set a stray attribute.
-_TYPE_PARAMS: dict[str, Any] = {"type_params": []} if "type_params" in ast.FunctionDef._fields else {}
+_TYPE_PARAMS: dict[str, Any] = (
+    {"type_params": []} if "type_params" in ast.FunctionDef._fields else {})
 
 
 # -- compiling a block (client, any thread) ------------------------------------------
@@ -426,7 +428,7 @@ class Remotely:
             names, error = await (await self.executor.submit(describe, outcome)).toLocal()
             proxies = await asyncio.gather(
                 *(self.executor.submit(pick, outcome, name) for name in names))
-            values = dict(zip(names, proxies))
+            values = dict(zip(names, proxies, strict=True))
             if self.policy == "downloadSmall":
                 for name, proxy in values.items():
                     if proxy.size <= self.bytecount:

@@ -38,7 +38,8 @@ import builtins
 import threading
 import time
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import count, log, wait_warm
 
@@ -118,7 +119,7 @@ def names_of(fn: Any, src: str) -> dict:
     wanted = {n.id for n in ast.walk(ast.parse(src, mode="eval")) if isinstance(n, ast.Name)}
     code = fn.__code__
     found = {}
-    for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
+    for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
         if name in wanted:
             try:
                 found[name] = cell.cell_contents

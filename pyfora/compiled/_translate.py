@@ -273,7 +273,7 @@ def jit(fn: pytypes.FunctionType, memo: dict | None = None):
     closure = None
     if fn.__closure__:
         closure = tuple(pytypes.CellType(_frozen(cell.cell_contents, name, memo))
-                        for name, cell in zip(code.co_freevars, fn.__closure__))
+                        for name, cell in zip(code.co_freevars, fn.__closure__, strict=True))
     fake = pytypes.FunctionType(code, scope, fn.__name__, fn.__defaults__, closure)
     for default in fn.__defaults__ or ():
         if type(default) not in _SCALARS:

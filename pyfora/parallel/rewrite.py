@@ -299,7 +299,7 @@ def _recompile(fn: types.FunctionType) -> types.FunctionType | None:
     new_code = new_code and _find_code(new_code, _FN)
     if new_code is None or set(new_code.co_freevars) - {_RT} != set(freevars):
         return None
-    cells = dict(zip(freevars, fn.__closure__ or ()))
+    cells = dict(zip(freevars, fn.__closure__ or (), strict=False))
     cells[_RT] = types.CellType(_runtime)
     closure = tuple(cells[name] for name in new_code.co_freevars) or None
     new_code = _requalify(new_code, f"_pyfora_outer.<locals>.{_FN}", code.co_qualname)
@@ -348,11 +348,11 @@ def is_user_function(fn: Any) -> bool:
     return not _installed(top)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _installed(top: str) -> bool:
     """Whether the top-level module ``top`` lies in an installation directory. Asked of
-    its file, not of the installed distributions' metadata: reading those took 74 ms on
-    the first submit of every session (W5, benchmarks/RESULTS.md)."""
+    its file, not of the installed distributions' metadata, which would be read on the
+    first submit of every session, on the path to its first result."""
     found = sys.modules.get(top)
     path = getattr(found, "__file__", None) or next(iter(getattr(found, "__path__", ())), None)
     if path is None:

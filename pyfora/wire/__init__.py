@@ -15,13 +15,48 @@ buffers in shared memory, through the ``pyfora.net.shared_memory.Directory`` it 
 
 from .codec import batch, decode, encode, message_size, oob_layout, value_size
 from .framing import Assembler, to_frames
-from .handshake import (HELLO_HEADER, endpoint_url, error_for, hello_from_header, refusal,
-                        refused, upgrade_headers)
-from .messages import _FIELDS, _OPS  # noqa: F401 - the operations, for tests and fuzzers
-from .messages import (BATCH_BYTES, CHUNK, INLINE_LIMIT, MAX_FRAME, VERSION, Ack, Batch, Cancel,
-                       Define, Done, Error, Fetch, Free, Get, Hello, Info, Message, Ok, Output,
-                       Piece, Progress, Release, Run, Split, Stats, Status, Submit, Value,
-                       Welcome)
+from .handshake import (
+                        HELLO_HEADER,
+                        endpoint_url,
+                        error_for,
+                        hello_from_header,
+                        refusal,
+                        refused,
+                        upgrade_headers,
+)
+from .messages import (  # noqa: F401 - the operations, for tests and fuzzers
+                        _FIELDS,
+                        _OPS,
+                        BATCH_BYTES,
+                        CHUNK,
+                        INLINE_LIMIT,
+                        MAX_FRAME,
+                        VERSION,
+                        Ack,
+                        Batch,
+                        Cancel,
+                        Define,
+                        Done,
+                        Error,
+                        Fetch,
+                        Free,
+                        Get,
+                        Hello,
+                        Info,
+                        Message,
+                        Ok,
+                        Output,
+                        Piece,
+                        Progress,
+                        Release,
+                        Run,
+                        Split,
+                        Stats,
+                        Status,
+                        Submit,
+                        Value,
+                        Welcome,
+)
 from .replay import Replay, RequestIds
 
 __all__ = [

@@ -20,6 +20,7 @@ import msgpack
 from ..errors import ProtocolError
 from .messages import _FIELDS, _OPS, BATCH_BYTES, Batch, Message
 
+
 def encode(message: Message, **fields: Any) -> bytes:
     """Encode one message's envelope as a frame (its buffers' frames: ``to_frames``),
     with ``fields`` in place of its own."""

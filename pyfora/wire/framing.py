@@ -25,6 +25,7 @@ from ..net.shared_memory import Directory, Shared
 from .codec import decode, encode, message_size
 from .messages import BATCH_BYTES, CHUNK, MAX_FRAME, Batch, Message
 
+
 def to_frames(message: Message, shm: Directory | None = None) -> list:
     """Every frame of one message: its envelope, then its buffers in ``CHUNK``-sized
     frames (views, not copies). Send them in order, with no other frame in between.
@@ -35,7 +36,7 @@ def to_frames(message: Message, shm: Directory | None = None) -> list:
     buffers = getattr(message, "frames", None)     # only messages that carry a pickle
     if not buffers:
         return [encode(message)]
-    layout: list = getattr(message, "oob")
+    layout: list = message.oob
     frames: list = [b""]
     oob = []
     parts = (part for part in buffers if _nbytes(part))

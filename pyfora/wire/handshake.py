@@ -18,6 +18,7 @@ from ..errors import ProtocolError, PyforaConnectionError
 from .codec import decode, encode
 from .messages import VERSION, Error, Hello
 
+
 def endpoint_url(url: str, path: str) -> tuple[str, str | None]:
     """Normalize ``http(s)://`` and ``ws(s)://`` addresses of a coordinator, with or without
     a trailing slash or the endpoint's path, to the websocket URL of ``path``

@@ -82,9 +82,10 @@ class Hello(Message):
 
 @_message("welcome")
 class Welcome(Message):
-    """The answer to ``hello``: the first frame of an accepted connection. For a client: ``resume`` is the session's secret for
-    resuming it within ``grace`` seconds of a broken connection (None: it cannot be
-    resumed), and ``received`` how many messages of the session the coordinator has.
+    """The answer to ``hello``: the first frame of an accepted connection. For a client:
+    ``resume`` is the session's secret for resuming it within ``grace`` seconds of a
+    broken connection (None: it cannot be resumed), and ``received`` how many messages of
+    the session the coordinator has.
     ``max_frame``: the largest frame the coordinator accepts (``batch`` frames stay under
     it). ``shm``: for a peer on the coordinator's machine, the directory through which
     large buffers go (``shared_memory``)."""

@@ -13,6 +13,7 @@ import itertools
 from ..errors import ProtocolError
 from .messages import Ack
 
+
 class Replay:
     """Messages one end of a client session sent that the other may not have received
     yet, so that a session whose connection broke can resume with nothing lost or

@@ -389,7 +389,7 @@ def test_cancel_queued_running_and_fetching_keeps_workers_and_directory_sound(on
         wait_until(lambda: objects() == 0, T, "everything released")
 
 
-# -- tasks queued in a worker's window (cluster.scheduling.dispatcher) --------------------------------
+# -- tasks queued in a worker's window (cluster.scheduling.dispatcher) --------------
 
 @pytest.fixture
 async def windowed(monkeypatch):
