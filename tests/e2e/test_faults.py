@@ -518,9 +518,17 @@ async def test_an_input_the_worker_cannot_load_fails_its_task_only(windowed):
 
 
 
+def _pid_once_warm() -> int:
+    """This worker's pid, once its compiled tier has warmed up (numba's import grows a
+    worker's memory once, on a thread of its own)."""
+    from pyfora import compiled
+    compiled.wait_warm()
+    return os.getpid()
+
+
 async def test_a_tasks_arguments_are_freed_when_it_ends_not_when_the_next_comes(windowed):
     """The task thread waits for the next task without holding the last one."""
-    pid = await (await asyncio.wait_for(windowed.submit(os.getpid), T)).toLocal()
+    pid = await (await asyncio.wait_for(windowed.submit(_pid_once_warm), T)).toLocal()
     worker = psutil.Process(pid)
     base = worker.memory_info().rss
     big = bytes(200 << 20)          # through shared memory; read into the worker's memory
