@@ -269,7 +269,7 @@ class Worker:
 
 async def run_worker(url: str, token: str | None, name: str,
                      ssl_context: ssl.SSLContext | None = None) -> None:
-    # Passed to the loop's create_connection, only for wss (websockets refuses it for ws).
+    # Only for wss: websockets refuses an ssl argument with a ws:// URL.
     tls: dict[str, Any] = {"ssl": ssl_context} if url.startswith("wss:") else {}
     hello = p.Hello(version=p.VERSION, role="worker", name=name, host=shared_memory.host_id())
     try:
