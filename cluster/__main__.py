@@ -144,8 +144,10 @@ def parse_size(text: str) -> int:
     """``"2GiB"``, ``"500MB"``, ``"1e9"`` -> bytes."""
     match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
     try:
+        if match is None:
+            raise ValueError(text)
         value = float(match[1]) * _UNITS[match[2].upper()]
-    except (TypeError, ValueError, KeyError):
+    except (ValueError, KeyError):
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 2GiB or 500MB)") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"a size must be positive: {text!r}")

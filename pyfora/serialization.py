@@ -377,6 +377,10 @@ def loads(data: bytes, resolve: Callable[[int], Any] | None = None,
 
 # -- remote exceptions ----------------------------------------------------------------
 
+#: The attribute of an exception re-raised from a parallel piece that holds the frames of
+#: the worker that raised it (set by ``pyfora.parallel``), appended to its traceback.
+REMOTE_FRAMES = "_pyfora_frames"
+
 _INTERNAL_DIRS = tuple(
     os.path.dirname(os.path.abspath(p)) + os.sep
     for p in (__file__, cloudpickle.__file__))
@@ -402,7 +406,7 @@ def describe_exception(exc: BaseException, worker: str | None = None,
         frames.append([code.co_filename, lineno, code.co_qualname, code.co_firstlineno, line])
     # A parallel piece raised it on another worker and this task re-raised it there
     # (pyfora.parallel): that worker's frames come after ours.
-    frames.extend(list(f) for f in getattr(exc, "_pyfora_frames", None) or ())
+    frames.extend(list(f) for f in getattr(exc, REMOTE_FRAMES, None) or ())
     try:
         pickled = cloudpickle.dumps(exc, protocol=PROTOCOL)
     except Exception:

@@ -30,7 +30,7 @@ from cluster.coordinator.auth import (
 )
 from cluster.coordinator.guard import Guard, GuardedSite
 from cluster.coordinator.limits import check_session_count
-from cluster.coordinator.link import accept
+from cluster.coordinator.link import Link, Socket, accept
 from cluster.coordinator.pool import WorkerPool
 from cluster.coordinator.session import ClientSession
 from cluster.coordinator.store import ObjectStore
@@ -94,7 +94,7 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.workers is None:
-            self.workers = os.cpu_count() or 1
+            self.workers = self.worker_count
         self.token = self.token or os.environ.get("PYFORA_TOKEN") or None
         if self.token is None:
             self.token, self.token_generated = new_token(), True
@@ -104,6 +104,11 @@ class Config:
         if self.worker_token == self.token:
             raise PyforaUsageError("the worker token must differ from the clients' token: "
                                    "a client holding it could pose as a worker")
+
+    @property
+    def worker_count(self) -> int:
+        """``workers``: the number given, else one per core."""
+        return self.workers if self.workers is not None else os.cpu_count() or 1
 
     @property
     def loopback(self) -> bool:
@@ -116,8 +121,10 @@ class Coordinator:
     def __init__(self, config: Config, backend: Backend | None = None) -> None:
         self.config = config
         self.cluster_id = uuid.uuid4().hex
-        self.backend = backend or Dispatcher(ObjectStore())     # what runs the tasks
+        # What runs the tasks.
+        self.backend: Backend = backend or Dispatcher(ObjectStore())
         self.sessions: set[ClientSession] = set()       # those with a socket connected
+        self.worker_links: set[WorkerLink] = set()      # pyfora-workers connected
         self.resumable: dict[str, ClientSession] = {}   # by resume secret, detached too
         self.stopping = False
         assert config.token is not None and config.worker_token is not None
@@ -147,7 +154,7 @@ class Coordinator:
             return None
         return self.shm.for_peer()
 
-    def connection_ended(self, link) -> None:
+    def connection_ended(self, link: Link) -> None:
         """A peer's connection ended: unlink the shared buffers no message will take any
         more (``pyfora.net.shared_memory``): those written for ``link``'s peer, if it has
         ended for good (a session may be resumed), and those whose writer died."""
@@ -229,7 +236,7 @@ class Coordinator:
         serving.add_done_callback(self._local.discard)
         return client, session.welcome()
 
-    async def _serve(self, session: ClientSession, ws) -> None:
+    async def _serve(self, session: ClientSession, ws: Socket) -> None:
         self.sessions.add(session)
         try:
             await session.serve()
@@ -255,21 +262,26 @@ class Coordinator:
         if isinstance(accepted, web.Response):
             return accepted
         ws, hello = accepted
-        worker = WorkerLink(ws, self, hello.name or f"worker@{request.remote}",
+        dispatcher = self.backend
+        # Only the pool's dispatcher takes workers; the welcome refused them otherwise.
+        assert isinstance(dispatcher, Dispatcher), dispatcher.refuses_workers
+        worker = WorkerLink(ws, self, dispatcher, hello.name or f"worker@{request.remote}",
                             self.shm_for(hello))
-        self.backend.worker_joined(worker)
+        self.worker_links.add(worker)
+        dispatcher.worker_joined(worker)
         self._joined.set()
         try:
             await worker.serve()
         finally:
             # No new task for it while we wait to learn why it went.
-            self.backend.worker_leaving(worker)
+            dispatcher.worker_leaving(worker)
             if self.pool is not None and self.pool.started(worker.name):
                 why = await self.pool.exit_reason(worker.name)
             else:   # a pyfora-worker started by hand: its exit status is not ours to see
                 why = ("the worker disconnected: its process ended, or the network between "
                        "it and the coordinator failed")
-            self.backend.worker_lost(worker, why)
+            dispatcher.worker_lost(worker, why)
+            self.worker_links.discard(worker)
             self.connection_ended(worker)
         return ws
 
@@ -287,9 +299,8 @@ class Coordinator:
 
     async def on_shutdown(self, app: web.Application) -> None:
         await self.close_sessions()
-        if self.backend.refuses_workers is not None:
-            return      # its workers are not ours to close
-        for link in list(self.backend.workers):
+        # pyfora-workers only: a Dask cluster's workers are not ours to close.
+        for link in list(self.worker_links):
             await link.ws.close(code=WSCloseCode.GOING_AWAY, message=b"cluster shutting down")
 
 
@@ -342,7 +353,7 @@ async def start_cluster(config: Config, started: tuple[socket.socket, WorkerPool
         except ImportError as exc:
             raise PyforaUsageError("the Dask backend needs dask[distributed]: pip install "
                                    f"'pyfora[dask]' ({exc})") from None
-        backend = await DaskBackend.start(config.scheduler, config.workers)
+        backend = await DaskBackend.start(config.scheduler, config.worker_count)
     try:
         return await _bind(config, backend, started)
     except BaseException:
@@ -381,11 +392,11 @@ async def _bind(config: Config, backend: Backend | None,
     try:
         if started is None:
             coordinator.pool = WorkerPool(
-                config.workers, f"ws{secure}://{shown}:{port}/api/worker",
+                config.worker_count, f"ws{secure}://{shown}:{port}/api/worker",
                 config.worker_token, certfile=config.certfile,
                 memory_limit=config.memory_limit)
             await coordinator.pool.start()
-        await coordinator.wait_for_workers(config.workers)
+        await coordinator.wait_for_workers(config.worker_count)
     except BaseException:
         await RunningCluster(runner, url, coordinator).stop()
         raise

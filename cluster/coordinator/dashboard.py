@@ -25,6 +25,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from cluster.coordinator.app import Coordinator
+    from cluster.scheduling.peers import Session
 
 PAGE = importlib.resources.files("cluster.coordinator") / "static" / "dashboard.html"
 # Inline script and style are the page's own; everything else, the network included, is
@@ -39,8 +40,8 @@ def cluster_status(coordinator: Coordinator, started: float) -> dict[str, Any]:
     """``Coordinator.status()`` with what the dashboard adds: the objects each worker
     holds, one row per session, the cluster's id and its uptime in seconds."""
     info = coordinator.status()
-    held: dict[Any, list[int]] = collections.defaultdict(lambda: [0, 0])
-    owned: dict[Any, list[int]] = collections.defaultdict(lambda: [0, 0])
+    held: dict[object, list[int]] = collections.defaultdict(lambda: [0, 0])    # by worker
+    owned: dict[Session, list[int]] = collections.defaultdict(lambda: [0, 0])
     for record in coordinator.backend.store.records():
         owned[record.owner][0] += 1
         owned[record.owner][1] += record.size
@@ -51,12 +52,12 @@ def cluster_status(coordinator: Coordinator, started: float) -> dict[str, Any]:
     for row in info["workers"]:
         count, size = held.get(by_name.get(row["name"]), (0, 0))
         row["objects"], row["bytes"] = count, size
-    queued: collections.Counter = collections.Counter()
-    running: collections.Counter = collections.Counter()
+    queued: collections.Counter[Session] = collections.Counter()
+    running: collections.Counter[Session] = collections.Counter()
     for task in list(coordinator.backend.tasks.values()):
         # A piece (part of a task another worker split off) counts for the session whose
         # task it is part of.
-        output = getattr(task, "output", None)
+        output = task.output
         session = output[0] if output else task.session
         (running if task.worker is not None else queued)[session] += 1
     info["session_list"] = [

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import cast
 
 from aiohttp import web
 
@@ -45,9 +46,9 @@ class Guard:
         self.limit = limit
         self.timeout = timeout
         self.closed = {"evicted": 0, "expired": 0, "oversized": 0}
-        self._waiting: dict[asyncio.BaseTransport, _Watched] = {}
+        self._waiting: dict[asyncio.Transport, _Watched] = {}
 
-    def opened(self, transport: asyncio.BaseTransport, watched: _Watched) -> None:
+    def opened(self, transport: asyncio.Transport, watched: _Watched) -> None:
         if len(self._waiting) >= self.limit:
             self.drop(next(iter(self._waiting)), "evicted")
             if self.closed["evicted"] in (1, 1000) or self.closed["evicted"] % 10000 == 0:
@@ -58,20 +59,20 @@ class Guard:
         watched.deadline = loop.call_later(self.timeout, self.drop, transport, "expired")
         self._waiting[transport] = watched
 
-    def authenticated(self, transport: asyncio.BaseTransport | None) -> None:
+    def authenticated(self, transport: asyncio.Transport | None) -> None:
         """The connection has made a request with the token: it is no longer watched."""
         watched = self._waiting.pop(transport, None) if transport is not None else None
-        if watched is not None:
+        if transport is not None and watched is not None:
             watched.trusted()
             transport.set_protocol(watched.handler)
 
-    def forget(self, transport: asyncio.BaseTransport | None) -> None:
+    def forget(self, transport: asyncio.Transport | None) -> None:
         """The connection has ended."""
         watched = self._waiting.pop(transport, None) if transport is not None else None
         if watched is not None:
             watched.trusted()
 
-    def drop(self, transport: asyncio.BaseTransport, why: str) -> None:
+    def drop(self, transport: asyncio.Transport, why: str) -> None:
         watched = self._waiting.pop(transport, None)
         if watched is not None:
             watched.trusted()       # its deadline, if that is not what fires
@@ -89,7 +90,7 @@ class _Watched(asyncio.Protocol):
     def __init__(self, handler: asyncio.Protocol, guard: Guard) -> None:
         self.handler = handler
         self._guard = guard
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
         self._received: int | None = 0       # None once authenticated
         self.deadline: asyncio.TimerHandle | None = None
 
@@ -99,9 +100,11 @@ class _Watched(asyncio.Protocol):
             self.deadline.cancel()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-        self.handler.connection_made(transport)
-        self._guard.opened(transport, self)
+        # A stream protocol's transport, which typeshed types as any transport.
+        stream = cast(asyncio.Transport, transport)
+        self._transport = stream
+        self.handler.connection_made(stream)
+        self._guard.opened(stream, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.forget(self._transport)

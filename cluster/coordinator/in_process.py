@@ -84,11 +84,12 @@ class ClientEnd(_End):
         try:
             return await self._next()
         except StopAsyncIteration:
-            if self.close_code in _OK_CODES:
+            code = self.close_code      # set: reading ends only on a close
+            if code is None or code in _OK_CODES:
                 raise
             # As websockets: a close with an error code raises where the session reads.
             raise websockets.ConnectionClosedError(
-                Close(self.close_code, self.close_reason), None) from None
+                Close(code, self.close_reason), None) from None
 
     async def close(self, code: int = WSCloseCode.OK, reason: str = "") -> None:
         self._shut(code, reason)

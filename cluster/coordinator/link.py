@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Protocol
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from cluster.coordinator.auth import Doors, refuse
+from cluster.scheduling.peers import Request
 from pyfora import wire as p
 from pyfora.errors import ProtocolError, PyforaError
 from pyfora.net.sender import Sender
@@ -56,20 +57,37 @@ async def accept(request: web.Request, role: str, doors: Doors, max_frame: int,
     return ws, hello
 
 
+class Socket(Protocol):
+    """What a ``Link`` uses of its websocket: aiohttp's ``WebSocketResponse``, or the
+    coordinator's end of an in-process connection (``in_process.ServerEnd``)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
+
+    def __aiter__(self) -> AsyncIterator[WSMessage]: ...
+
+
 class Link:
     """The coordinator's end of one websocket."""
 
-    def __init__(self, ws: web.WebSocketResponse, name: str, max_size: int = p.MAX_FRAME,
+    def __init__(self, ws: Socket, name: str, max_size: int = p.MAX_FRAME,
                  shm: Directory | None = None) -> None:
         self.name = name
         self.max_size = max_size        # of one message from the peer, buffers included
         self.shm = shm                  # the peer is on this machine: buffers go there
         self.closed = False
         self.attach(ws)
-        self._pending: dict[int, asyncio.Future] = {}
+        self._pending: dict[int, asyncio.Future[p.Message]] = {}
         self._ids = p.RequestIds()
 
-    def attach(self, ws: web.WebSocketResponse) -> None:
+    def attach(self, ws: Socket) -> None:
         """Send on ``ws`` from now on: from ``serve``, after the handshake's ``welcome``."""
         self.ws = ws
         # Peers accept frames of up to MAX_FRAME: batches are BATCH_BYTES at most.
@@ -83,11 +101,11 @@ class Link:
         kind = type(exc).__name__ if isinstance(exc, PyforaError) else "InternalError"
         self.send(p.Error(id=request_id, kind=kind, message=str(exc)))
 
-    async def request(self, message: Any) -> p.Message:
+    async def request(self, message: Request) -> p.Message:
         if self.closed:     # its reply would never come
             raise ConnectionResetError(f"{self.name} went away")
         message.id = self._ids()
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[p.Message] = asyncio.get_running_loop().create_future()
         self._pending[message.id] = future
         try:
             self.send(message)
@@ -95,7 +113,7 @@ class Link:
         finally:
             self._pending.pop(message.id, None)
 
-    def reply(self, message: Any) -> bool:
+    def reply(self, message: p.Message) -> bool:
         """Resolve a pending request with its reply; False if nothing waits for it."""
         future = self._pending.get(getattr(message, "id", 0))
         if future is None or future.done():
@@ -111,6 +129,9 @@ class Link:
         ws, sender = self.ws, self._sender
         sender.start()
         assembler = p.Assembler(join=False, max_size=self.max_size, shm=self.shm)
+        # None between frames (below).
+        arrived: list[tuple[p.Message | ProtocolError, int]] | None
+        message: p.Message | ProtocolError | None
         try:
             async for msg in ws:
                 if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
@@ -144,7 +165,7 @@ class Link:
             log.exception("error handling %s from %s", message.op, self.name)
             self.send_error(getattr(message, "id", 0), exc)
 
-    def disconnected(self, ws: web.WebSocketResponse) -> None:
+    def disconnected(self, ws: Socket) -> None:
         """The socket ``ws`` ended: nothing more can be sent or awaited on this link."""
         self.closed = True
         for future in self._pending.values():
@@ -158,7 +179,7 @@ class Link:
     def handle(self, message: p.Message) -> None:
         raise NotImplementedError
 
-    def spawn(self, coro) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a request handler that has to await, replying with its error if it fails."""
         task = asyncio.ensure_future(coro)
         _background.add(task)

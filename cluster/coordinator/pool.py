@@ -64,7 +64,7 @@ class WorkerPool:
         for _ in range(self.count):
             await self._spawn()
         if self.memory_limit is not None:
-            self._keep(asyncio.create_task(self._watch_memory()))
+            self._keep(asyncio.create_task(self._watch_memory(self.memory_limit)))
 
     def _keep(self, task: asyncio.Task) -> None:
         self._watchers.add(task)
@@ -91,7 +91,7 @@ class WorkerPool:
             log.warning("%s: %s; starting a new one", name, describe_exit(code))
             await self._spawn()
 
-    async def _watch_memory(self) -> None:
+    async def _watch_memory(self, limit: int) -> None:
         import psutil
         while not self._stopping:
             for name, proc in list(self.procs.items()):
@@ -99,10 +99,10 @@ class WorkerPool:
                     rss = psutil.Process(proc.pid).memory_info().rss
                 except psutil.Error:
                     continue        # it is exiting: _watch will see it
-                if rss > self.memory_limit and proc.returncode is None:
+                if rss > limit and proc.returncode is None:
                     self.reasons[name] = (
                         f"the worker went over its memory limit ({rss / 2**20:,.0f} MiB "
-                        f"resident, limit {self.memory_limit / 2**20:,.0f} MiB) and was killed")
+                        f"resident, limit {limit / 2**20:,.0f} MiB) and was killed")
                     log.warning("%s: %s", name, self.reasons[name])
                     proc.kill()
             await asyncio.sleep(MEMORY_INTERVAL)

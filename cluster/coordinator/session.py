@@ -31,13 +31,19 @@ import dataclasses
 import itertools
 import logging
 import secrets
+from typing import TYPE_CHECKING
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode
 
 from cluster.coordinator import limits
-from cluster.coordinator.link import Link
+from cluster.coordinator.link import Link, Socket
 from pyfora import wire as p
 from pyfora.errors import PyforaError
+from pyfora.net.sender import Sender
+from pyfora.net.shared_memory import Directory
+
+if TYPE_CHECKING:
+    from cluster.coordinator.app import Coordinator
 
 log = logging.getLogger("cluster")
 #: Seconds a session closed for a limit has to take the error saying so before the close.
@@ -46,7 +52,8 @@ _names = itertools.count(1)
 
 
 class ClientSession(Link):
-    def __init__(self, ws: web.WebSocketResponse, coordinator, shm=None) -> None:
+    def __init__(self, ws: Socket, coordinator: Coordinator,
+                 shm: Directory | None = None) -> None:
         super().__init__(ws, f"session-{next(_names)}", coordinator.config.max_frame, shm)
         self.coordinator = coordinator
         self.backend = coordinator.backend
@@ -94,7 +101,7 @@ class ClientSession(Link):
                          max_frame=self.coordinator.config.max_frame,
                          shm=self.shm.path if self.shm is not None else None)
 
-    def resume(self, ws: web.WebSocketResponse, received: int) -> None:
+    def resume(self, ws: Socket, received: int) -> None:
         """Attach a new socket from a client that has ``received`` frames of this session.
 
         Raises:
@@ -115,7 +122,7 @@ class ClientSession(Link):
             self.spawn(old.close(code=WSCloseCode.GOING_AWAY, message=b"session resumed"))
         log.info("%s resumed; %d messages sent again", self.name, len(missed))
 
-    def disconnected(self, ws: web.WebSocketResponse) -> None:
+    def disconnected(self, ws: Socket) -> None:
         if ws is not self.ws or self.closed:
             return      # a socket replaced by a resume
         self.attached = False
@@ -158,7 +165,7 @@ class ClientSession(Link):
             self.spawn(self._close_socket(self.ws, self._sender))
 
     @staticmethod
-    async def _close_socket(ws: web.WebSocketResponse, sender) -> None:
+    async def _close_socket(ws: Socket, sender: Sender) -> None:
         try:
             await asyncio.wait_for(sender.wait(), FLUSH_BEFORE_CLOSE)
         except TimeoutError:

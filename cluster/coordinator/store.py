@@ -16,25 +16,31 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cluster.scheduling.lineage import Rebuild, Recipe
+    from cluster.scheduling.peers import Session, Worker
 
 
 @dataclasses.dataclass(eq=False)
 class ObjectRecord:
     oid: int
-    owner: Any                      # the ClientSession that made it
+    owner: Session                  # the session that made it
     size: int = 0
     type: str = ""
-    holders: set = dataclasses.field(default_factory=set)   # WorkerLinks holding the value
+    # The workers holding the value (the pool's; Dask's results are its futures).
+    holders: set[Worker] = dataclasses.field(default_factory=set)
     data: bytes | None = None       # the coordinator's copy: defined values, small results
     oob: list = dataclasses.field(default_factory=list)     # a defined value's buffers
     frames: list = dataclasses.field(default_factory=list)  # and their frames, as they came
     error: dict | None = None       # set when the computation that made it raised
     refs: int = 1                   # the owner's proxy, plus one per task that uses it
     held: bool = True               # the owner's proxy has not been released
-    recipe: Any = None              # lineage.Recipe: how to compute it again, if computed
+    recipe: Recipe | None = None    # how to compute it again, if computed
     children: int = 0               # recipes that name this record as an input
-    rebuild: Any = None             # lineage.Rebuild, while it is being computed again
+    rebuild: Rebuild | None = None  # while it is being computed again
     keep: bool = False              # keep its value while dormant (it was computed again)
     defined: bool = False           # made by ``define``: counted in its owner's defined bytes
 
@@ -43,9 +49,10 @@ class ObjectStore:
     def __init__(self) -> None:
         self._objects: dict[int, ObjectRecord] = {}
         self._ids = itertools.count(1).__next__
-        self._defined: dict[Any, int] = {}     # owner -> bytes of its defined records
-        self.on_free = lambda record: None     # tell the holders to drop their copies
-        self.on_drop = lambda record: None     # the record itself is gone
+        self._defined: dict[Session, int] = {}     # owner -> bytes of its defined records
+        # Tell the holders to drop their copies; the record itself is gone.
+        self.on_free: Callable[[ObjectRecord], None] = lambda record: None
+        self.on_drop: Callable[[ObjectRecord], None] = lambda record: None
 
     def new_id(self) -> int:
         return self._ids()
@@ -55,7 +62,7 @@ class ObjectStore:
         if record.defined:
             self._defined[record.owner] = self._defined.get(record.owner, 0) + record.size
 
-    def defined_bytes(self, owner: Any) -> int:
+    def defined_bytes(self, owner: Session) -> int:
         """Bytes of the values ``owner`` defined that are still here: those it released
         too, while a recipe keeps them to compute a result again (``_drop``)."""
         return self._defined.get(owner, 0)
@@ -113,19 +120,19 @@ class ObjectStore:
                     if dep.refs <= 0 and dep.children <= 0:
                         stack.append(dep)
 
-    def release(self, oid: int, owner: Any) -> None:
+    def release(self, oid: int, owner: Session) -> None:
         """The owner's proxy died; a second release of the same object does nothing."""
         record = self._objects.get(oid)
         if record is not None and record.owner is owner and record.held:
             record.held = False
             self.decref(oid)
 
-    def release_owned_by(self, owner: Any) -> None:
+    def release_owned_by(self, owner: Session) -> None:
         """Drop the owner's reference to everything it made (its session ended)."""
         for record in [r for r in self._objects.values() if r.owner is owner]:
             self.release(record.oid, owner)
 
-    def forget_holder(self, holder: Any) -> list[ObjectRecord]:
+    def forget_holder(self, holder: Worker) -> list[ObjectRecord]:
         """A worker is gone: remove it as a holder; return records left with no copy."""
         lost = []
         for record in self._objects.values():

@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import TYPE_CHECKING
 
-from cluster.coordinator.link import Link
+from cluster.coordinator.link import Link, Socket
+from cluster.scheduling.dispatcher import Dispatcher, Task
 from pyfora import wire as p
 from pyfora.errors import ProtocolError, PyforaError
+from pyfora.net.shared_memory import Directory
+
+if TYPE_CHECKING:
+    from cluster.coordinator.app import Coordinator
 
 
 class WorkerLink(Link):
-    def __init__(self, ws, coordinator, name: str, shm=None) -> None:
+    """A ``peers.Worker`` of ``dispatcher``: only the pool's backend takes workers."""
+
+    def __init__(self, ws: Socket, coordinator: Coordinator, dispatcher: Dispatcher,
+                 name: str, shm: Directory | None = None) -> None:
         super().__init__(ws, name, coordinator.config.max_frame, shm)
         self.coordinator = coordinator
-        self.dispatcher = coordinator.backend
-        self._task = None
+        self.dispatcher = dispatcher
+        self._task: Task | None = None
         self.task_started = 0.0          # time.monotonic() when ``task`` was set
         self.stats: p.Stats | None = None   # the worker's latest report of itself
 
@@ -65,12 +74,12 @@ class WorkerLink(Link):
         self.send(dataclasses.replace(value, id=message.id))
 
     @property
-    def task(self):
+    def task(self) -> Task | None:
         """The task this worker runs now, or None."""
         return self._task
 
     @task.setter
-    def task(self, task) -> None:
+    def task(self, task: Task | None) -> None:
         self._task = task
         self.task_started = time.monotonic()
 

@@ -34,14 +34,14 @@ import collections
 import dataclasses
 import logging
 import time
-from typing import Any
 
-from distributed import Client, LocalCluster, wait
+from distributed import Client, Future, LocalCluster, wait
 from distributed.client import FutureCancelledError
 
 from cluster.coordinator.store import ObjectRecord, ObjectStore
 from cluster.scheduling.backend import Backend
 from cluster.scheduling.lineage import CRASHED, crash_error
+from cluster.scheduling.peers import Session
 from cluster.worker import dask_parallel, dask_tasks
 from pyfora import wire as p
 from pyfora.errors import PyforaUsageError, WorkerCrashedError
@@ -61,24 +61,25 @@ DONE_LATE = 5.0
 @dataclasses.dataclass(eq=False)
 class DaskTask:
     tid: int
-    session: Any
+    session: Session
     request_id: int
     oid: int
-    deps: list
-    future: Any = None              # its Dask future (holds a dask_tasks.Held)
-    watcher: Any = None             # the asyncio task waiting for it to finish
+    deps: list[int]
+    outcome: asyncio.Future[tuple]  # its done event: (size, type, value, error)
+    future: Future | None = None    # its Dask future (holds a dask_tasks.Held)
+    watcher: asyncio.Future[None] | None = None    # the asyncio task waiting for it
     worker: str | None = None       # address of the Dask worker that started it
     started: float = 0.0
     cancelled: bool = False
-    outcome: asyncio.Future | None = None   # its done event: (size, type, value, error)
     inline: int = 0                 # the largest result to send with its done reply
     total: int = 0                  # a map's elements, from its first progress event
-    counts: dict = dataclasses.field(default_factory=dict)
+    # A map's elements done: {0: its own, piece id ("root/rid"): ...}.
+    counts: dict[int | str, int] = dataclasses.field(default_factory=dict)
     counted_at: float = 0.0
     counted: int = 0                # the last count forwarded
 
     @property
-    def output(self) -> tuple:      # as the dashboard asks of any task
+    def output(self) -> tuple[Session, int]:    # as the dashboard asks of any task
         return self.session, self.request_id
 
 
@@ -110,9 +111,11 @@ class DaskBackend(Backend):
     def __init__(self, client: Client, cluster: LocalCluster | None = None) -> None:
         super().__init__(ObjectStore())
         self.store.on_free = self._free
+        self.tasks: dict[int, DaskTask] = {}
+        self._by_request: dict[tuple[Session, int], DaskTask] = {}
         self.client = client
         self.cluster = cluster              # a LocalCluster this backend started
-        self.futures: dict[int, Any] = {}   # oid -> the Dask future holding its value
+        self.futures: dict[int, Future] = {}    # oid -> the Dask future holding its value
         self._workers: dict[str, DaskWorker] = {}   # by address
         self.pieces: dict[str, str] = {}    # running piece -> address of its worker
         self._running: collections.Counter = collections.Counter()  # address -> tasks
@@ -144,7 +147,7 @@ class DaskBackend(Backend):
                                   asynchronous=True)
         except BaseException:
             if cluster is not None:
-                await cluster.close()
+                await _close(cluster)
             raise
         backend = cls(client, cluster)
         try:
@@ -164,18 +167,18 @@ class DaskBackend(Backend):
                 task.watcher.cancel()
         await self.client.close()
         if self.cluster is not None:
-            await self.cluster.close()
+            await _close(self.cluster)
 
     # -- from client sessions ---------------------------------------------------------
 
-    def submit(self, session: Any, msg: p.Submit) -> None:
+    def submit(self, session: Session, msg: p.Submit) -> None:
         """Send a task to Dask. Raises ``PyforaUsageError`` for dependencies it may not
         use."""
         records = [self._dependency(session, oid) for oid in msg.deps]
         for record in records:
             record.refs += 1
         task = DaskTask(self._ids(), session, msg.id, self.store.new_id(), list(msg.deps),
-                        inline=msg.inline)
+                        asyncio.get_running_loop().create_future(), inline=msg.inline)
         self.tasks[task.tid] = task
         self._by_request[(session, msg.id)] = task
         self.active[session] += 1
@@ -183,16 +186,15 @@ class DaskBackend(Backend):
         if failed is not None:
             self._finish(task, 0, "", None, failed.error)
             return
-        task.outcome = asyncio.get_running_loop().create_future()
         task.future = self.client.submit(
             dask_tasks.run, task.tid, msg.payload, msg.oob, _joined(msg.oob, msg.frames),
             msg.inline, list(msg.deps),
             *map(self._future, records), key=f"pyfora-{task.oid}-{id(self):x}",
             pure=False)
-        task.watcher = asyncio.ensure_future(self._watch(task))
+        task.watcher = asyncio.ensure_future(self._watch(task, task.future))
         self._status_changed()
 
-    def cancel(self, session: Any, request_id: int) -> None:
+    def cancel(self, session: Session, request_id: int) -> None:
         task = self._by_request.get((session, request_id))
         if task is None or task.cancelled:
             return
@@ -208,7 +210,7 @@ class DaskBackend(Backend):
             self._stopped[task.tid] = now
         asyncio.ensure_future(self._stop(task, worker))
 
-    async def object_bytes(self, oid: int, session: Any = None,
+    async def object_bytes(self, oid: int, session: Session | None = None,
                            rebuild: bool = True) -> p.Value:
         """The pickle of an object (a ``value`` with its buffers, to send under the
         asker's request id), from the coordinator's copy or from its Dask worker (Dask
@@ -254,7 +256,7 @@ class DaskBackend(Backend):
 
     # -- internals --------------------------------------------------------------------
 
-    def _future(self, record: ObjectRecord) -> Any:
+    def _future(self, record: ObjectRecord) -> Future:
         future = self.futures.get(record.oid)
         if future is None:      # a defined value: Dask gets it from the coordinator's copy
             future = self.futures[record.oid] = self.client.submit(
@@ -263,13 +265,14 @@ class DaskBackend(Backend):
                 pure=False)
         return future
 
-    async def _watch(self, task: DaskTask) -> None:
+    async def _watch(self, task: DaskTask, future: Future) -> None:
+        """Wait for ``task``'s Dask ``future``, then finish it."""
         try:
-            await wait(task.future)
-            if task.future.status == "finished":
+            await wait(future)
+            if future.status == "finished":
                 outcome = await self._outcome(task)
             else:       # Dask gave up on it: KilledWorker, a scheduler gone
-                exc = await task.future.exception()
+                exc = await future.exception()
                 outcome = 0, "", None, crash_error(
                     f"Dask could not run the task: {type(exc).__name__}: {exc}",
                     dask_tasks.worker_label(task.worker or ""))
@@ -311,7 +314,8 @@ class DaskBackend(Backend):
             return
         if error is None:
             self.done += 1
-            self.futures[task.oid] = task.future
+            if task.future is not None:     # None: it failed before it was sent to Dask
+                self.futures[task.oid] = task.future
         else:
             self.failed += 1
             if task.future is not None:
@@ -413,7 +417,10 @@ class DaskBackend(Backend):
                 log.info("polling the Dask scheduler: %s", exc)
 
     async def _poll_once(self) -> None:
-        info = await self.client.scheduler.identity(n_workers=-1)
+        scheduler = self.client.scheduler
+        if scheduler is None:       # only before the client has started
+            raise ConnectionError("the Dask client has no scheduler connection")
+        info = await scheduler.identity(n_workers=-1)
         workers = info.get("workers", {})
         for address in set(self._workers) - set(workers):
             del self._workers[address]
@@ -421,6 +428,14 @@ class DaskBackend(Backend):
             view = self._workers.get(address) or DaskWorker(self, address)
             view.metrics = worker.get("metrics", {})
             self._workers[address] = view
+
+
+async def _close(cluster: LocalCluster) -> None:
+    """Close a cluster made with ``asynchronous=True``: its ``close`` returns an awaitable
+    then (None in synchronous mode, which its type allows for)."""
+    closing = cluster.close()
+    if closing is not None:
+        await closing
 
 
 def _joined(oob: list, frames: list) -> list:

@@ -44,11 +44,12 @@ import collections
 import dataclasses
 import logging
 import time
-from typing import Any
+from collections.abc import Iterable
 
 from cluster.coordinator.store import ObjectRecord, ObjectStore
 from cluster.scheduling.backend import Backend
-from cluster.scheduling.lineage import CRASHED, Rebuilder, crash_error, is_lost
+from cluster.scheduling.lineage import CRASHED, Rebuild, Rebuilder, crash_error, is_lost
+from cluster.scheduling.peers import Session, Worker
 from pyfora import wire as p
 from pyfora.errors import ProtocolError, PyforaUsageError, WorkerCrashedError
 
@@ -57,23 +58,24 @@ log = logging.getLogger("cluster")
 @dataclasses.dataclass(eq=False)
 class Task:
     tid: int
-    session: Any
+    session: Session                # a piece's: the worker that asked for it
     request_id: int
     payload: bytes
-    deps: list
+    deps: list[int]
     inline: int
     oid: int
-    worker: Any = None
+    worker: Worker | None = None
     cancelled: bool = False
     piece: bool = False             # part of another task, asked for by a worker
-    output: Any = None              # (session, request id) its printed output goes to
+    # (session, request id) its printed output goes to
+    output: tuple[Session, int] | None = None
     retries: int = 0                # times left to run it again if its worker dies
-    rebuild: Any = None             # lineage.Rebuild, for a task that recomputes a lost object
-    waiting: Any = None             # lineage.Rebuild of a lost input it waits for
-    parent: Any = None              # the task a piece is part of
+    rebuild: Rebuild | None = None  # for a task that recomputes a lost object
+    waiting: Rebuild | None = None  # of a lost input it waits for
+    parent: Task | None = None      # the task a piece is part of
     total: int = 0                  # a map's elements, from its first ``progress``
-    counts: dict = dataclasses.field(default_factory=dict)   # a map's elements done:
-                                                             # {0: its own, piece tid: ...}
+    # A map's elements done: {0: its own, piece tid: ...}.
+    counts: dict[int | str, int] = dataclasses.field(default_factory=dict)
     counted_at: float = 0.0         # time.monotonic() of the last ``progress`` forwarded
     counted: int = 0                # the last count forwarded
     started: float = 0.0            # time.monotonic() when it became its worker's first
@@ -97,18 +99,25 @@ class Dispatcher(Backend):
         super().__init__(store)
         store.on_free = self._free
         store.on_drop = self._dropped
+        self.tasks: dict[int, Task] = {}
+        self._by_request: dict[tuple[Session, int], Task] = {}
         self.lineage = Rebuilder(self)
         self.queue: collections.deque[Task] = collections.deque()
-        self.idle: dict[Any, None] = {}     # an ordered set of idle WorkerLinks
-        self.workers: dict[Any, None] = {}
+        self.idle: dict[Worker, None] = {}      # an ordered set of idle workers
+        self._workers: dict[Worker, None] = {}
         # Each worker taking tasks: the tasks it holds ({tid: Task}, in the order sent; the
         # first is the one it runs, ``worker.task``), and how many it may hold now.
-        self.windows: dict[Any, dict[int, Task]] = {}
-        self.limits: dict[Any, int] = {}
+        self.windows: dict[Worker, dict[int, Task]] = {}
+        self.limits: dict[Worker, int] = {}
+
+    @property
+    def workers(self) -> dict[Worker, None]:
+        """The workers joined (an ordered set)."""
+        return self._workers
 
     # -- from client sessions ---------------------------------------------------------
 
-    def submit(self, session: Any, msg: p.Submit) -> None:
+    def submit(self, session: Session, msg: p.Submit) -> None:
         """Queue a task. Raises ``PyforaUsageError`` for dependencies it may not use."""
         records = [self._dependency(session, oid) for oid in msg.deps]
         for record in records:
@@ -119,14 +128,14 @@ class Dispatcher(Backend):
         self.tasks[task.tid] = task
         self._by_request[(session, msg.id)] = task
         self.active[session] += 1
-        failed = next((r for r in records if r.error is not None), None)
+        failed = next((r.error for r in records if r.error is not None), None)
         if failed is not None:
-            self.fail(task, failed.error)
+            self.fail(task, failed)
             return
         self.enqueue(task)
         self.schedule()
 
-    def new_task(self, session: Any, payload: bytes, deps: list, inline: int,
+    def new_task(self, session: Session, payload: bytes, deps: list, inline: int,
                  oid: int) -> Task:
         """A task of the cluster's own for ``session`` (no request of its waits for it)."""
         task = Task(self._ids(), session, 0, payload, deps, inline, oid)
@@ -151,7 +160,7 @@ class Dispatcher(Backend):
         fail it with ``error``."""
         task.worker = None
         if task.rebuild is not None:
-            retried = self.lineage.retry(task)
+            retried = self.lineage.retry(task.rebuild)
         elif task.retries > 0 and not task.cancelled:
             task.retries -= 1
             self.enqueue(task, front=True)
@@ -161,7 +170,7 @@ class Dispatcher(Backend):
         if not retried:
             self.fail(task, error)
 
-    def cancel(self, session: Any, request_id: int) -> None:
+    def cancel(self, session: Session, request_id: int) -> None:
         task = self._by_request.get((session, request_id))
         if task is None:
             return
@@ -179,7 +188,7 @@ class Dispatcher(Backend):
             task.cancelled = True
             task.worker.send(p.Cancel(target=task.tid))
 
-    async def object_bytes(self, oid: int, session: Any = None,
+    async def object_bytes(self, oid: int, session: Session | None = None,
                            rebuild: bool = True) -> p.Value:
         """The pickle of an object (a ``value`` with its buffers' frames, to relay under
         the asker's request id), from the coordinator's copy or from a worker holding it.
@@ -203,6 +212,8 @@ class Dispatcher(Backend):
                 except ConnectionError:
                     record.holders.discard(holder)     # it died meanwhile: try elsewhere
                     continue
+                if not isinstance(reply, p.Value):
+                    raise ProtocolError(f"{holder.name} answered a fetch with {reply.op!r}")
                 return reply
             if not is_lost(record) or not rebuild:
                 break
@@ -216,21 +227,21 @@ class Dispatcher(Backend):
 
     # -- from workers -----------------------------------------------------------------
 
-    def worker_joined(self, worker: Any) -> None:
-        self.workers[worker] = None
+    def worker_joined(self, worker: Worker) -> None:
+        self._workers[worker] = None
         self.idle[worker] = None
         self.windows[worker] = {}
         self.limits[worker] = 1        # until its first task shows how long they take
         self.schedule()
 
-    def worker_leaving(self, worker: Any) -> None:
+    def worker_leaving(self, worker: Worker) -> None:
         """``worker``'s connection ended: give it no new task (it is lost once we know
         why)."""
         self.idle.pop(worker, None)
         self.limits[worker] = 0
 
-    def worker_lost(self, worker: Any, why: str) -> None:
-        self.workers.pop(worker, None)
+    def worker_lost(self, worker: Worker, why: str) -> None:
+        self._workers.pop(worker, None)
         self.idle.pop(worker, None)
         self.limits.pop(worker, None)
         window = self.windows.pop(worker, {})
@@ -251,7 +262,7 @@ class Dispatcher(Backend):
             self.crashed(tasks[0], error)
         self.schedule()
 
-    def check_get(self, worker: Any, oid: int) -> None:
+    def check_get(self, worker: Worker, oid: int) -> None:
         """May ``worker`` fetch object ``oid``? Only as an input of a task it holds.
 
         Raises:
@@ -261,7 +272,7 @@ class Dispatcher(Backend):
             raise ProtocolError(f"object {oid} is not an input of a task given to this "
                                 "worker: a worker fetches only its tasks' inputs")
 
-    def _held_by(self, worker: Any, tid: int, op: str) -> Task | None:
+    def _held_by(self, worker: Worker, tid: int, op: str) -> Task | None:
         """Task ``tid`` if ``worker`` holds it; else None, and the push is logged."""
         task = self.windows.get(worker, {}).get(tid)
         if task is None:
@@ -269,7 +280,7 @@ class Dispatcher(Backend):
                         worker.name, op, tid)
         return task
 
-    def task_done(self, worker: Any, msg: p.Done) -> None:
+    def task_done(self, worker: Worker, msg: p.Done) -> None:
         if self._held_by(worker, msg.id, "done") is None:
             return
         window = self.windows[worker]
@@ -296,13 +307,13 @@ class Dispatcher(Backend):
             self._finish(task, msg, holder=worker)
         self.schedule()
 
-    def task_output(self, worker: Any, msg: p.Output) -> None:
+    def task_output(self, worker: Worker, msg: p.Output) -> None:
         task = self._held_by(worker, msg.id, "output")
         if task is not None and not task.cancelled and task.output is not None:
             session, request_id = task.output
             session.send(p.Output(id=request_id, stream=msg.stream, text=msg.text))
 
-    def task_progress(self, worker: Any, msg: p.Progress) -> None:
+    def task_progress(self, worker: Worker, msg: p.Progress) -> None:
         """A map's count of elements done, from its task or from one of its pieces (see
         ``Backend._count``)."""
         task = self._held_by(worker, msg.target, "progress")
@@ -317,7 +328,7 @@ class Dispatcher(Backend):
 
     # -- pieces (from workers) --------------------------------------------------------
 
-    def piece(self, asker: Any, msg: p.Piece) -> None:
+    def piece(self, asker: Worker, msg: p.Piece) -> None:
         """Run a piece of ``asker``'s task on an idle worker now, or refuse it."""
         if not self.idle or (asker, msg.id) in self._by_request:
             asker.send(p.Error(id=msg.id, kind="PyforaUsageError", message="no idle worker"))
@@ -334,7 +345,7 @@ class Dispatcher(Backend):
     def idle_info(self) -> dict:
         return {"idle": len(self.idle), "workers": len(self.workers)}
 
-    async def split(self, asker: Any, msg: p.Split) -> None:
+    async def split(self, asker: Worker, msg: p.Split) -> None:
         """Relay a ``split`` to the worker running the piece; relay its answer."""
         task = self._by_request.get((asker, msg.target))
         info: dict = {}
@@ -356,7 +367,7 @@ class Dispatcher(Backend):
                 return
             self._start(self.queue.popleft(), worker)
 
-    def _start(self, task: Task, worker: Any) -> None:
+    def _start(self, task: Task, worker: Worker) -> None:
         self.windows[worker][task.tid] = task
         task.worker = worker
         if worker.task is None:
@@ -367,11 +378,11 @@ class Dispatcher(Backend):
                           deps=task.deps, inline=task.inline, oob=task.oob, frames=task.frames))
         self._status_changed()
 
-    def _pick(self, task: Task) -> Any:
+    def _pick(self, task: Task) -> Worker | None:
         """The worker for ``task``: an idle one if any, else one with room in its window
         (the emptiest); among those, the one holding most of its inputs. None: all full."""
         if self.idle:
-            candidates: Any = self.idle
+            candidates: Iterable[Worker] = self.idle
         else:
             candidates = [w for w, window in self.windows.items()
                           if len(window) < self.limits[w]]
@@ -385,12 +396,12 @@ class Dispatcher(Backend):
         return max(candidates, key=lambda w: (sum(r.size for r in records if w in r.holders),
                                               -len(self.windows[w])))
 
-    def _finish(self, task: Task, msg: p.Done, holder: Any) -> None:
+    def _finish(self, task: Task, msg: p.Done, holder: Worker | None) -> None:
         if self.tasks.get(task.tid) is not task:
             return      # finished already (failed while it waited, then its worker ended)
         if task.rebuild is not None:
             self._forget(task)
-            self.lineage.finished(task, msg, holder)
+            self.lineage.finished(task.rebuild, msg, holder)
             self._status_changed()
             return
         record = None
@@ -414,7 +425,7 @@ class Dispatcher(Backend):
                                          type=msg.type, value=msg.value, error=msg.error,
                                          oob=msg.oob, frames=msg.frames))
             return
-        if task.cancelled or task.session.closed:
+        if record is None:      # cancelled, or its session ended
             if holder is not None and msg.error is None:
                 holder.send(p.Free(oids=[msg.oid]))
             return

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cluster.coordinator.store import ObjectRecord
 from pyfora import wire as p
 
 if TYPE_CHECKING:
     from cluster.scheduling.dispatcher import Dispatcher, Task
+    from cluster.scheduling.peers import Worker
 
 #: The error type of a task that could not finish because a worker died: its own, or the
 #: one holding an input that could not be computed again.
@@ -121,6 +122,7 @@ class Rebuilder:
             return record.rebuild
         d = self.d
         recipe = record.recipe
+        assert recipe is not None, "only a lost object (is_lost) is computed again"
         task = d.new_task(record.owner, recipe.payload, list(recipe.deps), recipe.inline,
                           record.oid)
         rebuild = record.rebuild = task.rebuild = Rebuild(record, task)
@@ -129,9 +131,10 @@ class Rebuilder:
         d.enqueue(task, front=True)     # may settle it already, if an input failed
         return rebuild
 
-    def retry(self, task: Task) -> bool:
-        """The worker running rebuild ``task`` died: queue it again, if it has tries left."""
-        rebuild = task.rebuild
+    def retry(self, rebuild: Rebuild) -> bool:
+        """The worker running ``rebuild``'s task died: queue it again, if it has tries
+        left."""
+        task = rebuild.task
         if rebuild.attempts >= MAX_ATTEMPTS or task.cancelled:
             return False
         rebuild.attempts += 1
@@ -139,9 +142,9 @@ class Rebuilder:
         self.d.enqueue(task, front=True)
         return True
 
-    def finished(self, task: Task, msg: p.Done, holder: Any) -> None:
-        """Rebuild ``task`` ended (its references to its inputs are already dropped)."""
-        rebuild, record, d = task.rebuild, task.rebuild.record, self.d
+    def finished(self, rebuild: Rebuild, msg: p.Done, holder: Worker | None) -> None:
+        """``rebuild``'s task ended (its references to its inputs are already dropped)."""
+        task, record, d = rebuild.task, rebuild.record, self.d
         if d.store.get(record.oid) is not record or task.cancelled or record.refs <= 0:
             if holder is not None and msg.error is None:
                 holder.send(p.Free(oids=[record.oid]))

@@ -67,9 +67,10 @@ import itertools
 import threading
 from collections.abc import Callable, Iterator
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
-from distributed import get_client, get_worker
+from distributed import Client, Future, Worker, get_client, get_worker
+from tornado.platform.asyncio import BaseAsyncIOLoop
 
 from pyfora import compiled, serialization
 from pyfora import wire as p
@@ -138,14 +139,14 @@ class _Sent:
 
     def __init__(self, on_reply: Callable[[p.Message], None]) -> None:
         self.on_reply = on_reply
-        self.future: Any = None
+        self.future: Future | None = None
         self.state = "queued"
         self.worker = ""
         self.sent_at = perf_counter()
 
 
 class DaskParallelContext:
-    def __init__(self, worker: Any) -> None:
+    def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.address = worker.address       # where other workers reach this context
         # How errors name this worker (``run_piece`` reads it), as the backend names it.
@@ -156,7 +157,7 @@ class DaskParallelContext:
         self._sent: dict[int, _Sent] = {}
         self._running: dict[tuple[str, int], Any] = {}    # pieces running here
         self._idle: tuple[float, int, set] = (0.0, 0, set())
-        self._client: Any = None
+        self._client: Client | None = None
 
     # -- task thread: the interface _runtime calls ----------------------------------------
 
@@ -305,7 +306,7 @@ class DaskParallelContext:
 
     # -- Dask's callback thread: a piece's future finished ---------------------------------
 
-    def _finished(self, rid: int, future: Any) -> None:
+    def _finished(self, rid: int, future: Future) -> None:
         with self._lock:
             sent = self._sent.pop(rid, None)
         if sent is None:                # taken back or cancelled: the runtime moved on
@@ -333,7 +334,7 @@ class DaskParallelContext:
         if sent.worker:
             asyncio.run_coroutine_threadsafe(
                 self._call(sent.worker, action="stop", root=self.address, rid=rid),
-                self.worker.loop.asyncio_loop)
+                self._loop)
 
     async def _call(self, address: str, **msg: Any) -> Any:
         return await getattr(self.worker.rpc(address), HANDLER)(**msg)
@@ -344,8 +345,14 @@ class DaskParallelContext:
         idle = sum(1 for w, n in nthreads.items() if len(processing.get(w, ())) < n)
         return idle, {key for keys in processing.values() for key in keys}
 
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The worker's event loop. Tornado's IOLoop runs on asyncio's (since tornado 5),
+        but ``Worker.loop`` is typed as any IOLoop."""
+        return cast(BaseAsyncIOLoop, self.worker.loop).asyncio_loop
+
     def _wait(self, coro: Any) -> Any:
-        future = asyncio.run_coroutine_threadsafe(coro, self.worker.loop.asyncio_loop)
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(REPLY_TIMEOUT)
         except BaseException:

@@ -24,6 +24,7 @@ per process.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from distributed import get_worker
@@ -46,8 +47,8 @@ class Held:
     pickle's out-of-band buffers (which share the value's memory), or an error."""
     __slots__ = ("value", "data", "buffers", "error")
 
-    def __init__(self, value: Any = None, data: bytes | None = None, buffers: list = (),
-                 error: dict | None = None) -> None:
+    def __init__(self, value: Any = None, data: bytes | None = None,
+                 buffers: Iterable[Any] = (), error: dict | None = None) -> None:
         self.value, self.data, self.buffers, self.error = value, data, list(buffers), error
 
 
@@ -107,7 +108,7 @@ def describe(held: Held, inline: int) -> dict:
     """A task's outcome as its done event gives it: size, type, error, and the pickle
     when it is at most ``inline`` bytes and has no out-of-band buffers. Also run as a
     Dask task of its own when a finished task's event never came."""
-    if held.error is not None:
+    if held.error is not None or held.data is None:     # no pickle: only with an error
         return {"size": 0, "type": "", "value": None, "error": held.error}
     size = p.value_size(held.data, p.oob_layout(held.buffers))
     return {"size": size, "type": serialization.type_name(type(held.value)),
@@ -124,6 +125,8 @@ def load(data: bytes, oob: list, buffers: list) -> Held:
 def fetch(held: Held) -> tuple[bytes, list, list]:
     """The pickle, the ``oob`` layout and the buffers (as ``bytes``: Dask's pickling of
     results does not take every buffer type)."""
+    if held.data is None:       # the coordinator fetches only objects that hold a value
+        raise LookupError(f"the task raised: {held.error}")
     return (held.data, p.oob_layout(held.buffers),
             [buffer if isinstance(buffer, bytes) else bytes(buffer) for buffer in held.buffers])
 

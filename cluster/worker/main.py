@@ -25,6 +25,7 @@ import os
 import queue
 import ssl
 import threading
+from typing import Any
 
 import websockets
 from websockets.asyncio.client import connect
@@ -100,6 +101,7 @@ class Worker:
 
     async def serve(self) -> None:
         assembler = p.Assembler(join=True, shm=self.shm)
+        message: p.Message | ProtocolError | None
         async for frame in self.ws:
             for message, _ in assembler.feed(frame):
                 self.receive(message)
@@ -171,6 +173,7 @@ class Worker:
 
     def serve_tasks(self) -> None:
         """The task thread: run each task handed over, until ``close``."""
+        done: list | None
         while (message := self.inbox.get()) is not None:
             done = p.to_frames(self.execute(message), self.shm)
             # Not held while waiting for the next task: a task's arguments and result
@@ -266,7 +269,8 @@ class Worker:
 
 async def run_worker(url: str, token: str | None, name: str,
                      ssl_context: ssl.SSLContext | None = None) -> None:
-    tls = {"ssl": ssl_context} if url.startswith("wss:") else {}
+    # Only for wss: websockets refuses an ssl argument with a ws:// URL.
+    tls: dict[str, Any] = {"ssl": ssl_context} if url.startswith("wss:") else {}
     hello = p.Hello(version=p.VERSION, role="worker", name=name, host=shared_memory.host_id())
     try:
         connection = await connect(url, max_size=p.MAX_FRAME, compression=None,

@@ -15,16 +15,19 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyfora import wire as p
+
+if TYPE_CHECKING:
+    from cluster.worker.main import Worker
 
 #: How long the task thread waits for the coordinator's answer before going on alone.
 REPLY_TIMEOUT = 30.0
 
 
 class ParallelContext:
-    def __init__(self, worker: Any) -> None:
+    def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.name = worker.name
         self.callbacks: dict[int, Callable[[p.Message], None]] = {}
@@ -75,7 +78,7 @@ class ParallelContext:
         with self._lock:
             self._splittable = (running[0], state) if state is not None and running else None
 
-    def _ask(self, message: Any) -> dict:
+    def _ask(self, message: p.Status | p.Split) -> dict:
         future = asyncio.run_coroutine_threadsafe(self._request(message), self.worker.loop)
         try:
             reply = future.result(REPLY_TIMEOUT)
@@ -84,7 +87,7 @@ class ParallelContext:
             return {}
         return reply.info if isinstance(reply, p.Info) else {}
 
-    async def _request(self, message: Any) -> p.Message:
+    async def _request(self, message: p.Status | p.Split) -> p.Message:
         message.id = self.worker.ids()
         future = self.worker.loop.create_future()
         self.worker.pending[message.id] = future

@@ -44,8 +44,10 @@ class _Inexact(ArithmeticError):
 
 def _signed(t) -> bool:
     """An int64-or-narrower signed int, or a bool (Python adds bools as ints)."""
-    return isinstance(t, types.Boolean) or (isinstance(t, types.Integer) and t.signed
-                                            and t.bitwidth <= 64)
+    # numba's stubs leave out Integer's ``signed`` and ``bitwidth`` (set in its __init__).
+    return isinstance(t, types.Boolean) or (
+        isinstance(t, types.Integer) and t.signed  # type: ignore[attr-defined]
+        and t.bitwidth <= 64)  # type: ignore[attr-defined]
 
 
 def _float(t) -> bool:

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import builtins
 import types as pytypes
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import numba
 from numba import types
@@ -56,7 +57,7 @@ class Unsupported(Exception):
 _ours: set = set()
 
 
-def _refuse(reason: str):
+def _refuse(reason: str) -> NoReturn:
     raise Unsupported(reason)
 
 
@@ -250,13 +251,16 @@ class _Pipeline(CompilerBase):
         return [pm]
 
 
-def jit(fn: pytypes.FunctionType, memo: dict | None = None):
+def jit(fn: Callable[..., Any], memo: dict | None = None):
     """A lazily compiling dispatcher for ``fn`` (and, through it, the functions it calls).
 
     Raises:
-        Unsupported: ``fn`` reads a global or closure value that is neither a number, a
-            bool, None, the ``math`` module, nor a plain function.
+        Unsupported: ``fn`` is not a plain Python function, or it reads a global or
+            closure value that is neither a number, a bool, None, the ``math`` module,
+            nor a plain function.
     """
+    if not isinstance(fn, pytypes.FunctionType):
+        _refuse(f"{fn!r} is not a plain Python function")
     memo = {} if memo is None else memo
     if fn in memo:
         return memo[fn]

@@ -192,7 +192,7 @@ class Directory:
         written by this process are left to ``reclaim``."""
         held = self._held if self._held is not None else {}
         mine = os.getpid()
-        swept = []
+        swept: list[str] = []
         try:
             names = os.listdir(self.path)
         except OSError:

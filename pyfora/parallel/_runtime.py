@@ -34,7 +34,7 @@ rest becomes an ``_Engine`` (``engine.py``):
   element that raises ends its segment; later segments are cancelled, earlier ones are
   still completed, so the exception raised is the one first in iteration order, after
   every result before it. A remote exception carries its worker-side frames
-  (``_pyfora_frames``) so the remote traceback shows them.
+  (``serialization.REMOTE_FRAMES``) so the remote traceback shows them.
 * **Progress.** ``pmap`` (the root of ``Executor.map``) counts its elements done, as its
   own batches and its pieces finish, and reports the count through the context (``_Report``)
   for the client's progress line. Only ``pmap`` reports: the client shows a count for a

@@ -260,7 +260,7 @@ def _rebuild(error: dict) -> BaseException:
     if exc is None:
         exc = RuntimeError(f"{error['type']}: {error.get('message', '')}")
     try:
-        exc._pyfora_frames = list(error.get("frames") or ())
+        setattr(exc, serialization.REMOTE_FRAMES, list(error.get("frames") or ()))
     except Exception:
         pass
     return exc

@@ -36,7 +36,7 @@ def to_frames(message: Message, shm: Directory | None = None) -> list:
     buffers = getattr(message, "frames", None)     # only messages that carry a pickle
     if not buffers:
         return [encode(message)]
-    layout: list = message.oob
+    layout: list = getattr(message, "oob", [])     # those with frames carry a pickle
     frames: list = [b""]
     oob = []
     parts = (part for part in buffers if _nbytes(part))

@@ -81,7 +81,7 @@ def refusal(kind: str, message: str) -> bytes:
     return json.dumps({"kind": kind, "message": message}).encode()
 
 
-def refused(body: bytes) -> Exception | None:
+def refused(body: bytes | bytearray) -> Exception | None:
     """The error a refusal's body (``refusal``) stands for; None if it is not one."""
     try:
         data = json.loads(body)
