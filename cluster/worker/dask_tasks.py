@@ -72,7 +72,6 @@ def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: l
     most ``inline`` bytes and has no out-of-band buffers."""
     worker = get_worker()
     name = worker_label(worker.address)
-    worker.log_event(STARTED_TOPIC, {"task": tid, "worker": worker.address})
     values = {oid: held.value for oid, held in zip(oids, inputs, strict=True)}
 
     def sink(stream: str, text: str) -> None:
@@ -85,6 +84,9 @@ def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: l
         try:
             with _lock:
                 _running[tid] = threading.get_ident()
+            # Said once ``stop`` can find it: the coordinator stops a task it was told
+            # of, so a cancel that follows this event must not miss the task.
+            worker.log_event(STARTED_TOPIC, {"task": tid, "worker": worker.address})
             with current_task(tid):
                 fn, args, kwargs = serialization.loads(payload, values.__getitem__,
                                                        _received(oob, buffers))
