@@ -98,3 +98,47 @@ def test_turned_off_nothing_runs_compiled(ufora, cluster_url, how):
     after = settled(ufora)
     assert after["runs"] == before["runs"]
     assert after["compiled"] == before["compiled"]
+
+
+SCRIPT = '''
+import json, time
+import pyfora
+
+
+def isPrime(p):
+    x = 2
+    while x * x <= p:
+        if p % x == 0:
+            return 0
+        x = x + 1
+    return 1
+
+
+with pyfora.connect(workers=1, progress=False) as ufora:
+    with ufora.remotely.downloadAll():
+        result = sum(isPrime(x) for x in range(N_ELEMENTS))
+    time.sleep(SETTLE)        # the worker reports its counts every second
+    print(json.dumps({"result": result, "compiled": ufora.status()["compiled"]}))
+'''
+
+
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_pyfora_compile_in_the_environment(tmp_path, setting):
+    """``PYFORA_COMPILE=0`` in the environment of a client and its embedded cluster's
+    workers: nothing compiles. ``1`` is the control that shows the counts would see it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "block.py"
+    script.write_text(SCRIPT.replace("N_ELEMENTS", str(N)).replace("SETTLE", str(SETTLE)))
+    env = {**os.environ, "PYFORA_COMPILE": setting}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                         text=True, timeout=TIMEOUT, check=True).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["result"] == PRIMES
+    counts = report["compiled"]
+    if setting == "0":
+        assert counts["compiled"] == counts["runs"] == counts["fallbacks"] == 0
+    else:
+        assert counts["compiled"] > 0 and counts["runs"] > 0
