@@ -34,8 +34,10 @@ log = logging.getLogger("pyfora.compiled")
 
 #: What a worker reports: pieces compiled, run compiled, run again in CPython (``reruns``:
 #: an exception or overflow in compiled code), refused (``fallbacks``: code that stays in
-#: CPython), and seconds spent compiling.
-_counts = {"compiled": 0, "runs": 0, "reruns": 0, "fallbacks": 0, "compile_s": 0.0}
+#: CPython), seconds spent compiling, and how many of the compiled pieces and refusals
+#: were found in the disk cache (``cache_hits``: loaded, not compiled; see ``_disk``).
+_counts = {"compiled": 0, "runs": 0, "reruns": 0, "fallbacks": 0, "compile_s": 0.0,
+           "cache_hits": 0}
 _counts_lock = threading.Lock()
 #: The last few refusal reasons, for the dashboard.
 _reasons: list[str] = []

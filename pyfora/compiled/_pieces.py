@@ -25,7 +25,8 @@ summation from 3.12 on. ``[E for x in range(a, b) if C]`` is the list form::
 
 Compiled pieces are kept for the worker's life, keyed by the shape and the values of
 the names it reads (down through the functions it calls: numba freezes globals), and so
-are refusals: a shape that cannot compile is tried once. A compile runs under one lock,
+are refusals: a shape that cannot compile is tried once. Both are also kept on disk under
+the same key (``_disk``), where a new worker finds them. A compile runs under one lock,
 so two threads (Dask) never compile the same shape twice.
 
 Runs on a worker's task thread (or a Dask worker's threads).
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import os
 import threading
 import time
 import types
@@ -151,7 +153,7 @@ def _lookup(piece: Piece, compile_now: bool) -> Any:
     with _lock:
         found = _compiled.get(key, _lock)
         if found is _lock:
-            found = _compiled[key] = _compile(piece)
+            found = _compiled[key] = _compile(piece, key)
     return found
 
 
@@ -181,23 +183,34 @@ def _key(value: Any, seen: set) -> Any:
     raise TypeError(f"reads a {type(value).__name__}")
 
 
-def _compile(piece: Piece) -> Callable | None:
-    from . import _translate
+def _compile(piece: Piece, key: Any) -> Callable | None:
+    from . import _disk, _translate
+    path = _disk.directory(key)
+    reason = _disk.refused(path)
+    if reason is not None:
+        count("fallbacks", reason=reason)
+        count("cache_hits")
+        log.debug("not compiled (refused before, kept in %s): %s", path, reason)
+        return None
     t0 = time.perf_counter()
     try:
-        fn = _build(piece, _translate)
+        fn, loaded = _build(piece, _translate, path)
     except Exception as exc:            # Unsupported, or numba's typing error
         reason = _translate.explain(exc)
         count("fallbacks", reason=reason)
         log.debug("not compiled: %s: %s", piece.src, reason)
+        _disk.refuse(path, reason)
         return None
     finally:
         count("compile_s", time.perf_counter() - t0)
     count("compiled")
+    if loaded:
+        count("cache_hits")
     return fn
 
 
-def _build(piece: Piece, translate: Any) -> Callable:
+def _build(piece: Piece, translate: Any, path: str | None) -> tuple[Callable, bool]:
+    """The compiled piece, and whether it came from the disk cache (``path``)."""
     tree = ast.parse(piece.src, mode="eval").body
     if not isinstance(tree, (ast.GeneratorExp, ast.ListComp)) or len(tree.generators) != 1:
         raise translate.Unsupported("not one loop")
@@ -219,19 +232,29 @@ def _build(piece: Piece, translate: Any) -> Callable:
             scope[name] = piece.names[name]
     if piece.kind == "sum":
         try:
-            return _wrap(_jit(_SUM.format(**parts), scope, translate), list_result=False)
+            dispatcher = _jit(_SUM.format(**parts), scope, translate, path, "sum")
+            return _wrap(dispatcher, list_result=False), _loaded(dispatcher)
         except Exception as exc:
             log.debug("sum of %s not compiled as one sum (%s): compiling its elements",
                       piece.src, translate.explain(exc))
-    return _wrap(_jit(_LIST.format(**parts), scope, translate), list_result=True)
+    dispatcher = _jit(_LIST.format(**parts), scope, translate, path, "list")
+    return _wrap(dispatcher, list_result=True), _loaded(dispatcher)
 
 
-def _jit(source: str, scope: dict, translate: Any) -> Callable:
+def _jit(source: str, scope: dict, translate: Any, path: str | None, form: str) -> Any:
     namespace = dict(scope)
     exec(compile(source, "<pyfora piece>", "exec"), namespace)
-    dispatcher = translate.jit(namespace["_pyfora_piece"])
+    # The sum and list forms of one piece have the same name and line: numba's index
+    # file is named by those, so each form gets a directory of its own.
+    dispatcher = translate.jit(namespace["_pyfora_piece"],
+                               cache_dir=None if path is None else os.path.join(path, form))
     dispatcher.compile("(int64, int64, int64)")     # typing errors here, not per call
     return dispatcher
+
+
+def _loaded(dispatcher: Any) -> bool:
+    """Whether numba loaded ``dispatcher``'s code from the disk cache."""
+    return sum(dispatcher.stats.cache_hits.values()) > 0
 
 
 def _wrap(dispatcher: Any, list_result: bool) -> Callable:
