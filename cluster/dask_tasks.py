@@ -29,7 +29,7 @@ from typing import Any
 from distributed import get_worker
 
 from pyfora import protocol as p
-from pyfora import serialization
+from pyfora import compiled, serialization
 
 from .dask_parallel import current_task
 from .task_thread import capture_streams, interrupt
@@ -87,7 +87,7 @@ def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: l
             with current_task(tid):
                 fn, args, kwargs = serialization.loads(payload, values.__getitem__,
                                                        _received(oob, buffers))
-                value = fn(*args, **kwargs)
+                value = compiled.call(fn, args, kwargs)
         finally:
             with _lock:
                 _running.pop(tid, None)

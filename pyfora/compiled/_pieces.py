@@ -43,6 +43,7 @@ import types
 from typing import Any, Callable
 
 from . import count, log, wait_warm
+from ._direct import _Direct, unwrap
 
 _NAMES = {"_pyfora_a", "_pyfora_b", "_pyfora_s", "_pyfora_acc", "_pyfora_out"}
 _SUM = """def _pyfora_piece(_pyfora_a, _pyfora_b, _pyfora_s):
@@ -128,7 +129,7 @@ def names_of(fn: Any, src: str) -> dict:
                 pass
     for name in wanted - found.keys():
         if name in fn.__globals__:
-            found[name] = fn.__globals__[name]
+            found[name] = unwrap(fn.__globals__[name])
     return found
 
 
@@ -160,6 +161,8 @@ def _lookup(piece: Piece, compile_now: bool) -> Any:
 def _key(value: Any, seen: set) -> Any:
     """What compiled code depends on in ``value``: for a function, its code, defaults
     and the values of the globals and closure cells it reads."""
+    if type(value) is _Direct:
+        value = value.fn
     if type(value) is dict:
         return tuple(sorted((name, _key(v, seen)) for name, v in value.items()))
     if type(value) is types.FunctionType:

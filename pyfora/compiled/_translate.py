@@ -40,7 +40,7 @@ from numba.core.ir_utils import build_definitions, mk_unique_var
 from numba.core.typed_passes import NopythonTypeInference
 from numba.core.untyped_passes import InlineClosureLikes
 
-from . import _checked, _disk
+from . import _checked, _direct, _disk
 from ._translate_names import names as _names
 
 _INT64 = (-2 ** 63, 2 ** 63 - 1)
@@ -300,6 +300,7 @@ def jit(fn: pytypes.FunctionType, memo: dict | None = None, cache_dir: str | Non
 
 def _frozen(value: Any, name: str, memo: dict) -> Any:
     """What compiled code sees for a global or free variable ``name``."""
+    value = _direct.unwrap(value)
     if type(value) is pytypes.FunctionType:
         if value in memo and memo[value] is None:
             return None         # being jitted further up: patched in by ``jit``

@@ -74,6 +74,34 @@ def test_code_numba_cannot_type_falls_back_and_is_counted(ufora):
                "a counted fallback")
 
 
+def cube_sum(n):
+    total = 0
+    for i in range(n):
+        total = total + i * i * i
+    return total
+
+
+def test_a_submitted_call_on_numbers_runs_compiled(ufora):
+    before = totals(ufora)
+    assert ufora.submit(isPrime, 10 ** 9 + 7).result().toLocal().result() == 1
+    wait_until(lambda: totals(ufora)["runs"] > before["runs"], TIMEOUT, "a compiled call")
+    before = totals(ufora)
+    big = ufora.submit(cube_sum, 10 ** 6).result().toLocal().result()
+    assert big == sum(i ** 3 for i in range(10 ** 6)) > 2 ** 63
+    wait_until(lambda: totals(ufora)["reruns"] > before["reruns"], TIMEOUT, "a rerun")
+
+
+def test_a_with_block_calling_a_function_on_numbers_runs_it_compiled(ufora):
+    before = totals(ufora)
+    with ufora.remotely.downloadAll():
+        prime = isPrime(10 ** 9 + 7)
+        big = cube_sum(10 ** 6)
+    assert prime == 1
+    assert big == sum(i ** 3 for i in range(10 ** 6))
+    wait_until(lambda: totals(ufora)["runs"] > before["runs"] and
+               totals(ufora)["reruns"] > before["reruns"], TIMEOUT, "a run and a rerun")
+
+
 def interpreted_block(ufora) -> int:
     with ufora.remotely.interpreted().downloadAll():
         result = sum(isPrime(x) for x in range(N))
