@@ -16,7 +16,10 @@ functions like itself (``_translate``), so it has no effect to repeat.
 A with-block calls its functions through its globals, so ``with_direct_calls`` gives the
 block a copy of them where each function the block's own code names (not its
 comprehensions': those are pieces) is a ``_Direct``, which calls it compiled when called
-from the block's own frame and as it is from anywhere else. It pickles as the function.
+from the block's own frame and as it is from anywhere else. (A list comprehension the
+parallel rewrite left alone, e.g. under ``remotely.sequential()``, runs in the block's
+frame from Python 3.12 on, PEP 709: its calls are compiled calls too, one by one.) It
+pickles as the function.
 
 Runs on a worker's task thread (or a Dask worker's threads).
 """
