@@ -31,6 +31,8 @@ UNIT = float(os.environ.get("PYFORA_TEST_UNIT", "1.0"))
 # The clusters the tests start leave their tokens here (``pyfora.net.local_tokens``), not in
 # the user's own runtime directory; child processes inherit it.
 os.environ.setdefault("PYFORA_RUNTIME_DIR", tempfile.mkdtemp(prefix="pyfora-tests-"))
+# and their workers' compiled code here, not in the user's ``~/.cache/pyfora/compiled``.
+os.environ.setdefault("PYFORA_COMPILE_CACHE", tempfile.mkdtemp(prefix="pyfora-compiled-"))
 
 try:
     import distributed  # noqa: F401

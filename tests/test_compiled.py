@@ -183,12 +183,25 @@ def test_int_operators_in_range_run_compiled_and_exact(fn, args):
     (biggest, (3, 2.0)), (smallest, (2.0, 3)), (biggest, (True, 1)),
     (truediv, (2 ** 53 + 1, 3)), (truediv, (3, 2 ** 60 + 1)),
     (less, (2 ** 53 + 1, float(2 ** 53))), (equal, (2 ** 53 + 1, float(2 ** 53))),
+    (less, (float(2 ** 53), 2 ** 53 + 1)), (equal, (float(2 ** 53), 2 ** 53 + 1)),
     (power, (-8.0, 1 / 3)), (power, (0.0, -1.0)), (power, (10.0, 400)),
     (mixed, (1,)), (mixed, (-1,)), (mixed_return, (1,)),
     (shift, (1, -1)), (floordiv, (1, 0)), (mod, (1.0, 0.0)), (truediv, (1, 0)),
 ])
 def test_numba_differences_give_cpythons_answer_or_exception(fn, args):
     check(fn, *args)
+
+
+@pytest.mark.parametrize("fn,args,expected", [
+    (less, (float(2 ** 53), 2 ** 53 + 1), True), (equal, (float(2 ** 53), 2 ** 53 + 1), False),
+    (less, (2 ** 53 + 1, float(2 ** 53)), False), (equal, (2 ** 53 + 1, float(2 ** 53)), False),
+])
+def test_a_float_compared_with_a_big_int_is_not_rounded(fn, args, expected):
+    # float(2**53 + 1) rounds to 2**53: a comparison through that conversion would give
+    # the opposite answer. The compiled code must raise (CPython compares exactly).
+    assert fn(*args) is expected
+    with pytest.raises(ArithmeticError):
+        _translate.jit(fn)(*args)
 
 
 def test_int_literals_beyond_int64_are_refused():

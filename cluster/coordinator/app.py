@@ -405,7 +405,8 @@ async def _bind(config: Config, backend: Backend | None,
 
 def compiled_totals(workers) -> dict:
     """The compiled tier's counts of all workers (``pyfora.compiled.counts``), summed."""
-    totals = {"compiled": 0, "runs": 0, "reruns": 0, "fallbacks": 0, "compile_s": 0.0}
+    totals = {"compiled": 0, "runs": 0, "reruns": 0, "fallbacks": 0, "compile_s": 0.0,
+              "cache_hits": 0}
     for worker in workers:
         for name, value in (worker.get("compiled") or {}).items():
             if name in totals:

@@ -31,7 +31,7 @@ from distributed import get_worker
 
 from cluster.worker.dask_parallel import current_task
 from cluster.worker.task_thread import capture_streams, interrupt
-from pyfora import serialization
+from pyfora import compiled, serialization
 from pyfora import wire as p
 
 OUTPUT_TOPIC = "pyfora-output"
@@ -90,7 +90,7 @@ def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: l
             with current_task(tid):
                 fn, args, kwargs = serialization.loads(payload, values.__getitem__,
                                                        _received(oob, buffers))
-                value = fn(*args, **kwargs)
+                value = compiled.call(fn, args, kwargs)
         finally:
             with _lock:
                 _running.pop(tid, None)

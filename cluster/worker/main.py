@@ -221,7 +221,7 @@ class Worker:
                     self.running = (message.id, threading.get_ident())
                 fn, args, kwargs = serialization.loads(message.payload, self.resolve,
                                                        message.frames)
-                value = fn(*args, **kwargs)
+                value = compiled.call(fn, args, kwargs)
             finally:
                 with self.running_lock:
                     self.running = None

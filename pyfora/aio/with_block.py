@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import serialization
-from ..compiled import run_interpreted
+from ..compiled import run_interpreted, with_direct_calls
 from ..errors import BadWithBlockError, CantGetSourceTextError
 from . import progress
 from .remote import RemotePythonObject  # noqa: F401 - the facade wraps these
@@ -340,7 +340,7 @@ def run_block(fn: Callable, args: tuple) -> Outcome:
     assigned: set = set()
     error = None
     try:
-        fn(out, assigned, *args)
+        with_direct_calls(fn)(out, assigned, *args)
     except BaseException as exc:   # noqa: B036 - reported to the client, raised there
         error = serialization.describe_exception(exc, skip=1)
     return Outcome({k: out[k] for k in assigned if k in out}, error)

@@ -4,7 +4,9 @@ A piece of a comprehension over a ``range`` (``sum(isPrime(x) for x in range(a, 
 ``[x for x in range(a, b) if isPrime(x)]``, a ``map`` of a function over a range) runs as
 one loop compiled by numba, together with every function it calls; the parallel runtime
 (``pyfora.parallel._runtime``) asks ``piece`` for it when the work is worth compiling, and
-splits, steals and folds exactly as it does for CPython pieces.
+splits, steals and folds exactly as it does for CPython pieces. A function that loops,
+called directly on numbers (a submitted call, ``call``; a call in a with-block's body,
+``with_direct_calls``), runs compiled too (``_direct``).
 
 What it computes is what CPython computes: compiled code may only do what ``_checked``
 and ``_translate`` know to be exact, and whatever raises in it (an int64 overflow, a
@@ -29,14 +31,17 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from types import FunctionType
 from typing import Any
 
 log = logging.getLogger("pyfora.compiled")
 
 #: What a worker reports: pieces compiled, run compiled, run again in CPython (``reruns``:
 #: an exception or overflow in compiled code), refused (``fallbacks``: code that stays in
-#: CPython), and seconds spent compiling.
-_counts = {"compiled": 0, "runs": 0, "reruns": 0, "fallbacks": 0, "compile_s": 0.0}
+#: CPython), seconds spent compiling, and how many of the compiled pieces and refusals
+#: were found in the disk cache (``cache_hits``: loaded, not compiled; see ``_disk``).
+_counts = {"compiled": 0, "runs": 0, "reruns": 0, "fallbacks": 0, "compile_s": 0.0,
+           "cache_hits": 0}
 _counts_lock = threading.Lock()
 #: The last few refusal reasons, for the dashboard.
 _reasons: list[str] = []
@@ -106,6 +111,26 @@ def piece(kind: str, src: str | None, fallback: Callable, names: dict | None = N
         names = _pieces.names_of(fallback, src)
     made = _pieces.Piece(kind, src, names, fallback)
     return made if made.ready(compile_now) else None
+
+
+def call(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """``fn(*args, **kwargs)``, compiled when ``fn`` is a plain function that loops,
+    called on numbers (see ``_direct``): how a worker runs a submitted call."""
+    if kwargs or type(fn) is not FunctionType or not enabled():
+        return fn(*args, **kwargs)
+    from . import _direct
+    if not _direct.scalars(args) or not _direct.worth(fn):
+        return fn(*args)
+    return _direct.call(fn, args)
+
+
+def with_direct_calls(block: Callable) -> Callable:
+    """A with-block's function, calling compiled the functions it calls directly on
+    numbers (see ``_direct``); ``block`` itself when it calls none or the tier is off."""
+    if type(block) is not FunctionType or not enabled():
+        return block
+    from . import _direct
+    return _direct.with_direct_calls(block)
 
 
 def warm_up() -> None:

@@ -25,7 +25,8 @@ summation from 3.12 on. ``[E for x in range(a, b) if C]`` is the list form::
 
 Compiled pieces are kept for the worker's life, keyed by the shape and the values of
 the names it reads (down through the functions it calls: numba freezes globals), and so
-are refusals: a shape that cannot compile is tried once. A compile runs under one lock,
+are refusals: a shape that cannot compile is tried once. Both are also kept on disk under
+the same key (``_disk``), where a new worker finds them. A compile runs under one lock,
 so two threads (Dask) never compile the same shape twice.
 
 Runs on a worker's task thread (or a Dask worker's threads).
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import os
 import threading
 import time
 import types
@@ -42,6 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import count, log, wait_warm
+from ._direct import _Direct, unwrap
 
 _NAMES = {"_pyfora_a", "_pyfora_b", "_pyfora_s", "_pyfora_acc", "_pyfora_out"}
 _SUM = """def _pyfora_piece(_pyfora_a, _pyfora_b, _pyfora_s):
@@ -127,7 +130,7 @@ def names_of(fn: Any, src: str) -> dict:
                 pass
     for name in wanted - found.keys():
         if name in fn.__globals__:
-            found[name] = fn.__globals__[name]
+            found[name] = unwrap(fn.__globals__[name])
     return found
 
 
@@ -152,13 +155,15 @@ def _lookup(piece: Piece, compile_now: bool) -> Any:
     with _lock:
         found = _compiled.get(key, _lock)
         if found is _lock:
-            found = _compiled[key] = _compile(piece)
+            found = _compiled[key] = _compile(piece, key)
     return found
 
 
 def _key(value: Any, seen: set) -> Any:
     """What compiled code depends on in ``value``: for a function, its code, defaults
     and the values of the globals and closure cells it reads."""
+    if type(value) is _Direct:
+        value = value.fn
     if type(value) is dict:
         return tuple(sorted((name, _key(v, seen)) for name, v in value.items()))
     if type(value) is types.FunctionType:
@@ -182,23 +187,34 @@ def _key(value: Any, seen: set) -> Any:
     raise TypeError(f"reads a {type(value).__name__}")
 
 
-def _compile(piece: Piece) -> Callable | None:
-    from . import _translate
+def _compile(piece: Piece, key: Any) -> Callable | None:
+    from . import _disk, _translate
+    path = _disk.directory(key)
+    reason = _disk.refused(path)
+    if reason is not None:
+        count("fallbacks", reason=reason)
+        count("cache_hits")
+        log.debug("not compiled (refused before, kept in %s): %s", path, reason)
+        return None
     t0 = time.perf_counter()
     try:
-        fn = _build(piece, _translate)
+        fn, loaded = _build(piece, _translate, path)
     except Exception as exc:            # Unsupported, or numba's typing error
         reason = _translate.explain(exc)
         count("fallbacks", reason=reason)
         log.debug("not compiled: %s: %s", piece.src, reason)
+        _disk.refuse(path, reason)
         return None
     finally:
         count("compile_s", time.perf_counter() - t0)
     count("compiled")
+    if loaded:
+        count("cache_hits")
     return fn
 
 
-def _build(piece: Piece, translate: Any) -> Callable:
+def _build(piece: Piece, translate: Any, path: str | None) -> tuple[Callable, bool]:
+    """The compiled piece, and whether it came from the disk cache (``path``)."""
     tree = ast.parse(piece.src, mode="eval").body
     if not isinstance(tree, (ast.GeneratorExp, ast.ListComp)) or len(tree.generators) != 1:
         raise translate.Unsupported("not one loop")
@@ -220,19 +236,29 @@ def _build(piece: Piece, translate: Any) -> Callable:
             scope[name] = piece.names[name]
     if piece.kind == "sum":
         try:
-            return _wrap(_jit(_SUM.format(**parts), scope, translate), list_result=False)
+            dispatcher = _jit(_SUM.format(**parts), scope, translate, path, "sum")
+            return _wrap(dispatcher, list_result=False), _loaded(dispatcher)
         except Exception as exc:
             log.debug("sum of %s not compiled as one sum (%s): compiling its elements",
                       piece.src, translate.explain(exc))
-    return _wrap(_jit(_LIST.format(**parts), scope, translate), list_result=True)
+    dispatcher = _jit(_LIST.format(**parts), scope, translate, path, "list")
+    return _wrap(dispatcher, list_result=True), _loaded(dispatcher)
 
 
-def _jit(source: str, scope: dict, translate: Any) -> Callable:
+def _jit(source: str, scope: dict, translate: Any, path: str | None, form: str) -> Any:
     namespace = dict(scope)
     exec(compile(source, "<pyfora piece>", "exec"), namespace)
-    dispatcher = translate.jit(namespace["_pyfora_piece"])
+    # The sum and list forms of one piece have the same name and line: numba's index
+    # file is named by those, so each form gets a directory of its own.
+    dispatcher = translate.jit(namespace["_pyfora_piece"],
+                               cache_dir=None if path is None else os.path.join(path, form))
     dispatcher.compile("(int64, int64, int64)")     # typing errors here, not per call
     return dispatcher
+
+
+def _loaded(dispatcher: Any) -> bool:
+    """Whether numba loaded ``dispatcher``'s code from the disk cache."""
+    return sum(dispatcher.stats.cache_hits.values()) > 0
 
 
 def _wrap(dispatcher: Any, list_result: bool) -> Callable:

@@ -41,7 +41,7 @@ from numba.core.ir_utils import build_definitions, mk_unique_var
 from numba.core.typed_passes import NopythonTypeInference
 from numba.core.untyped_passes import InlineClosureLikes
 
-from . import _checked
+from . import _checked, _direct, _disk
 from ._translate_names import names as _names
 
 _INT64 = (-2 ** 63, 2 ** 63 - 1)
@@ -251,8 +251,13 @@ class _Pipeline(CompilerBase):
         return [pm]
 
 
-def jit(fn: Callable[..., Any], memo: dict | None = None):
+def jit(fn: Callable[..., Any], memo: dict | None = None, cache_dir: str | None = None):
     """A lazily compiling dispatcher for ``fn`` (and, through it, the functions it calls).
+
+    Args:
+        cache_dir: keep ``fn``'s compiled code in this directory of the disk cache
+            (``_disk``), and load it from there when it is already compiled. The functions
+            it calls are compiled into it, so only the outermost one needs a directory.
 
     Raises:
         Unsupported: ``fn`` is not a plain Python function, or it reads a global or
@@ -267,9 +272,11 @@ def jit(fn: Callable[..., Any], memo: dict | None = None):
     code = fn.__code__
     if code.co_flags & (0x20 | 0x80 | 0x200 | 0x04 | 0x08):    # generators, *args, **kw
         _refuse(f"{fn.__name__} is a generator, a coroutine or takes *args/**kwargs")
-    scope: dict[str, Any] = {"__builtins__": builtins}
-    dispatcher = numba.njit(pipeline_class=_Pipeline, error_model="python")
-    fake = pytypes.FunctionType(code, scope, fn.__name__, fn.__defaults__, None)
+    # ``__name__``: numba's cached code names the module whose globals it runs in, and
+    # imports it when loaded; this one is always importable where the code runs.
+    scope: dict[str, Any] = {"__builtins__": builtins, "__name__": __name__}
+    dispatcher = numba.njit(pipeline_class=_Pipeline, error_model="python",
+                            cache=cache_dir is not None)
     memo[fn] = None                 # placeholder while its callees are jitted
     for name in _names(code):
         if name in fn.__globals__:
@@ -279,6 +286,9 @@ def jit(fn: Callable[..., Any], memo: dict | None = None):
         closure = tuple(pytypes.CellType(_frozen(cell.cell_contents, name, memo))
                         for name, cell in zip(code.co_freevars, fn.__closure__, strict=True))
     fake = pytypes.FunctionType(code, scope, fn.__name__, fn.__defaults__, closure)
+    if cache_dir is not None:
+        _disk.install()
+        setattr(fake, _disk.ATTRIBUTE, cache_dir)
     for default in fn.__defaults__ or ():
         if type(default) not in _SCALARS:
             _refuse(f"{fn.__name__} has a default of type {type(default).__name__}")
@@ -294,6 +304,7 @@ def jit(fn: Callable[..., Any], memo: dict | None = None):
 
 def _frozen(value: Any, name: str, memo: dict) -> Any:
     """What compiled code sees for a global or free variable ``name``."""
+    value = _direct.unwrap(value)
     if type(value) is pytypes.FunctionType:
         if value in memo and memo[value] is None:
             return None         # being jitted further up: patched in by ``jit``

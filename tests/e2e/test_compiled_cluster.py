@@ -74,6 +74,34 @@ def test_code_numba_cannot_type_falls_back_and_is_counted(ufora):
                "a counted fallback")
 
 
+def cube_sum(n):
+    total = 0
+    for i in range(n):
+        total = total + i * i * i
+    return total
+
+
+def test_a_submitted_call_on_numbers_runs_compiled(ufora):
+    before = totals(ufora)
+    assert ufora.submit(isPrime, 10 ** 9 + 7).result().toLocal().result() == 1
+    wait_until(lambda: totals(ufora)["runs"] > before["runs"], TIMEOUT, "a compiled call")
+    before = totals(ufora)
+    big = ufora.submit(cube_sum, 10 ** 6).result().toLocal().result()
+    assert big == sum(i ** 3 for i in range(10 ** 6)) > 2 ** 63
+    wait_until(lambda: totals(ufora)["reruns"] > before["reruns"], TIMEOUT, "a rerun")
+
+
+def test_a_with_block_calling_a_function_on_numbers_runs_it_compiled(ufora):
+    before = totals(ufora)
+    with ufora.remotely.downloadAll():
+        prime = isPrime(10 ** 9 + 7)
+        big = cube_sum(10 ** 6)
+    assert prime == 1
+    assert big == sum(i ** 3 for i in range(10 ** 6))
+    wait_until(lambda: totals(ufora)["runs"] > before["runs"] and
+               totals(ufora)["reruns"] > before["reruns"], TIMEOUT, "a run and a rerun")
+
+
 def interpreted_block(ufora) -> int:
     with ufora.remotely.interpreted().downloadAll():
         result = sum(isPrime(x) for x in range(N))
@@ -98,3 +126,47 @@ def test_turned_off_nothing_runs_compiled(ufora, cluster_url, how):
     after = settled(ufora)
     assert after["runs"] == before["runs"]
     assert after["compiled"] == before["compiled"]
+
+
+SCRIPT = '''
+import json, time
+import pyfora
+
+
+def isPrime(p):
+    x = 2
+    while x * x <= p:
+        if p % x == 0:
+            return 0
+        x = x + 1
+    return 1
+
+
+with pyfora.connect(workers=1, progress=False) as ufora:
+    with ufora.remotely.downloadAll():
+        result = sum(isPrime(x) for x in range(N_ELEMENTS))
+    time.sleep(SETTLE)        # the worker reports its counts every second
+    print(json.dumps({"result": result, "compiled": ufora.status()["compiled"]}))
+'''
+
+
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_pyfora_compile_in_the_environment(tmp_path, setting):
+    """``PYFORA_COMPILE=0`` in the environment of a client and its embedded cluster's
+    workers: nothing compiles. ``1`` is the control that shows the counts would see it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "block.py"
+    script.write_text(SCRIPT.replace("N_ELEMENTS", str(N)).replace("SETTLE", str(SETTLE)))
+    env = {**os.environ, "PYFORA_COMPILE": setting}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                         text=True, timeout=TIMEOUT, check=True).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["result"] == PRIMES
+    counts = report["compiled"]
+    if setting == "0":
+        assert counts["compiled"] == counts["runs"] == counts["fallbacks"] == 0
+    else:
+        assert counts["compiled"] > 0 and counts["runs"] > 0
