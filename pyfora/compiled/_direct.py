@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -43,7 +44,6 @@ _JUMPS = set(dis.hasjrel) | set(dis.hasjabs)
 
 _compiled: dict = {}        # (key, signature) -> dispatcher, or None: refused
 _lock = threading.RLock()
-_worth: dict = {}           # code -> whether it loops
 
 
 def scalars(args: tuple) -> bool:
@@ -62,9 +62,19 @@ def worth(fn: types.FunctionType) -> bool:
     """Whether ``fn`` or a function it calls loops or recurses, and all of them read only
     what compiled code may read: a quick look, with no numba, that spares a compile
     attempt (and its import) to most functions that would be refused (``time.sleep``,
-    ``print``, a dict). ``_translate`` still decides."""
-    loops = [False]
-    return _readable(fn, set(), loops) and loops[0]
+    ``print``, a dict). ``_translate`` still decides.
+
+    Remembered per function, since a worker is handed the same function task after task:
+    a global that changes afterwards costs at worst a compile attempt that ``_translate``
+    refuses, or a call left to CPython, never a different answer."""
+    known = _worth.get(fn)
+    if known is None:
+        loops = [False]
+        known = _worth[fn] = _readable(fn, set(), loops) and loops[0]
+    return known
+
+
+_worth: weakref.WeakKeyDictionary[types.FunctionType, bool] = weakref.WeakKeyDictionary()
 
 
 #: Builtins compiled code may call (``_checked.CALLS`` and ``PLAIN_CALLS``).
@@ -100,13 +110,16 @@ def _readable(fn: types.FunctionType, seen: set, loops: list) -> bool:
 
 
 def _loops(code: types.CodeType) -> bool:
-    found = _worth.get(code)
+    found = _loops_in.get(code)
     if found is None:
         found = any(_backwards(ins) for ins in dis.get_instructions(code)) or any(
             _loops(c) for c in code.co_consts if type(c) is types.CodeType)
-        if len(_worth) < 4096:
-            _worth[code] = found
+        if len(_loops_in) < 4096:
+            _loops_in[code] = found
     return found
+
+
+_loops_in: dict[types.CodeType, bool] = {}      # code -> whether it loops
 
 
 def _backwards(ins: dis.Instruction) -> bool:

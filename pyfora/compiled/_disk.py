@@ -167,7 +167,6 @@ class _Locator(caching._CacheLocator):
 
 def install() -> None:
     """Put ``_Locator`` first among numba's locators (once)."""
-    # numba's own name for it (``_CacheImpl`` in releases before 0.61)
-    impl: Any = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+    impl = caching.CacheImpl
     if _Locator not in impl._locator_classes:
         impl._locator_classes.insert(0, _Locator)
