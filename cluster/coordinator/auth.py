@@ -32,20 +32,7 @@ from aiohttp import abc, web
 
 from cluster.coordinator.guard import Guard
 from pyfora import wire as p
-
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this
-    machine only."""
-    host = host.strip("[]").lower()
-    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from pyfora.net.local_tokens import is_loopback
 
 
 def new_token() -> str:

@@ -18,12 +18,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import os
 import stat
 import urllib.parse
 
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this
+    machine only."""
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def runtime_dir() -> str:
@@ -80,7 +93,7 @@ def find(url: str, key: str = "token") -> str | None:
         host, port = (parts.hostname or "").lower(), parts.port
     except ValueError:
         return None
-    if port is None or not (host in _LOOPBACK or host.startswith("127.")):
+    if port is None or not is_loopback(host):
         return None
     try:
         fd = os.open(_path(port), os.O_RDONLY | os.O_NOFOLLOW)
