@@ -299,9 +299,12 @@ def test_non_loopback_bind_uses_the_token_from_the_environment(tmp_path, monkeyp
     env = dict(env_without_token(), PYFORA_TOKEN=TOKEN)
     cluster = LoggedCluster(tmp_path, "--host", "0.0.0.0", env=env)
     try:
-        # Known to whoever set it: not printed (the workers' one was made here, and is).
-        assert not re.search("^token:", cluster.log(), re.M) and TOKEN not in cluster.log()
-        assert "worker token:" in cluster.log() and not cluster.printed_token
+        # Known to whoever set it: not printed (the workers' one was made here, and is,
+        # on stderr just after the URL on stdout).
+        log = wait_until(lambda: "worker token:" in cluster.log() and cluster.log(), T,
+                         "the printed worker token")
+        assert not re.search("^token:", log, re.M) and TOKEN not in log
+        assert not cluster.printed_token
         local = cluster.url.replace("0.0.0.0", "127.0.0.1")
         monkeypatch.setenv("PYFORA_RUNTIME_DIR", str(tmp_path / "elsewhere"))
         monkeypatch.delenv("PYFORA_TOKEN", raising=False)
