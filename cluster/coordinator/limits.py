@@ -98,10 +98,15 @@ class CountedReplay(p.Replay):
         return self.bytes - self.fetched
 
 
+#: Fetches of one session that may wait for room at once: a client that never
+#: acknowledges could otherwise queue fetches without end (each a small coroutine).
+MAX_WAITING_FETCHES = 10_000
+
+
 class Window:
     """The flow control of one session's fetches: each waits its turn (first come, first
     served) until the replies not acknowledged, with the fetches under way, leave room
-    for its value."""
+    for its value; ``MAX_WAITING_FETCHES`` at most wait at once."""
 
     def __init__(self, replay: CountedReplay, limit: int) -> None:
         self.limit = limit
@@ -112,10 +117,19 @@ class Window:
     async def enter(self, size: int) -> bool:
         """Wait until a value of ``size`` bytes may be fetched, and reserve room for it
         (give it back with ``leave``). False: the session ended while it waited.
-        Cancelling the caller gives back its turn."""
+        Cancelling the caller gives back its turn.
+
+        Raises:
+            ResourceLimitError: ``MAX_WAITING_FETCHES`` wait already.
+        """
         if not self._waiting and self._fits(size):
             self._reserved += size
             return True
+        if len(self._waiting) >= MAX_WAITING_FETCHES:
+            raise ResourceLimitError(
+                f"fetch refused: {len(self._waiting):,} fetches of this session wait for "
+                "its client to acknowledge what it was sent (pyfora-cluster "
+                "--max-unacked-bytes); a pyfora client acknowledges what it reads")
         turn = asyncio.get_running_loop().create_future()
         self._waiting.append((size, turn))
         try:

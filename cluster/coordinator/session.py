@@ -38,7 +38,7 @@ from aiohttp import WSCloseCode
 from cluster.coordinator import limits
 from cluster.coordinator.link import Link, Socket
 from pyfora import wire as p
-from pyfora.errors import PyforaError
+from pyfora.errors import PyforaError, ResourceLimitError
 from pyfora.net.sender import Sender
 from pyfora.net.shared_memory import Directory
 
@@ -202,8 +202,12 @@ class ClientSession(Link):
     async def _fetch(self, message: p.Fetch) -> None:
         record = self.backend.store.get(message.oid)
         size = record.size if record is not None else 0
-        if not await self.window.enter(size):
-            return      # the session ended while the fetch waited for room
+        try:
+            if not await self.window.enter(size):
+                return      # the session ended while the fetch waited for room
+        except ResourceLimitError as exc:
+            self.send_error(message.id, exc)
+            return
         try:
             value = await self.backend.object_bytes(message.oid, session=self)
         except (PyforaError, ConnectionError) as exc:

@@ -84,3 +84,19 @@ def test_checks_name_their_flag():
         limits.check_session_count(2, 2)
     assert len(limits.UNACKED_CLOSE_REASON) <= 123      # a websocket close reason
     assert limits.MIN_UNACKED_BYTES > p.Replay.ACK_BYTES
+
+
+async def test_fetches_waiting_for_room_are_capped(monkeypatch):
+    """A client that never acknowledges cannot queue fetches without end: past the cap,
+    a fetch is refused, and those already waiting still get their turn."""
+    monkeypatch.setattr(limits, "MAX_WAITING_FETCHES", 2)
+    replay = limits.CountedReplay()
+    window = limits.Window(replay, 4 * MiB)
+    replay.record([b"v"], 4 * MiB, fetched=True)        # the window is full, unacknowledged
+    waiting = [asyncio.ensure_future(window.enter(MiB)) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(ResourceLimitError, match="--max-unacked-bytes"):
+        await asyncio.wait_for(window.enter(MiB), 1)      # refused, not queued
+    replay.acked(1)
+    window.wake()
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 1) == [True, True]
