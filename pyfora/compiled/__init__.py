@@ -118,6 +118,7 @@ def call(fn: Callable, args: tuple, kwargs: dict) -> Any:
     called on numbers (see ``_direct``): how a worker runs a submitted call."""
     if kwargs or type(fn) is not FunctionType or not enabled():
         return fn(*args, **kwargs)
+    from . import _direct
     if not _direct.scalars(args) or not _direct.worth(fn):
         return fn(*args)
     return _direct.call(fn, args)
@@ -128,6 +129,7 @@ def with_direct_calls(block: Callable) -> Callable:
     numbers (see ``_direct``); ``block`` itself when it calls none or the tier is off."""
     if type(block) is not FunctionType or not enabled():
         return block
+    from . import _direct
     return _direct.with_direct_calls(block)
 
 
@@ -166,7 +168,3 @@ def wait_warm() -> None:
     import and LLVM start, under the same import lock, so waiting costs nothing."""
     if _warming is not None:
         _warm.wait()
-
-
-# Last: it imports this module's names back (no numba: the client may load it too).
-from . import _direct  # noqa: E402
