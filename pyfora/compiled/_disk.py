@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import stat
 import sys
 import types
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import numba
 from numba.core import caching
 
+from ..net.shared_memory import is_own_directory
 from . import log
 
 #: The attribute of a function (the copy ``_translate`` compiles) naming its directory.
@@ -53,8 +53,7 @@ def root() -> str | None:
     except OSError as exc:
         log.debug("no disk cache: %s", exc)
         return None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or \
-            info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if not is_own_directory(info):
         log.warning("not caching compiled code in %s: not a directory of this user "
                     "that only this user may write to", path)
         return None

@@ -401,12 +401,17 @@ def _open_own(root: int, name: str) -> int | None:
                      dir_fd=root)
     except OSError:
         return None
-    info = os.fstat(fd)
-    if (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
-            and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+    if is_own_directory(os.fstat(fd)):
         return fd
     os.close(fd)
     return None
+
+
+def is_own_directory(info: os.stat_result) -> bool:
+    """Whether ``info`` is of a directory of this user that nobody else may write to:
+    one whose files no other user can have planted or swapped."""
+    return (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+            and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
 def _remove_stale(root: int) -> None:
