@@ -15,26 +15,23 @@ import time
 
 import cloudpickle
 import pytest
-from conftest import UNIT, ClusterProcess, http_status, messages_of, wait_until, ws_endpoint
+from conftest import (UNIT, ClusterProcess, http_status, messages_of, upgrade_headers,
+                      wait_until, ws_endpoint)
 from websockets.sync.client import connect
 
 from pyfora import serialization
 
-from pyfora.net import local_tokens
 from pyfora import wire as p
 
 T = 30 * UNIT
 
 
 @contextlib.contextmanager
-def open_ws(url: str, path: str, hello: p.Hello):
-    """A raw websocket to ``path`` of the cluster at ``url``, opened with its ``hello``
-    and the token of its role, past the ``welcome``. Every raw connection of this module
-    opens here, so how the token is given is said in one place."""
-    key = "token" if hello.role == "client" else "worker_token"
-    headers = p.upgrade_headers(hello, local_tokens.find(url, key))
+def open_ws(url: str, path: str, role: str, **hello):
+    """A raw websocket to ``path`` of the cluster at ``url``, opened as a ``role`` (its
+    hello's other fields: ``hello``), past the ``welcome``."""
     with connect(ws_endpoint(url, path), open_timeout=T, max_size=None,
-                 additional_headers=headers) as ws:
+                 additional_headers=upgrade_headers(url, role, **hello)) as ws:
         welcome = p.decode(ws.recv(T))
         assert isinstance(welcome, p.Welcome), welcome
         yield ws
@@ -108,12 +105,10 @@ def victim(cluster, tmp_path):
     # An intruder of an earlier test is gone: the victim's task goes to the real worker,
     # the first idle one.
     wait_until(lambda: len(http_status(cluster.url)["workers"]) == 1, T, "one worker")
-    with open_ws(cluster.url, "/api/worker",
-                 p.Hello(version=p.VERSION, role="worker", name="intruder")) as intruder:
+    with open_ws(cluster.url, "/api/worker", "worker", name="intruder") as intruder:
         wait_until(lambda: len(http_status(cluster.url)["workers"]) == 2, T,
                    "the intruder to join")
-        with open_ws(cluster.url, "/api/session",
-                     p.Hello(version=p.VERSION, role="client")) as session:
+        with open_ws(cluster.url, "/api/session", "client") as session:
             yield Victim(session, cluster, tmp_path), intruder
 
 
