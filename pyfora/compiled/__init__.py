@@ -168,3 +168,17 @@ def wait_warm() -> None:
     import and LLVM start, under the same import lock, so waiting costs nothing."""
     if _warming is not None:
         _warm.wait()
+
+
+def compiled_once(table: dict, lock: Any, key: Any, make: Callable[[], Any]) -> Any:
+    """``table[key]``, made by ``make()`` (after the warm-up) under ``lock`` the first
+    time any thread asks, so a compile is never paid twice. ``lock`` is also the
+    marker of a key not made yet: it is never a value."""
+    found = table.get(key, lock)
+    if found is lock:
+        wait_warm()
+        with lock:
+            found = table.get(key, lock)
+            if found is lock:
+                found = table[key] = make()
+    return found

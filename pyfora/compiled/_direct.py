@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
-from . import count, log, wait_warm
+from . import compiled_once, count, log
 from ._translate_names import names as _names
 
 _INT64 = (-2 ** 63, 2 ** 63 - 1)
@@ -153,15 +153,7 @@ def _dispatcher(fn: types.FunctionType, args: tuple) -> Any:
     except TypeError as exc:
         count("fallbacks", reason=f"{fn.__qualname__} {exc}")
         return None
-    found = _compiled.get(key, _lock)
-    if found is not _lock:
-        return found
-    wait_warm()
-    with _lock:
-        found = _compiled.get(key, _lock)
-        if found is _lock:
-            found = _compiled[key] = _compile(fn, key)
-    return found
+    return compiled_once(_compiled, _lock, key, lambda: _compile(fn, key))
 
 
 def _compile(fn: types.FunctionType, key: tuple) -> Any:

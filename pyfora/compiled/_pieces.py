@@ -43,7 +43,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from . import count, log, wait_warm
+from . import compiled_once, count, log
 from ._direct import _Direct, unwrap
 
 _NAMES = {"_pyfora_a", "_pyfora_b", "_pyfora_s", "_pyfora_acc", "_pyfora_out"}
@@ -146,17 +146,9 @@ def _lookup(piece: Piece, compile_now: bool) -> Any:
         count("fallbacks", reason=str(exc))
         log.debug("not compiled: %s", exc)
         return None
-    found = _compiled.get(key, _lock)
-    if found is not _lock:
-        return found
-    if not compile_now:
+    if not compile_now and key not in _compiled:
         return _compiled
-    wait_warm()
-    with _lock:
-        found = _compiled.get(key, _lock)
-        if found is _lock:
-            found = _compiled[key] = _compile(piece, key)
-    return found
+    return compiled_once(_compiled, _lock, key, lambda: _compile(piece, key))
 
 
 def _key(value: Any, seen: set) -> Any:
