@@ -11,8 +11,8 @@ Runs on any thread; no I/O.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from types import NoneType
 from typing import Any
 
 import msgpack
@@ -24,11 +24,19 @@ from .messages import _FIELDS, _OPS, BATCH_BYTES, Batch, Message
 def encode(message: Message, **fields: Any) -> bytes:
     """Encode one message's envelope as a frame (its buffers' frames: ``to_frames``),
     with ``fields`` in place of its own."""
+    if not fields:
+        return _ENCODERS[message.op](message)
     data = {"op": message.op}
     for name in _FIELDS[message.op]:
         data[name] = getattr(message, name)
     data.update(fields)
     return msgpack.packb(data, use_bin_type=True)
+
+
+def encode_with_oob(message: Message, oob: list) -> bytes:
+    """``encode(message, oob=oob)``, without the keyword's dict: ``to_frames`` calls it
+    for every message that carries a pickle."""
+    return _ENCODERS[message.op](message, oob)
 
 
 #: Bytes a ``batch`` frame adds to its envelopes at most: its own map, and the header of
@@ -124,16 +132,11 @@ def _decode_map(data: dict) -> Message:
         message = cls(**data)
     except TypeError as exc:
         raise ProtocolError(f"{op}: {exc}") from None
-    _check_types(message)
+    wrong = _CHECKS[op](message)
+    if wrong is not None:
+        value = getattr(message, wrong)
+        raise ProtocolError(f"{op}: field {wrong!r} has type {type(value).__name__}")
     return message
-
-
-def _typed(*types: type) -> Callable[[Any], bool]:
-    return lambda value: type(value) in types
-
-
-def _list_of(kind: type) -> Callable[[Any], bool]:
-    return lambda value: type(value) is list and all(type(v) is kind for v in value)
 
 
 def _oob_entry(b: Any) -> bool:
@@ -141,29 +144,48 @@ def _oob_entry(b: Any) -> bool:
             and type(b[1]) is bool and (len(b) == 2 or type(b[2]) is str))
 
 
-#: What each field may hold; a field not named here may hold anything.
-_FIELD_TYPES: dict[str, Callable[[Any], bool]] = {
+def _typed(*names: str) -> str:
+    return " or ".join(f"type(v) is {name}" for name in names)
+
+
+def _list_of(name: str) -> str:
+    return f"type(v) is list and all([type(x) is {name} for x in v])"
+
+
+#: What each field may hold, as a test of ``v``; a field not named here may hold anything.
+_FIELD_TYPES: dict[str, str] = {
     **dict.fromkeys(("id", "oid", "size", "target", "version", "workers", "inline", "rss",
                      "retries", "done", "total", "received", "count", "max_frame"),
-                    _typed(int)),
-    **dict.fromkeys(("payload", "data"), _typed(bytes)),
-    "envelopes": _list_of(bytes),
-    **dict.fromkeys(("deps", "oids"), _list_of(int)),
-    "oob": lambda value: type(value) is list and all(map(_oob_entry, value)),
-    **dict.fromkeys(("stream", "text", "kind", "message", "role", "type"), _typed(str)),
-    **dict.fromkeys(("name", "resume", "host", "shm"), _typed(NoneType, str)),
-    "value": _typed(NoneType, bytes),
-    **dict.fromkeys(("cpu", "grace"), _typed(int, float)),
-    **dict.fromkeys(("error", "info"), _typed(NoneType, dict)),
+                    _typed("int")),
+    **dict.fromkeys(("payload", "data"), _typed("bytes")),
+    "envelopes": _list_of("bytes"),
+    **dict.fromkeys(("deps", "oids"), _list_of("int")),
+    "oob": "type(v) is list and all(map(_oob_entry, v))",
+    **dict.fromkeys(("stream", "text", "kind", "message", "role", "type"), _typed("str")),
+    **dict.fromkeys(("name", "resume", "host", "shm"), "v is None or type(v) is str"),
+    "value": "v is None or type(v) is bytes",
+    **dict.fromkeys(("cpu", "grace"), _typed("int", "float")),
+    **dict.fromkeys(("error", "info"), "v is None or type(v) is dict"),
 }
-# Per operation, its checked fields: decoding is on every message's path.
-_CHECKS = {op: [(name, _FIELD_TYPES[name]) for name in sorted(fields) if name in _FIELD_TYPES]
-           for op, fields in _FIELDS.items()}
 
 
-def _check_types(message: Message) -> None:
-    """Reject fields of the wrong type here, so handlers can trust what they get."""
-    for name, ok in _CHECKS[message.op]:
-        value = getattr(message, name)
-        if not ok(value):
-            raise ProtocolError(f"{message.op}: field {name!r} has type {type(value).__name__}")
+# Decoding and encoding are on every message's path, at every hop: each operation gets
+# its own two functions, written out field by field, instead of loops over its fields.
+def _compile(op: str) -> tuple[Callable[..., bytes], Callable[[Message], str | None]]:
+    fields = [f.name for f in dataclasses.fields(_OPS[op])  # type: ignore[arg-type]
+              if f.name in _FIELDS[op]]
+    items = [f"{name!r}: " + ("m.oob if oob is None else oob" if name == "oob" else f"m.{name}")
+             for name in fields]
+    checks = [f"    v = m.{name}\n    if not ({_FIELD_TYPES[name]}):\n        return {name!r}\n"
+              for name in fields if name in _FIELD_TYPES]
+    source = (f"def encode(m, oob=None):\n"
+              f"    return packb({{'op': {op!r}, {', '.join(items)}}}, use_bin_type=True)\n"
+              f"def check(m):\n{''.join(checks)}    return None\n")
+    namespace: dict[str, Any] = {"packb": msgpack.packb, "_oob_entry": _oob_entry}
+    exec(source, namespace)     # noqa: S102 - source built above from the messages' fields
+    return namespace["encode"], namespace["check"]
+
+
+_COMPILED = {op: _compile(op) for op in _FIELDS}
+_ENCODERS = {op: encode for op, (encode, _) in _COMPILED.items()}
+_CHECKS = {op: check for op, (_, check) in _COMPILED.items()}
