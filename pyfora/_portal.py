@@ -81,13 +81,6 @@ class Portal:
     def submit(self, coro: Awaitable, wrap: Callable[[Any], Any] | None = None) -> Future:
         """Run ``coro`` on the loop; its result (passed through ``wrap``) lands in the
         returned Future. Cancelling the Future cancels the coroutine. Any thread."""
-        if os.getpid() != self.pid:
-            # The parent's loop thread does not exist here, and waking its loop would write
-            # to a self-pipe shared with the parent.
-            _discard(coro)
-            raise PyforaUsageError(
-                "this executor was created before os.fork(); call pyfora.connect() again "
-                "in the child process")
         future = Future(self)
         loop = self.loop
         assert loop is not None, "the loop thread sets it before Portal() returns"
@@ -105,17 +98,60 @@ class Portal:
             concurrent.futures.Future.add_done_callback(
                 future, lambda f: f.cancelled() and loop.call_soon_threadsafe(task.cancel))
 
+        self._schedule(start, coro)
+        return future
+
+    def start(self, begin: Callable[[Callable[[Any], None]], Callable[[], None]],
+              wrap: Callable[[Any], Any] | None = None) -> Future:
+        """As ``submit``, for an operation started by a plain function rather than a
+        coroutine: on the loop, ``begin(settle)`` starts it and returns the function that
+        cancels it, and ``settle`` is later called with its result or exception. No task
+        is made for it. Any thread."""
+        future = Future(self)
+        loop = self.loop
+        assert loop is not None, "the loop thread sets it before Portal() returns"
+
+        def settle(outcome: Any) -> None:
+            if isinstance(outcome, BaseException):
+                _resolve(future, wrap, error=outcome)
+            else:
+                _resolve(future, wrap, outcome)
+
+        def start() -> None:
+            if future.cancelled():
+                return
+            try:
+                cancel = begin(settle)
+            except BaseException as exc:
+                future.set_exception(exc)
+                return
+            concurrent.futures.Future.add_done_callback(
+                future, lambda f: f.cancelled() and loop.call_soon_threadsafe(cancel))
+
+        self._schedule(start)
+        return future
+
+    def _schedule(self, start: Callable[[], None], coro: Awaitable | None = None) -> None:
+        """Run ``start`` on the loop, with the other calls made meanwhile."""
+        if os.getpid() != self.pid:
+            # The parent's loop thread does not exist here, and waking its loop would write
+            # to a self-pipe shared with the parent.
+            if coro is not None:
+                _discard(coro)
+            raise PyforaUsageError(
+                "this executor was created before os.fork(); call pyfora.connect() again "
+                "in the child process")
         with self._starts_lock:
             self._starts.append(start)
             try:
                 if len(self._starts) == 1:
-                    loop.call_soon_threadsafe(self._start_calls)
+                    self.loop.call_soon_threadsafe(self._start_calls)
             except RuntimeError:
                 self._starts.clear()
-                _discard(coro)
+                if coro is not None:
+                    _discard(coro)
                 raise PyforaUsageError(
                     "pyfora's event loop has stopped (interpreter exiting?)") from None
-        return future
 
     def _start_calls(self) -> None:
         with self._starts_lock:
@@ -141,15 +177,21 @@ def _discard(coro: Awaitable) -> None:
 
 
 def _settle(future: Future, task: asyncio.Task, wrap: Callable[[Any], Any] | None) -> None:
-    if future.cancelled():
-        return
+    if task.cancelled():
+        future.cancel()
+    elif task.exception() is not None:
+        _resolve(future, wrap, error=task.exception())
+    else:
+        _resolve(future, wrap, task.result())
+
+
+def _resolve(future: Future, wrap: Callable[[Any], Any] | None, result: Any = None,
+             error: BaseException | None = None) -> None:
+    """Set ``future``'s outcome: ``error``, else ``result`` passed through ``wrap``."""
     try:
-        if task.cancelled():
-            future.cancel()
-        elif task.exception() is not None:
-            future.set_exception(task.exception())
+        if error is not None:
+            future.set_exception(error)
         else:
-            result = task.result()
             future.set_result(wrap(result) if wrap is not None else result)
     except concurrent.futures.InvalidStateError:
         pass   # cancelled by its owner meanwhile

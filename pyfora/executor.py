@@ -48,6 +48,9 @@ class Executor:
             ExecutorClosedError: the executor is closed.
         """
         call = self._aio.prepare(fn, args, kwargs)
+        if timeout is None:     # tiny tasks come by thousands: no task on the loop for each
+            return self._portal.start(
+                lambda settle: self._aio.startPrepared(call, settle, retries), self._proxy)
         return self._portal.submit(
             self._aio.submitPrepared(call, retries=retries, timeout=timeout), self._proxy)
 

@@ -13,6 +13,11 @@ the frames (batches, acks, shared memory, close codes) is the same code on eithe
 transport. The connection cannot break without a close; a session on it is never
 resumed.
 
+Each end also has ``send_direct``, which the session and its ``Link`` use when they find
+it: a message with no buffers is handed over as the object itself, and a message's
+frames as they are, each at once and in order. Nothing is encoded, decoded, batched or
+kept for a resume, which would be a tiny task's most expensive steps on this transport.
+
 Runs on one event loop, the client's and the coordinator's.
 """
 
@@ -24,6 +29,8 @@ import collections
 import websockets
 from aiohttp import WSCloseCode, WSMessage, WSMsgType
 from websockets.frames import Close
+
+from pyfora.wire import Message
 
 #: Close codes a ``websockets`` connection ends on without raising.
 _OK_CODES = (WSCloseCode.OK, WSCloseCode.GOING_AWAY)
@@ -45,6 +52,16 @@ class _End:
         # shared memory).
         self._inbox.append(frame if type(frame) is bytes else bytes(frame))
         self._wake()
+
+    def send_direct(self, item: Message | bytes | memoryview) -> None:
+        """Hand the other end a message as it is (one with no buffers: the receiver gets
+        that very object, so the sender must not change it afterwards), or one frame."""
+        if self.close_code is None:
+            if isinstance(item, Message):
+                self.peer._inbox.append(item)
+                self.peer._wake()
+            else:
+                self.peer._deliver(item)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -80,7 +97,7 @@ class ClientEnd(_End):
         if self.close_code is None:
             self.peer._deliver(frame)
 
-    async def __anext__(self) -> bytes:
+    async def __anext__(self) -> bytes | Message:
         try:
             return await self._next()
         except StopAsyncIteration:
@@ -106,8 +123,9 @@ class ServerEnd(_End):
         if self.close_code is None:
             self.peer._deliver(data)
 
-    async def __anext__(self) -> WSMessage:
-        return WSMessage(WSMsgType.BINARY, await self._next(), None)
+    async def __anext__(self) -> WSMessage | Message:
+        item = await self._next()
+        return item if isinstance(item, Message) else WSMessage(WSMsgType.BINARY, item, None)
 
     async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"") -> bool:
         if self.close_code is not None:

@@ -71,7 +71,7 @@ class Socket(Protocol):
 
     async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
 
-    def __aiter__(self) -> AsyncIterator[WSMessage]: ...
+    def __aiter__(self) -> AsyncIterator[WSMessage | p.Message]: ...
 
 
 class Link:
@@ -92,6 +92,8 @@ class Link:
         self.ws = ws
         # Peers accept frames of up to MAX_FRAME: batches are BATCH_BYTES at most.
         self._sender = Sender(ws.send_bytes, (ConnectionError, RuntimeError), paused=True)
+        # An in-process connection (``in_process``) takes messages as they are, at once.
+        self._direct: Callable[[Any], None] | None = getattr(ws, "send_direct", None)
 
     def send(self, message: p.Message) -> None:
         if not self.closed:
@@ -134,6 +136,9 @@ class Link:
         message: p.Message | ProtocolError | None
         try:
             async for msg in ws:
+                if isinstance(msg, p.Message):      # handed over as is: not counted
+                    self._handle(msg)
+                    continue
                 if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
                     continue
                 try:
@@ -157,6 +162,9 @@ class Link:
 
     def _take(self, message: p.Message, size: int) -> None:
         self.arrived(message, size)
+        self._handle(message)
+
+    def _handle(self, message: p.Message) -> None:
         try:
             self.handle(message)
         except PyforaError as exc:

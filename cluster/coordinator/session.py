@@ -70,6 +70,10 @@ class ClientSession(Link):
         until the client acknowledges it."""
         if self.closed:
             return
+        direct = self._direct
+        if direct is not None and not getattr(message, "frames", None):
+            direct(message)     # in-process: neither counted nor kept (``Link.attach``)
+            return
         if not self.attached and isinstance(message, p.Info) and message.id == 0:
             return      # load pushes are stale by the time it resumes: not worth keeping
         frames = p.to_frames(message, self.shm)
@@ -78,7 +82,10 @@ class ClientSession(Link):
         size = len(frames[0]) + sum([entry[0] for entry in oob]) if oob else len(frames[0])
         replay = self.replay
         replay.record(frames, size, fetched)
-        if self.attached:
+        if direct is not None:      # at once, so that it keeps its place among direct ones
+            for frame in frames:
+                direct(frame)
+        elif self.attached:
             self._sender.send(frames)
         if replay.bytes - replay.fetched > self._max_unacked:
             self._close_over_limit()

@@ -161,6 +161,27 @@ class Executor:
         """Send a call made by ``prepare``; otherwise as ``submit``."""
         return await self._submit(call, retries, timeout)
 
+    def startPrepared(self, call: PreparedCall, on_done: Callable[[Any], None],
+                      retries: int = 0) -> Callable[[], None]:
+        """``submitPrepared`` for callers that are not coroutines (the synchronous facade's
+        ``submit``, thousands at a time): the call is sent now, and ``on_done`` is called
+        once, on the loop, with the proxy of the result or with the exception, unless it is
+        cancelled first. Returns the function that cancels it, on the cluster too. Loop
+        thread."""
+        message = p.Submit(id=self._session.next_id(), payload=call.payload, deps=call.deps,
+                           retries=retries, oob=p.oob_layout(call.buffers), frames=call.buffers)
+
+        def on_reply(reply: Any) -> None:
+            on_done(reply if isinstance(reply, BaseException)
+                    else RemotePythonObject(self, reply))
+
+        self._session.start_request(message, on_reply)
+
+        def cancel() -> None:
+            if self._session.forget(message.id):
+                self._session.post(p.Cancel(target=message.id))
+        return cancel
+
     async def _submit(self, call: PreparedCall, retries: int = 0,
                       timeout: float | None = None,
                       line: progress.Progress | None = None) -> RemotePythonObject:

@@ -77,12 +77,16 @@ class Session:
         self._shm = shared_memory.Directory.offered(welcome.shm)
         self._replay = p.Replay()
         self._resuming = False
-        self._pending: dict[int, asyncio.Future] = {}
+        # What each request waiting for its reply calls with it (``start_request``).
+        self._pending: dict[int, Callable[[Any], None]] = {}
         # The context of each request's caller: output a task prints is written in it, so
         # that in Jupyter (whose output streams route by a context variable) it lands in
         # the cell that made the call, not in the cell that opened the session.
         self._contexts: dict[int, contextvars.Context] = {}
         self._sender = Sender.on_websocket(ws, welcome.max_frame)
+        # An in-process connection (the embedded default's) takes messages as they are,
+        # each at once: nothing to encode, batch or keep, since it is never resumed.
+        self._direct: Callable[[Any], None] | None = getattr(ws, "send_direct", None)
         self._ids = p.RequestIds()
         self._loop = asyncio.get_running_loop()
         self._closed: PyforaConnectionError | None = None
@@ -168,16 +172,27 @@ class Session:
     async def request(self, message: Any) -> Any:
         """Send a request and await its reply. Cancelling the caller stops the wait only:
         the caller decides whether the cluster must be told (``Cancel``)."""
-        self.check_open()
         future = self._loop.create_future()
-        self._pending[message.id] = future
-        self._contexts[message.id] = contextvars.copy_context()
+        self.start_request(message, functools.partial(_settle, future))
         try:
-            self._send(message)
             return await future
         finally:
-            self._pending.pop(message.id, None)
-            self._contexts.pop(message.id, None)
+            self.forget(message.id)
+
+    def start_request(self, message: Any, on_reply: Callable[[Any], None]) -> None:
+        """Send a request; ``on_reply`` is called once, on the loop, with its reply, or
+        with the exception it ends with (an ``error`` reply's, or the session's end),
+        unless ``forget`` comes first. For callers that are not coroutines: no task nor
+        future is made for it."""
+        self.check_open()
+        self._pending[message.id] = on_reply
+        self._contexts[message.id] = contextvars.copy_context()
+        self._send(message)
+
+    def forget(self, request_id: int) -> bool:
+        """Stop waiting for a request's reply; False if it had come already."""
+        self._contexts.pop(request_id, None)
+        return self._pending.pop(request_id, None) is not None
 
     def post(self, message: p.Message) -> None:
         """Send a message that wants no reply. Loop thread only."""
@@ -193,9 +208,17 @@ class Session:
             pass
 
     def _send(self, message: p.Message) -> None:
+        direct = self._direct
+        if direct is not None and not getattr(message, "frames", None):
+            direct(message)     # neither counted nor kept, at either end
+            return
         frames = p.to_frames(message, self._shm)
         self._replay.record(frames)     # kept until acked: sent again on resuming
-        self._sender.send(frames)
+        if direct is None:
+            self._sender.send(frames)
+        else:           # at once, so that it keeps its place among the direct ones
+            for frame in frames:
+                direct(frame)
 
     async def _read(self) -> None:
         while True:
@@ -230,7 +253,10 @@ class Session:
             log.exception("pyfora session reader failed")
             return SessionLost(f"session failed: {exc!r}"), False
 
-    def _arrived(self, frame: bytes, assembler: p.Assembler) -> None:
+    def _arrived(self, frame: bytes | p.Message, assembler: p.Assembler) -> None:
+        if isinstance(frame, p.Message):    # handed over as is (``_direct``): not counted
+            self._dispatch(frame)
+            return
         for message, size in assembler.feed(frame):
             if isinstance(message, ProtocolError):
                 raise message       # the cluster sent what this version cannot read
@@ -295,28 +321,27 @@ class Session:
         return cls(f"the connection to the cluster was {what}{detail}", code, reason)
 
     def _dispatch(self, message: p.Message) -> None:
-        future = self._pending.get(getattr(message, "id", 0))
-        if isinstance(message, p.Output) or future is None:
-            context = self._contexts.get(getattr(message, "id", 0))
+        request_id = getattr(message, "id", 0)
+        if isinstance(message, p.Output) or request_id not in self._pending:
+            context = self._contexts.get(request_id)
             if isinstance(message, p.Error):
                 log.warning("pyfora: the cluster reported: %s", message.message)
             elif isinstance(message, p.Output) and context is not None:
                 context.run(self.on_push, message)
             else:
                 self.on_push(message)
-        elif not future.done():
-            if isinstance(message, p.Error):
-                future.set_exception(p.error_for(message))
-            else:
-                future.set_result(message)
+        else:
+            on_reply = self._pending.pop(request_id)
+            self._contexts.pop(request_id, None)
+            on_reply(p.error_for(message) if isinstance(message, p.Error) else message)
 
     def _shut(self, failure: PyforaConnectionError) -> None:
         if self._closed is not None:
             return
         self._closed = failure
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(failure)
+        pending, self._pending = self._pending, {}
+        for on_reply in pending.values():
+            on_reply(failure)
 
     async def close(self) -> None:
         """Close the session; pending requests fail with ``SessionClosedOK``."""
@@ -326,6 +351,14 @@ class Session:
         self._sender.flush()            # what was posted last (releases) goes before the close
         await self._ws.close()
         await asyncio.gather(self._reader, self._sender.wait(), return_exceptions=True)
+
+
+def _settle(future: asyncio.Future, reply: Any) -> None:
+    if not future.done():
+        if isinstance(reply, BaseException):
+            future.set_exception(reply)
+        else:
+            future.set_result(reply)
 
 
 async def _first(ws) -> p.Message:
