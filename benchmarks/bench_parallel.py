@@ -3,6 +3,7 @@ against local single-process CPython measured in the same run.
 
     .venv/bin/python benchmarks/bench_parallel.py [--workers W] [--seconds 20] [--n N]
     .venv/bin/python benchmarks/bench_parallel.py --overhead [--rounds 400]
+    .venv/bin/python benchmarks/bench_parallel.py --turns 3 [--n N]
 
 1. N is sized so that the local sum takes about ``--seconds`` (unless ``--n`` is given).
 2. local: ``sum(isPrime(x) for x in range(N))`` in this process.
@@ -177,6 +178,45 @@ def size_n(seconds: float) -> int:
     return int(n0 * (seconds / t) ** (1 / 1.5))      # cost grows about as N ** 1.5
 
 
+def turns(W: int, N: int, count: int) -> None:  # noqa: N803 - the with-blocks read N
+    """The sum and the list block in turns, each with its local run just before it, so
+    the two forms meet the same machine: wall-clock speedup, and workers' CPU against
+    local CPU (what the machinery adds, whatever else runs)."""
+    print(f"# {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"load {os.getloadavg()[0]:.1f}; N={N:,}, W={W}, compile "
+          f"{os.environ.get('PYFORA_COMPILE', 'default')}", flush=True)
+    proc, url = start_cluster(W)
+    try:
+        with pyfora.connect(url) as ufora:
+            with ufora.remotely.downloadAll():      # the workers' first block: warm them
+                warm = sum(isPrime(x) for x in range(20_000))
+            assert warm == sum(isPrime(x) for x in range(20_000))
+            for turn in range(count):
+                for form in ("sum", "list"):
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    if form == "sum":
+                        local = sum(isPrime(x) for x in range(N))
+                    else:
+                        local = len([x for x in range(N) if isPrime(x)])
+                    local_t, local_cpu = time.perf_counter() - t0, time.process_time() - c0
+                    cpu0, t0 = worker_cpu(proc), time.perf_counter()
+                    if form == "sum":
+                        with ufora.remotely.downloadAll():
+                            remote = sum(isPrime(x) for x in range(N))
+                    else:
+                        with ufora.remotely.downloadAll():
+                            remote = len([x for x in range(N) if isPrime(x)])
+                    remote_t, cpu = time.perf_counter() - t0, worker_cpu(proc) - cpu0
+                    assert remote == local, (form, remote, local)
+                    print(f"turn {turn + 1} {form:4s}  local {local_t:6.2f} s  pyfora "
+                          f"{remote_t:6.2f} s  speedup {local_t / remote_t:5.2f}  worker CPU "
+                          f"{cpu / local_cpu:.2f} x local CPU  (load "
+                          f"{os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=os.cpu_count())
@@ -185,7 +225,13 @@ def main() -> None:
     parser.add_argument("--overhead", action="store_true",
                         help="only the tiny-work overhead (step 4)")
     parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--turns", type=int, default=0,
+                        help="only the sum and list blocks, alternated this many times on "
+                             "one cluster, each against its local run")
     args = parser.parse_args()
+    if args.turns:
+        turns(args.workers, args.n or size_n(args.seconds), args.turns)
+        return
     if args.overhead:
         print(f"# {platform.node()}, {os.cpu_count()} cores, Python "
               f"{platform.python_version()}, load {os.getloadavg()[0]:.1f}; "
@@ -223,19 +269,22 @@ def main() -> None:
                   f" (target {0.9 * W:.1f}); worker CPU {cpu:.2f} s = "
                   f"{cpu / local_sum_cpu:.2f} x local CPU", flush=True)
 
+            cpu0 = worker_cpu(proc)
             t0 = time.perf_counter()
             with ufora.remotely.remoteAll():
                 primes = [x for x in range(N) if isPrime(x)]
             remote_list_t = time.perf_counter() - t0
+            cpu = worker_cpu(proc) - cpu0
             count = len(primes.toLocal().result())
             print(f"pyfora list  {remote_list_t:7.2f} s  ({count:,} primes, remoteAll)", flush=True)
 
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             local_primes = [x for x in range(N) if isPrime(x)]
-            local_list_t = time.perf_counter() - t0
+            local_list_t, local_list_cpu = time.perf_counter() - t0, time.process_time() - c0
             assert count == len(local_primes)
             print(f"local  list  {local_list_t:7.2f} s  speedup "
-                  f"{local_list_t / remote_list_t:.2f} (target {0.9 * W:.1f})", flush=True)
+                  f"{local_list_t / remote_list_t:.2f} (target {0.9 * W:.1f}); worker CPU "
+                  f"{cpu:.2f} s = {cpu / local_list_cpu:.2f} x local CPU", flush=True)
 
             overhead(ufora, args.rounds)
     finally:
