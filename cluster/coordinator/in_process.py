@@ -14,9 +14,10 @@ transport. The connection cannot break without a close; a session on it is never
 resumed.
 
 Each end also has ``send_direct``, which the session and its ``Link`` use when they find
-it: a message with no buffers is handed over as the object itself, and a message's
-frames as they are, each at once and in order. Nothing is encoded, decoded, batched or
-kept for a resume, which would be a tiny task's most expensive steps on this transport.
+it: a message with no buffers is handed over as the object itself, neither encoded nor
+decoded, batched, counted or kept for a resume (a tiny task's most expensive steps on
+this transport), and a message with buffers as its frames; each at once, so the two kinds
+keep their order.
 
 Runs on one event loop, the client's and the coordinator's.
 """

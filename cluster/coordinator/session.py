@@ -72,7 +72,7 @@ class ClientSession(Link):
             return
         direct = self._direct
         if direct is not None and not getattr(message, "frames", None):
-            direct(message)     # in-process: neither counted nor kept (``Link.attach``)
+            direct(message)     # in-process: neither counted nor kept (``in_process``)
             return
         if not self.attached and isinstance(message, p.Info) and message.id == 0:
             return      # load pushes are stale by the time it resumes: not worth keeping
