@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from types import FunctionType
@@ -133,6 +134,10 @@ def with_direct_calls(block: Callable) -> Callable:
     return _direct.with_direct_calls(block)
 
 
+#: The interpreter's switch interval (seconds) while ``warm_up`` runs.
+WARM_SWITCH_INTERVAL = 0.0005
+
+
 def warm_up() -> None:
     """Import numba and compile a small function through our pipeline, so that the first
     task that compiles does not pay for LLVM's start. Call on a background thread."""
@@ -144,12 +149,20 @@ def warm_up() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):
         pass
+    # Importing numba holds the GIL for long stretches, and a task that arrives meanwhile
+    # waits a whole switch interval (5 ms by default) at each turn: a shorter one while
+    # it lasts keeps tiny tasks' round trips near their usual time.
+    interval = sys.getswitchinterval()
+    warm_interval = min(interval, WARM_SWITCH_INTERVAL)
+    sys.setswitchinterval(warm_interval)
     try:
         from . import _pieces
         _pieces.warm_up()
     except Exception:       # no numba, or a broken one: every piece stays in CPython
         log.debug("compiled tier unavailable", exc_info=True)
     finally:
+        if sys.getswitchinterval() == warm_interval:    # unless a task changed it since
+            sys.setswitchinterval(interval)
         _warm.set()
 
 
