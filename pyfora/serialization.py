@@ -25,6 +25,7 @@ Runs on any thread: the per-call context is thread-local.
 
 from __future__ import annotations
 
+import dis
 import functools
 import importlib.metadata
 import io
@@ -273,7 +274,7 @@ class _Shipped:
         self.data = data
 
     def __reduce__(self) -> tuple:
-        return (pickle.loads, (self.data,))
+        return (_shipped_function, (self.data,))
 
     @classmethod
     def of(cls, fn: Any, code_map: CodeMap | None) -> _Shipped | None:
@@ -295,6 +296,46 @@ class _Shipped:
         with cls._lock:
             cls._cache[fn] = (state, shipped)
         return shipped
+
+
+#: Functions shipped by value, by their pickle: a worker is handed the same one task after
+#: task, and unpickling it (its code, its globals) is most of a tiny task's own cost.
+#: None marks a pickle to unpickle afresh every time (see ``_reusable``).
+_unpickled: dict[bytes, Any] = {}
+_UNPICKLED_MAX = 256
+
+
+def _shipped_function(data: bytes) -> Any:
+    """The function a ``_Shipped`` pickle holds: the same object for the same pickle when
+    no call of it can tell (``_reusable``), else a new one."""
+    fn = _unpickled.get(data, _unpickled)
+    if fn is _unpickled or fn is None:
+        made = pickle.loads(data)
+        if fn is _unpickled:
+            if len(_unpickled) >= _UNPICKLED_MAX:
+                _unpickled.clear()
+            _unpickled[data] = made if _reusable(made.__code__) else None
+        return made
+    return fn
+
+
+#: Opcodes that change a function's globals or its closure's cells, and names through
+#: which its code could reach its globals: a function using none of them behaves the same
+#: on every call when shared, as its globals and defaults are plain values (``_Shipped``).
+_CHANGES_STATE = frozenset(dis.opmap[name] for name in (
+    "STORE_GLOBAL", "DELETE_GLOBAL", "STORE_DEREF", "DELETE_DEREF", "STORE_NAME",
+    "DELETE_NAME"))
+_REACHES_GLOBALS = frozenset({"globals", "vars", "locals", "exec", "eval", "__import__",
+                              "sys", "inspect", "__globals__", "f_globals", "func_globals"})
+
+
+def _reusable(code: types.CodeType) -> bool:
+    if not _REACHES_GLOBALS.isdisjoint(code.co_names):
+        return False
+    if any(op in _CHANGES_STATE for op in code.co_code[::2]):
+        return False
+    return all(_reusable(const) for const in code.co_consts
+               if isinstance(const, types.CodeType))
 
 
 def _function_state(fn: types.FunctionType) -> tuple | None:

@@ -280,3 +280,30 @@ def test_a_function_naming_something_mutable_is_pickled_every_time():
     data, _ = serialization.dumps_call(lookup, ("k",), {}, OWNER)
     fn, args, _ = serialization.loads(data)
     assert fn(*args) == 2
+
+
+def _unpickled_twice(source: str, name: str) -> tuple:
+    namespace = {"__name__": "__main__", "COUNT": 0}
+    exec(source, namespace)
+    fn = namespace[name]
+    serialization.dumps_call(fn, (), {}, OWNER)         # registers __main__
+    first, second = (serialization.loads(serialization.dumps_call(fn, (), {}, OWNER)[0])[0]
+                     for _ in range(2))
+    return first, second
+
+
+def test_a_shipped_function_is_unpickled_once_where_it_runs():
+    first, second = _unpickled_twice("def f():\n    return COUNT + 1\n", "f")
+    assert first is second and first() == 1
+
+
+@pytest.mark.parametrize("source", [
+    "def f():\n    global COUNT\n    COUNT += 1\n    return COUNT\n",
+    "def f():\n    globals()['COUNT'] += 1\n    return COUNT\n",
+    "def f(n=0):\n    def inner():\n        global COUNT\n        COUNT += 1\n"
+    "        return COUNT\n    return inner()\n",
+])
+def test_a_function_that_changes_its_globals_is_unpickled_afresh_for_each_call(source):
+    first, second = _unpickled_twice(source, "f")
+    assert first is not second
+    assert (first(), second(), first()) == (1, 1, 2)    # each task sees the client's value
