@@ -355,10 +355,12 @@ def main(argv: list[str] | None = None) -> None:
     from_env = os.environ.pop("PYFORA_WORKER_TOKEN", None)
     token = (args.token or args.token_file or url_token or from_env
              or local_tokens.find(url, "worker_token"))
-    if args.pin and args.cafile:
-        context = pinned_context(args.cafile)
-    else:
-        context = client_context(args.cafile, verify=not args.no_verify)
+    # Made only for wss: loading the system's authorities costs tens of milliseconds of
+    # CPU, at the moment the embedded default's workers start alongside their client.
+    context = None
+    if url.startswith("wss:"):
+        context = (pinned_context(args.cafile) if args.pin and args.cafile
+                   else client_context(args.cafile, verify=not args.no_verify))
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(run_worker(url, token, args.name, context))
