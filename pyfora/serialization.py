@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import importlib.metadata
 import io
 import linecache
 import os
@@ -110,6 +109,7 @@ def _installed_top_level_names() -> set[str]:
     lists. Read here with plain string operations: the standard library's version parses
     every distribution's metadata headers and makes a path object per file it installed,
     which made the first submit of a session cost a tenth of a second."""
+    import importlib.metadata     # here: a worker's imports, and a client's, skip it
     names: set[str] = set()
     for dist in importlib.metadata.distributions():
         declared = (dist.read_text("top_level.txt") or "").split()
