@@ -9,6 +9,7 @@ import asyncio
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,6 +76,23 @@ async def test_a_dead_fork_server_leaves_a_pool_that_starts_workers_by_exec():
         await async_wait_until(lambda: _names_are(ex, ["worker-2"]), T, "its replacement")
         second = await _pid(ex)
         assert second != first and psutil.Process(second).ppid() == os.getpid()
+
+
+async def test_the_memory_limit_samples_forked_workers_by_pid():
+    """The pool's memory watch finds a forked worker by the pid the server reported, and
+    says why it killed it."""
+    from cluster.coordinator.pool import WorkerPool
+    with socket.create_server(("127.0.0.1", 0)) as listening:   # never answers: they wait
+        url = f"ws://127.0.0.1:{listening.getsockname()[1]}/api/worker"
+        pool = WorkerPool(1, url, "token", memory_limit=1, fork=True)
+        await pool.start()
+        try:
+            await async_wait_until(lambda: "worker-1" in pool.reasons, T, "the memory watch")
+            assert "over its memory limit" in await pool.exit_reason("worker-1")
+            assert pool.exits["worker-1"] == -signal.SIGKILL
+        finally:
+            await asyncio.wait_for(pool.stop(), T)
+        assert not pool.procs
 
 
 SCRIPT = """
