@@ -89,6 +89,7 @@ async def test_the_memory_limit_samples_forked_workers_by_pid():
         try:
             await async_wait_until(lambda: "worker-1" in pool.reasons, T, "the memory watch")
             assert "over its memory limit" in await pool.exit_reason("worker-1")
+            await async_wait_until(lambda: "worker-1" in pool.exits, T, "its exit status")
             assert pool.exits["worker-1"] == -signal.SIGKILL
         finally:
             await asyncio.wait_for(pool.stop(), T)
