@@ -8,7 +8,8 @@ that has imported the worker once (``cluster.worker.forkserver``): the client, t
 coordinator and the workers all start on the same few cores, and the workers' own
 interpreter starts and imports were most of the time to a first result. A standalone
 coordinator starts once and lives long; its workers stay its own children, exec'd, each
-visible by ``--name`` in ``ps``.
+visible by ``--name`` in ``ps``. A forked worker, a replacement too, has the environment
+and the modules the server started with, not those of the moment it is forked.
 
 With a memory limit, the pool samples each child's resident memory (psutil) every
 ``MEMORY_INTERVAL`` seconds and kills one that is over it, remembering why, so the task it
