@@ -5,6 +5,7 @@ Unit tests with no cluster: a stand-in proxy uses the same ``reduce_ref`` hook a
 """
 
 import pickle
+import sys
 import threading
 
 import pytest
@@ -179,6 +180,16 @@ def test_code_map_restores_file_names_of_functions_shipped_by_value():
     text = serialization.format_remote_traceback(error, code_map)
     assert f'File "{__file__}"' in text
     assert 'raise ValueError("remote boom")' in text   # source line read on this side
+
+
+def test_installed_names_are_the_standard_librarys():
+    """What decides which modules ship by value, read without the standard library's cost:
+    the same names (3.12 also counts directories that hold no ``.py`` file)."""
+    import importlib.metadata
+    ours = serialization._installed_top_level_names()
+    theirs = set(importlib.metadata.packages_distributions())
+    assert ours == theirs if sys.version_info < (3, 12) else ours <= theirs
+    assert {"cloudpickle", "pyfora"} <= ours
 
 
 def test_unpicklable_remote_exception_still_gives_a_readable_error():

@@ -2,11 +2,13 @@
 that gets its first result soonest.
 
 Importing the coordinator's web server (aiohttp, ``cluster.coordinator.app``) and starting
-worker processes (each importing pyfora) each take a few tenths of a second, most of the
+worker processes (importing the worker) each take a few tenths of a second, most of the
 time to a first result if done one after the other. Here the coordinator's socket is
 bound and listening first, the workers are started connecting to it (the
 kernel queues their connections), and only then is the web server imported and served
-on that socket: the two overlap. Nothing here imports aiohttp.
+on that socket: the two overlap. The workers are forked from a fork server, so that
+their imports are paid once, not once per worker (``cluster.worker.forkserver``).
+Nothing here imports aiohttp.
 
 Runs on the client's event loop.
 """
@@ -29,7 +31,8 @@ async def start(workers: int | None):
     # Tokens made as ``auth.new_token`` makes them (``auth`` imports aiohttp). The clients'
     # is given to no one: this cluster's only session is in-process, and no other local
     # user may open one on its port.
-    pool = WorkerPool(count, f"ws://127.0.0.1:{port}/api/worker", secrets.token_urlsafe(32))
+    pool = WorkerPool(count, f"ws://127.0.0.1:{port}/api/worker", secrets.token_urlsafe(32),
+                      fork=True)
     try:
         await pool.start()
         from cluster.coordinator.app import Config, start_cluster

@@ -3,6 +3,14 @@
 Each child gets a pipe on its stdin and exits when it closes, so workers die with the
 coordinator even when it is killed with SIGKILL (as dask's ``process.py`` does).
 
+With ``fork=True`` (the embedded default's pool) the workers are forked from a fork server
+that has imported the worker once (``cluster.worker.forkserver``): the client, the
+coordinator and the workers all start on the same few cores, and the workers' own
+interpreter starts and imports were most of the time to a first result. A standalone
+coordinator starts once and lives long; its workers stay its own children, exec'd, each
+visible by ``--name`` in ``ps``. A forked worker, a replacement too, has the environment
+and the modules the server started with, not those of the moment it is forked.
+
 With a memory limit, the pool samples each child's resident memory (psutil) every
 ``MEMORY_INTERVAL`` seconds and kills one that is over it, remembering why, so the task it
 was running fails with a ``WorkerCrashedError`` that says so. The pool watches rather than
@@ -19,6 +27,8 @@ import logging
 import os
 import signal
 import sys
+
+from cluster.coordinator.forking import ForkedWorker, ForkServer
 
 log = logging.getLogger("cluster")
 STOP_TIMEOUT = 5.0
@@ -47,20 +57,24 @@ def describe_exit(returncode: int | None) -> str:
 
 class WorkerPool:
     def __init__(self, count: int, url: str, token: str | None, certfile: str | None = None,
-                 memory_limit: int | None = None) -> None:
+                 memory_limit: int | None = None, fork: bool = False) -> None:
         self.count = count
         self.url = url
         self.token = token
         self.certfile = certfile            # the coordinator's certificate, pinned by workers
         self.memory_limit = memory_limit
-        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.fork = fork and hasattr(os, "fork")
+        self.procs: dict[str, asyncio.subprocess.Process | ForkedWorker] = {}
         self.exits: dict[str, int] = {}
         self.reasons: dict[str, str] = {}   # why the pool killed a worker itself
         self._stopping = False
         self._serial = 0
         self._watchers: set[asyncio.Task] = set()
+        self._forks: ForkServer | None = None
 
     async def start(self) -> None:
+        if self.fork:
+            self._forks = await ForkServer.start(self._environment())
         for _ in range(self.count):
             await self._spawn()
         if self.memory_limit is not None:
@@ -73,17 +87,25 @@ class WorkerPool:
     async def _spawn(self) -> None:
         self._serial += 1
         name = f"worker-{self._serial}"
-        env = dict(os.environ)
-        if self.token is not None:
-            env["PYFORA_WORKER_TOKEN"] = self.token   # not on the command line, where ps shows it
         tls = ["--cafile", self.certfile, "--pin"] if self.certfile else []
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cluster.worker.main", self.url, "--name", name,
-            "--parent-pipe", *tls, stdin=asyncio.subprocess.PIPE, env=env)
+        argv = [self.url, "--name", name, "--parent-pipe", *tls]
+        proc: asyncio.subprocess.Process | ForkedWorker
+        if self._forks is not None and self._forks.alive:
+            proc = self._forks.spawn(name, argv)
+        else:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cluster.worker.main", *argv,
+                stdin=asyncio.subprocess.PIPE, env=self._environment())
         self.procs[name] = proc
         self._keep(asyncio.create_task(self._watch(name, proc)))
 
-    async def _watch(self, name: str, proc: asyncio.subprocess.Process) -> None:
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.token is not None:
+            env["PYFORA_WORKER_TOKEN"] = self.token   # not on the command line, where ps shows it
+        return env
+
+    async def _watch(self, name: str, proc: asyncio.subprocess.Process | ForkedWorker) -> None:
         code = await proc.wait()
         self.exits[name] = code
         self.procs.pop(name, None)
@@ -95,6 +117,8 @@ class WorkerPool:
         import psutil
         while not self._stopping:
             for name, proc in list(self.procs.items()):
+                if proc.pid is None:
+                    continue        # not forked yet
                 try:
                     rss = psutil.Process(proc.pid).memory_info().rss
                 except psutil.Error:
@@ -138,6 +162,10 @@ class WorkerPool:
             for proc in procs:
                 if proc.returncode is None:
                     proc.kill()
+            if self._forks is not None:     # one that no longer answers: its workers too
+                await self._forks.stop()
             await asyncio.gather(*(p.wait() for p in procs))
+        if self._forks is not None:
+            await self._forks.stop()
         for watcher in list(self._watchers):
             watcher.cancel()

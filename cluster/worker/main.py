@@ -43,6 +43,9 @@ from pyfora.net.tls import client_context, pinned_context
 from pyfora.parallel import _runtime as parallel_runtime
 
 log = logging.getLogger("cluster.worker")
+#: Seconds a worker that has joined waits for a first task before warming the compiled
+#: tier up anyway.
+WARM_UP_IDLE = 0.5
 
 
 class InputUnavailable(LookupError):
@@ -169,6 +172,7 @@ class Worker:
         # takes every task it has no done for but the first as never started.
         self.sender.send(done)
         self.sender.flush()
+        compiled.start_warm_up()    # once; a no-op after the first
         self.start_next()
 
     def serve_tasks(self) -> None:
@@ -289,9 +293,11 @@ async def run_worker(url: str, token: str | None, name: str,
         if not isinstance(reply, p.Welcome):
             raise SystemExit(f"pyfora-worker: the coordinator opened with {reply.op!r}")
         worker = Worker(ws, name, reply.max_frame, shared_memory.Directory.offered(reply.shm))
-        # numba's import and LLVM's start (0.5-1 s of CPU) happen now, once the worker
-        # has joined and while it waits for work, not in its first task that compiles.
-        compiled.start_warm_up()
+        # numba's import and LLVM's start (0.5-1 s of CPU) happen while the worker waits
+        # for work, not in its first task that compiles; but after its first task (see
+        # ``finish``), unless none comes for WARM_UP_IDLE: where the client and the workers
+        # start together on a few cores, the first result would wait for them otherwise.
+        worker.loop.call_later(WARM_UP_IDLE, compiled.start_warm_up)
         stats = asyncio.create_task(worker_stats.report(worker.send))
         try:
             await worker.serve()
@@ -355,10 +361,12 @@ def main(argv: list[str] | None = None) -> None:
     from_env = os.environ.pop("PYFORA_WORKER_TOKEN", None)
     token = (args.token or args.token_file or url_token or from_env
              or local_tokens.find(url, "worker_token"))
-    if args.pin and args.cafile:
-        context = pinned_context(args.cafile)
-    else:
-        context = client_context(args.cafile, verify=not args.no_verify)
+    # Made only for wss: loading the system's authorities costs tens of milliseconds of
+    # CPU, at the moment the embedded default's workers start alongside their client.
+    context = None
+    if url.startswith("wss:"):
+        context = (pinned_context(args.cafile) if args.pin and args.cafile
+                   else client_context(args.cafile, verify=not args.no_verify))
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(run_worker(url, token, args.name, context))

@@ -32,7 +32,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import websockets
-from websockets.asyncio.client import connect as ws_connect
 
 from .. import wire as p
 from ..errors import (
@@ -113,6 +112,9 @@ class Session:
             AuthenticationError: it refused the token.
             ProtocolError: it speaks another protocol version.
         """
+        # Here, not at the top: the embedded default's session is in-process and never
+        # needs the websockets client.
+        from websockets.asyncio.client import connect as ws_connect
         ws_url, url_token = p.endpoint_url(url, "/api/session")
         token = (token or url_token or os.environ.get("PYFORA_TOKEN")
                  or local_tokens.find(ws_url))

@@ -167,7 +167,8 @@ def warm_up() -> None:
 
 
 def start_warm_up() -> threading.Thread | None:
-    """``warm_up`` on a daemon thread (a worker calls this once it has joined)."""
+    """``warm_up`` on a daemon thread, once per process (a worker calls this after its
+    first task, or when it has waited a moment for one)."""
     global _warming
     if not _env_on or _warming is not None:
         return _warming

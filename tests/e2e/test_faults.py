@@ -520,8 +520,10 @@ async def test_an_input_the_worker_cannot_load_fails_its_task_only(windowed):
 
 def _pid_once_warm() -> int:
     """This worker's pid, once its compiled tier has warmed up (numba's import grows a
-    worker's memory once, on a thread of its own)."""
+    worker's memory once, on a thread of its own; a worker starts it after its first
+    task, and this may be that task)."""
     from pyfora import compiled
+    compiled.start_warm_up()
     compiled.wait_warm()
     return os.getpid()
 
