@@ -38,7 +38,8 @@ def test_a_dead_coordinators_directory_is_removed_by_the_next_one_not_a_live_one
     try:
         assert not os.path.exists(path), "the directory of a dead coordinator was kept"
         assert os.path.isdir(live.path)
-        assert live.usage() == {"path": live.path, "files": 0, "bytes": 0}
+        assert live.usage() == {"path": live.path, "files": 0, "bytes": 0,
+                                "warm_files": 0, "warm_bytes": 0}
     finally:
         live.remove()
         again.remove()
@@ -188,3 +189,74 @@ def test_a_view_forgets_the_names_its_peer_took():
         assert len(peer._written) < shared_memory._PRUNE_AT
     finally:
         directory.remove()
+
+
+# -- warm files: a client's or a worker's next buffer goes where its last one went --------
+
+MiB = 1 << 20
+
+
+def _inode(directory, name: str) -> int:
+    return os.stat(os.path.join(directory.path, name)).st_ino
+
+
+def test_a_process_writes_its_next_buffer_into_its_last_file_holding_only_the_new_one():
+    coordinator = shared_memory.Directory.create()
+    try:
+        client = shared_memory.Directory.offered(coordinator.path)
+        worker = shared_memory.Directory.offered(coordinator.path)
+        first = client.put(b"a" * (2 * MiB))
+        file = _inode(coordinator, first)
+        assert worker.take(first, 2 * MiB, writable=False) == b"a" * (2 * MiB)
+        second = client.put(b"b" * MiB)
+        assert _inode(coordinator, second) == file, "a new file, not the warm one"
+        assert worker.take(second, MiB, writable=False) == b"b" * MiB
+        assert coordinator.usage() | {"path": ""} == {
+            "path": "", "files": 0, "bytes": 0, "warm_files": 1, "warm_bytes": MiB}
+        client.close()
+        assert coordinator.usage()["warm_files"] == 0
+        assert client.put(b"c" * MiB) and coordinator.usage()["warm_files"] == 0
+    finally:
+        coordinator.remove()
+
+
+def test_a_warm_file_is_not_written_while_another_name_or_a_mapping_reaches_it():
+    coordinator = shared_memory.Directory.create()
+    try:
+        client = shared_memory.Directory.offered(coordinator.path)
+        worker = shared_memory.Directory.offered(coordinator.path)
+        sent = client.put(b"a" * MiB)
+        file = _inode(coordinator, sent)
+        held = coordinator.keep(sent)       # the coordinator holds it: a second name
+        other = client.put(b"b" * MiB)
+        assert _inode(coordinator, other) != file
+        assert held.read() == b"a" * MiB
+        mapped = worker.take(coordinator.for_peer().link(held), MiB, writable=True)
+        del held
+        mapped_too = client.put(b"c" * MiB)     # the array mapped from it still lives
+        assert _inode(coordinator, mapped_too) != file
+        assert bytes(mapped) == b"a" * MiB
+        del mapped
+        again = client.put(b"d" * MiB)
+        assert _inode(coordinator, again) == file
+    finally:
+        coordinator.remove()
+
+
+def test_warm_files_are_bounded_and_a_dead_processs_are_swept(monkeypatch):
+    monkeypatch.setattr(shared_memory, "WARM_FILES", 2)
+    coordinator = shared_memory.Directory.create()
+    try:
+        client = shared_memory.Directory.offered(coordinator.path)
+        names = [client.put(b"x" * MiB) for _ in range(4)]    # none taken: none free
+        assert coordinator.usage()["warm_files"] == 2
+        assert coordinator.usage()["files"] == 4, "a dropped warm file took its buffer"
+        dead = f"{2 ** 22 + 7}-0-ab.warm"    # over the largest pid Linux gives
+        open(os.path.join(coordinator.path, dead), "wb").close()
+        assert dead in coordinator.sweep()
+        for name in names:
+            coordinator.take(name, MiB, writable=False)
+        with pytest.raises(OSError, match="not a shared buffer name"):
+            coordinator.take(client._warm[0][0], MiB, writable=False)
+    finally:
+        coordinator.remove()

@@ -314,6 +314,8 @@ class Session:
         if self._closed is not None:
             return
         self._closed = failure
+        if self._shm is not None:
+            self._shm.close()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(failure)
