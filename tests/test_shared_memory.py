@@ -1,6 +1,7 @@
 """``pyfora.net.shared_memory``: the coordinator's directory and what is left of a dead one.
 (Buffers through it: ``test_protocol.py`` and ``e2e/test_transfer.py``.)"""
 
+import errno
 import os
 import stat
 import subprocess
@@ -275,5 +276,35 @@ def test_a_bytes_a_worker_took_and_dropped_holds_its_next_buffer_only():
         assert id(second) == address, "a new object, not the dropped one"
         assert second == b"b" * (4 * MiB - 5) and kept == b"k" * (4 * MiB)
         assert hash(second) == hash(b"b" * (4 * MiB - 5))
+    finally:
+        coordinator.remove()
+
+
+def test_a_full_tmpfs_drops_this_processs_warm_files_then_falls_back(monkeypatch):
+    coordinator = shared_memory.Directory.create()
+    write, refused = shared_memory._write, []
+
+    def on_a_5_mib_tmpfs(fd, view):
+        used = sum(os.stat(entry.path).st_blocks * 512 for entry in os.scandir(coordinator.path)
+                   if entry.name != ".lock")
+        if used + len(view) > 5 * MiB:
+            refused.append(len(view))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(fd, view)
+
+    monkeypatch.setattr(shared_memory, "_write", on_a_5_mib_tmpfs)
+    try:
+        client = shared_memory.Directory.offered(coordinator.path)
+        worker = shared_memory.Directory.offered(coordinator.path)
+        sent = [client.put(fill * MiB) for fill in (b"a", b"b")]   # two in flight: two files
+        for name in sent:
+            worker.take(name, MiB, writable=False)
+        assert coordinator.usage()["warm_files"] == 2
+        big = client.put(b"c" * (4 * MiB))      # 2 + 4 MiB: refused, then 4 once they are gone
+        assert refused == [4 * MiB]
+        assert big and worker.take(big, 4 * MiB, writable=False) == b"c" * (4 * MiB)
+        assert coordinator.usage()["warm_files"] == 1
+        assert client.put(b"d" * (6 * MiB)) is None, "over the tmpfs: the websocket, then"
+        assert coordinator.usage()["files"] == 0
     finally:
         coordinator.remove()
