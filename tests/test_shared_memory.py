@@ -308,3 +308,34 @@ def test_a_full_tmpfs_drops_this_processs_warm_files_then_falls_back(monkeypatch
         assert coordinator.usage()["files"] == 0
     finally:
         coordinator.remove()
+
+
+def test_another_process_opening_a_warm_file_during_the_check_does_not_end_this_one():
+    """``_exclusive`` holds a write lease for a moment; an open by another process breaks
+    it, with a signal that must not be SIGIO's (which ends the process). Run in a child."""
+    child = subprocess.run([sys.executable, "-c", LEASE_BROKEN], capture_output=True,
+                           text=True, timeout=30 * UNIT)
+    assert child.returncode == 0 and child.stdout == "alive\n", (child.returncode, child.stderr)
+
+
+LEASE_BROKEN = """
+import fcntl, os, subprocess, sys, time
+from pyfora.net import shared_memory
+directory = shared_memory.Directory.create()
+try:
+    client = shared_memory.Directory.offered(directory.path)
+    directory.take(client.put(b"x" * (1 << 20)), 1 << 20, writable=False)
+    name, fd, _ = client._warm[0]
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    opener = subprocess.Popen([sys.executable, "-c", "import sys; open(sys.argv[1], 'rb')",
+                               os.path.join(directory.path, name)])
+    deadline = time.monotonic() + 20
+    while fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_WRLCK:    # until the open breaks it
+        assert time.monotonic() < deadline, "the open did not break the lease"
+        time.sleep(0.001)
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    assert opener.wait(30) == 0
+    print("alive")
+finally:
+    directory.remove()
+"""

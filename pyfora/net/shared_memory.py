@@ -81,6 +81,7 @@ import mmap
 import os
 import re
 import secrets
+import signal
 import stat
 import tempfile
 import threading
@@ -326,6 +327,7 @@ class Directory:
                              os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except OSError:
                 return False
+            _quiet_leases(fd)
         else:
             warm, fd, _ = chosen
         try:
@@ -466,6 +468,17 @@ def _write(fd: int, view: memoryview) -> None:
     written = 0
     while written < len(view):
         written += os.pwrite(fd, view[written:written + (1 << 30)], written)
+
+
+def _quiet_leases(fd: int) -> None:
+    """Have a break of a lease on ``fd`` signalled by ``SIGURG``, which is ignored unless
+    handled, rather than ``SIGIO``, which ends the process: ``_exclusive`` holds a lease
+    for a few microseconds, and a process that opened the file then (none of pyfora's
+    opens a warm name) would break it."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+    except (OSError, AttributeError):
+        pass        # then no lease either: ``_exclusive`` says no
 
 
 def _exclusive(fd: int) -> bool:
