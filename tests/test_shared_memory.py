@@ -263,23 +263,6 @@ def test_warm_files_are_bounded_and_a_dead_processs_are_swept(monkeypatch):
         coordinator.remove()
 
 
-def test_a_bytes_a_worker_took_and_dropped_holds_its_next_buffer_only():
-    coordinator = shared_memory.Directory.create()
-    try:
-        client = shared_memory.Directory.offered(coordinator.path)
-        worker = shared_memory.Directory.offered(coordinator.path)
-        first = worker.take(client.put(b"a" * (4 * MiB)), 4 * MiB, writable=False)
-        address = id(first)
-        kept = worker.take(client.put(b"k" * (4 * MiB)), 4 * MiB, writable=False)
-        del first
-        second = worker.take(client.put(b"b" * (4 * MiB - 5)), 4 * MiB - 5, writable=False)
-        assert id(second) == address, "a new object, not the dropped one"
-        assert second == b"b" * (4 * MiB - 5) and kept == b"k" * (4 * MiB)
-        assert hash(second) == hash(b"b" * (4 * MiB - 5))
-    finally:
-        coordinator.remove()
-
-
 def test_a_full_tmpfs_drops_this_processs_warm_files_then_falls_back(monkeypatch):
     coordinator = shared_memory.Directory.create()
     write, refused = shared_memory._write, []

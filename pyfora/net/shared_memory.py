@@ -87,8 +87,6 @@ import tempfile
 import threading
 import weakref
 
-from .recycled import Recycler
-
 #: Buffers smaller than this go over the websocket: a file costs a few system calls.
 MIN_SIZE = 1 << 20
 ROOT = "/dev/shm"
@@ -131,8 +129,6 @@ class Directory:
         # first, as [name, open file, size]; None where there are none (and once closed).
         self._warm: list[list] | None = None
         self._warm_lock = threading.Lock()      # ``put`` runs on the loop and task threads
-        # A client's or a worker's: the ``bytes`` it took, read over by its next ones.
-        self._recycler: Recycler | None = None
 
     @classmethod
     def create(cls) -> Directory | None:
@@ -203,7 +199,6 @@ class Directory:
         os.close(fd)
         directory = cls(path)
         directory._warm = []
-        directory._recycler = Recycler()
         return directory
 
     def close(self) -> None:
@@ -212,8 +207,6 @@ class Directory:
         with self._warm_lock:
             warm, self._warm = self._warm or [], None
         self._unlink_warm(warm)
-        if self._recycler is not None:
-            self._recycler.close()
 
     def for_peer(self) -> Directory:
         """A view of the coordinator's directory for one peer's link: it remembers the
@@ -411,22 +404,13 @@ class Directory:
             if os.fstat(fd).st_size != size:
                 raise OSError(f"shared buffer {name}: not {size} bytes")
             if not writable:
-                return self._read(fd, size)
+                return _read(fd, size)
             if size == 0:
                 return bytearray()
             return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
                                         prot=mmap.PROT_READ | mmap.PROT_WRITE))
         finally:
             os.close(fd)
-
-    def _read(self, fd: int, size: int) -> bytes:
-        """``size`` bytes of ``fd`` into a ``bytes`` this process took before and nothing
-        refers to any more, if there is one (``recycled``), else a new one."""
-        if self._recycler is None or _libc is None:
-            return _read(fd, size)
-        data = _read(fd, size, self._recycler.reusable(size))
-        self._recycler.keep(data)
-        return data
 
     def keep(self, name: str) -> Shared:
         """The coordinator's hold on a received ``name`` (see ``Shared``)."""
@@ -504,21 +488,18 @@ def _tmpfs_bytes(path: str) -> int:
     return info.f_blocks * info.f_frsize
 
 
-def _read(fd: int, size: int, into: bytes | None = None) -> bytes:
+def _read(fd: int, size: int) -> bytes:
     """``size`` bytes of ``fd`` as ``bytes``, in one copy. Most of that copy's time is
     faulting in the new object's fresh pages, one per 4 KiB: when it can (CPython on
     Linux), this makes the object itself, asks for huge pages for its memory (one fault
     per 2 MiB), and reads into it before anything else sees it, as ``os.read`` does with
-    the object it makes (2.0-2.5 GB/s against 0.9 for ``os.read``, 100 MB, this machine).
-    ``into``: an object of length ``size`` to read into instead, which no other code has
-    (``recycled``)."""
-    if into is not None or (size >= _HUGE_PAGE and _libc is not None):
-        data = into if into is not None else _new_bytes(None, size)
+    the object it makes (2.0-2.5 GB/s against 0.9 for ``os.read``, 100 MB, this machine)."""
+    if size >= _HUGE_PAGE and _libc is not None:
+        data = _new_bytes(None, size)
         start = _bytes_address(data)
-        if into is None:
-            first = -start % _HUGE_PAGE
-            _libc.madvise(start + first, (size - first) // _HUGE_PAGE * _HUGE_PAGE,
-                          _MADV_HUGEPAGE)       # advice only: a refusal changes nothing
+        first = -start % _HUGE_PAGE
+        _libc.madvise(start + first, (size - first) // _HUGE_PAGE * _HUGE_PAGE,
+                      _MADV_HUGEPAGE)       # advice only: a refusal changes nothing
         done = 0
         while done < size:      # a read may return less than asked (over 2 GiB on Linux)
             got = _libc.read(fd, start + done, size - done)
