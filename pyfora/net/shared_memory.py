@@ -320,7 +320,9 @@ class Directory:
                              os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except OSError:
                 return False
-            _quiet_leases(fd)
+            if not _quiet_leases(fd):       # its lease could end this process: not kept
+                self._unlink_warm([[warm, fd, 0]])
+                return self._write_new(name, view)
         else:
             warm, fd, _ = chosen
         try:
@@ -454,15 +456,16 @@ def _write(fd: int, view: memoryview) -> None:
         written += os.pwrite(fd, view[written:written + (1 << 30)], written)
 
 
-def _quiet_leases(fd: int) -> None:
+def _quiet_leases(fd: int) -> bool:
     """Have a break of a lease on ``fd`` signalled by ``SIGURG``, which is ignored unless
     handled, rather than ``SIGIO``, which ends the process: ``_exclusive`` holds a lease
     for a few microseconds, and a process that opened the file then (none of pyfora's
-    opens a warm name) would break it."""
+    opens a warm name) would break it. False if that cannot be had."""
     try:
         fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
     except (OSError, AttributeError):
-        pass        # then no lease either: ``_exclusive`` says no
+        return False
+    return True
 
 
 def _exclusive(fd: int) -> bool:
