@@ -94,7 +94,7 @@ ROOT = "/dev/shm"
 #: The warm files a client or a worker keeps at most (see the module docstring), and their
 #: bytes.
 WARM_FILES = 8
-WARM_BYTES = 1 << 30
+WARM_BYTES = 512 << 20
 
 _NAME = re.compile(r"[0-9]+-[0-9]+-[0-9a-f]+\Z")
 _WARM = re.compile(r"[0-9]+-[0-9]+-[0-9a-f]+\.warm\Z")
