@@ -33,7 +33,8 @@ the coordinator, by who was to take them:
 
 Warm files: a page of a new ``/dev/shm`` file costs a fault and a zero-fill, and on a VM
 whose freed memory goes back to the host (free page reporting) the host's own fault too:
-about 1 ms per MB, all of a 100 MB buffer's budget at 1.5 GB/s. So a client or a worker
+about 1 ms per MB, more than the 67 ms a 100 MB buffer has at 1.5 GB/s (rewriting a file
+whose pages are there takes about 30). So a client or a worker
 writes a buffer to a file under a ``.warm`` name of its own (its pid first), which it
 keeps open, and sends a second name for it (a hard link); once that name is gone, taken
 and unlinked by the receiver or let go by the coordinator, the file is written over by
