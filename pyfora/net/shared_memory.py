@@ -34,20 +34,20 @@ the coordinator, by who was to take them:
 Warm files: a page of a new ``/dev/shm`` file costs a fault and a zero-fill, and on a VM
 whose freed memory goes back to the host (free page reporting) the host's own fault too:
 about 1 ms per MB, more than the 67 ms a 100 MB buffer has at 1.5 GB/s (rewriting a file
-whose pages are there takes about 30). So a client or a worker
-writes a buffer to a file under a ``.warm`` name of its own (its pid first), which it
-keeps open, and sends a second name for it (a hard link); once that name is gone, taken
-and unlinked by the receiver or let go by the coordinator, the file is written over by
-its next buffer, whose pages are then already there. A warm file is written to only while
-this process alone can reach it: one name left, its own, and no other open file or
-mapping, which a write lease proves (``_exclusive``): a buffer that another process still
-reads or maps (a numpy array mapped from it) never changes under it. Only the process that
-made a warm file ever writes to it, so it holds nothing that process did not send; each
-reuse truncates it to the new size first, so it holds nothing of the last buffer past it.
-A process keeps at most ``WARM_FILES`` files and ``WARM_BYTES`` bytes (nor an eighth of
-the tmpfs), dropping the least recently used first; all of them when a write finds the
-tmpfs full, and when its session or worker ends (``close``). A ``.warm`` name is never a
-buffer's name (``_path`` refuses it), and a dead process's are swept like its buffers.
+whose pages are there takes about 30). So a client or a worker writes a buffer to a file
+under a ``.warm`` name of its own (its pid first), which it keeps open, and sends a second
+name for it (a hard link); once that name is gone, taken and unlinked by the receiver or
+let go by the coordinator, the file is written over by its next buffer, whose pages are
+then already there. A warm file is written to only while this process alone can reach it:
+one name left, its own, and no other open file or mapping, which a write lease proves
+(``_exclusive``): a buffer that another process still reads or maps (a numpy array mapped
+from it) never changes under it. Only the process that made a warm file ever writes to it,
+so it holds nothing that process did not send; each reuse truncates it to the new size
+first, so it holds nothing of the last buffer past it. A process keeps at most
+``WARM_FILES`` files and ``WARM_BYTES`` bytes (nor an eighth of the tmpfs), dropping the
+least recently used first; all of them when a write finds the tmpfs full, and when its
+session or worker ends (``close``). A ``.warm`` name is never a buffer's name (``_path``
+refuses it), and a dead process's are swept like its buffers.
 
 Whatever is left (a coordinator killed) goes with the directory: the coordinator removes
 it when it stops, and the directory of a coordinator that was killed is removed by the
