@@ -1,6 +1,7 @@
 """``pyfora.net.shared_memory``: the coordinator's directory and what is left of a dead one.
 (Buffers through it: ``test_protocol.py`` and ``e2e/test_transfer.py``.)"""
 
+import errno
 import os
 import stat
 import subprocess
@@ -38,7 +39,8 @@ def test_a_dead_coordinators_directory_is_removed_by_the_next_one_not_a_live_one
     try:
         assert not os.path.exists(path), "the directory of a dead coordinator was kept"
         assert os.path.isdir(live.path)
-        assert live.usage() == {"path": live.path, "files": 0, "bytes": 0}
+        assert live.usage() == {"path": live.path, "files": 0, "bytes": 0,
+                                "warm_files": 0, "warm_bytes": 0}
     finally:
         live.remove()
         again.remove()
@@ -188,3 +190,135 @@ def test_a_view_forgets_the_names_its_peer_took():
         assert len(peer._written) < shared_memory._PRUNE_AT
     finally:
         directory.remove()
+
+
+# -- warm files: a client's or a worker's next buffer goes where its last one went --------
+
+MiB = 1 << 20
+
+
+def _inode(directory, name: str) -> int:
+    return os.stat(os.path.join(directory.path, name)).st_ino
+
+
+def test_a_process_writes_its_next_buffer_into_its_last_file_holding_only_the_new_one():
+    coordinator = shared_memory.Directory.create()
+    try:
+        client = shared_memory.Directory.offered(coordinator.path)
+        worker = shared_memory.Directory.offered(coordinator.path)
+        first = client.put(b"a" * (2 * MiB))
+        file = _inode(coordinator, first)
+        assert worker.take(first, 2 * MiB, writable=False) == b"a" * (2 * MiB)
+        second = client.put(b"b" * MiB)
+        assert _inode(coordinator, second) == file, "a new file, not the warm one"
+        assert worker.take(second, MiB, writable=False) == b"b" * MiB
+        assert coordinator.usage() | {"path": ""} == {
+            "path": "", "files": 0, "bytes": 0, "warm_files": 1, "warm_bytes": MiB}
+        client.close()
+        assert coordinator.usage()["warm_files"] == 0
+        assert client.put(b"c" * MiB) and coordinator.usage()["warm_files"] == 0
+    finally:
+        coordinator.remove()
+
+
+def test_a_warm_file_is_not_written_while_another_name_or_a_mapping_reaches_it():
+    coordinator = shared_memory.Directory.create()
+    try:
+        client = shared_memory.Directory.offered(coordinator.path)
+        worker = shared_memory.Directory.offered(coordinator.path)
+        sent = client.put(b"a" * MiB)
+        file = _inode(coordinator, sent)
+        held = coordinator.keep(sent)       # the coordinator holds it: a second name
+        other = client.put(b"b" * MiB)
+        assert _inode(coordinator, other) != file
+        assert held.read() == b"a" * MiB
+        mapped = worker.take(coordinator.for_peer().link(held), MiB, writable=True)
+        del held
+        mapped_too = client.put(b"c" * MiB)     # the array mapped from it still lives
+        assert _inode(coordinator, mapped_too) != file
+        assert bytes(mapped) == b"a" * MiB
+        del mapped
+        again = client.put(b"d" * MiB)
+        assert _inode(coordinator, again) == file
+    finally:
+        coordinator.remove()
+
+
+def test_warm_files_are_bounded_and_a_dead_processs_are_swept(monkeypatch):
+    monkeypatch.setattr(shared_memory, "WARM_FILES", 2)
+    coordinator = shared_memory.Directory.create()
+    try:
+        client = shared_memory.Directory.offered(coordinator.path)
+        names = [client.put(b"x" * MiB) for _ in range(4)]    # none taken: none free
+        assert coordinator.usage()["warm_files"] == 2
+        assert coordinator.usage()["files"] == 4, "a dropped warm file took its buffer"
+        dead = f"{2 ** 22 + 7}-0-ab.warm"    # over the largest pid Linux gives
+        open(os.path.join(coordinator.path, dead), "wb").close()
+        assert dead in coordinator.sweep()
+        for name in names:
+            coordinator.take(name, MiB, writable=False)
+        with pytest.raises(OSError, match="not a shared buffer name"):
+            coordinator.take(client._warm[0][0], MiB, writable=False)
+    finally:
+        coordinator.remove()
+
+
+def test_a_full_tmpfs_drops_this_processs_warm_files_then_falls_back(monkeypatch):
+    coordinator = shared_memory.Directory.create()
+    write, refused = shared_memory._write, []
+
+    def on_a_5_mib_tmpfs(fd, view):
+        used = sum(os.stat(entry.path).st_blocks * 512 for entry in os.scandir(coordinator.path)
+                   if entry.name != ".lock")
+        if used + len(view) > 5 * MiB:
+            refused.append(len(view))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(fd, view)
+
+    monkeypatch.setattr(shared_memory, "_write", on_a_5_mib_tmpfs)
+    try:
+        client = shared_memory.Directory.offered(coordinator.path)
+        worker = shared_memory.Directory.offered(coordinator.path)
+        sent = [client.put(fill * MiB) for fill in (b"a", b"b")]   # two in flight: two files
+        for name in sent:
+            worker.take(name, MiB, writable=False)
+        assert coordinator.usage()["warm_files"] == 2
+        big = client.put(b"c" * (4 * MiB))      # 2 + 4 MiB: refused, then 4 once they are gone
+        assert refused == [4 * MiB]
+        assert big and worker.take(big, 4 * MiB, writable=False) == b"c" * (4 * MiB)
+        assert coordinator.usage()["warm_files"] == 1
+        assert client.put(b"d" * (6 * MiB)) is None, "over the tmpfs: the websocket, then"
+        assert coordinator.usage()["files"] == 0
+    finally:
+        coordinator.remove()
+
+
+def test_another_process_opening_a_warm_file_during_the_check_does_not_end_this_one():
+    """``_exclusive`` holds a write lease for a moment; an open by another process breaks
+    it, with a signal that must not be SIGIO's (which ends the process). Run in a child."""
+    child = subprocess.run([sys.executable, "-c", LEASE_BROKEN], capture_output=True,
+                           text=True, timeout=30 * UNIT, check=False)
+    assert child.returncode == 0 and child.stdout == "alive\n", (child.returncode, child.stderr)
+
+
+LEASE_BROKEN = """
+import fcntl, os, subprocess, sys, time
+from pyfora.net import shared_memory
+directory = shared_memory.Directory.create()
+try:
+    client = shared_memory.Directory.offered(directory.path)
+    directory.take(client.put(b"x" * (1 << 20)), 1 << 20, writable=False)
+    name, fd, _ = client._warm[0]
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    opener = subprocess.Popen([sys.executable, "-c", "import sys; open(sys.argv[1], 'rb')",
+                               os.path.join(directory.path, name)])
+    deadline = time.monotonic() + 20
+    while fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_WRLCK:    # until the open breaks it
+        assert time.monotonic() < deadline, "the open did not break the lease"
+        time.sleep(0.001)
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    assert opener.wait(30) == 0
+    print("alive")
+finally:
+    directory.remove()
+"""

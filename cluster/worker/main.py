@@ -306,6 +306,8 @@ async def run_worker(url: str, token: str | None, name: str,
         finally:
             worker.sender.close()
             worker.close()
+            if worker.shm is not None:
+                worker.shm.close()
             stats.cancel()
 
 

@@ -341,6 +341,8 @@ class Session:
         if self._closed is not None:
             return
         self._closed = failure
+        if self._shm is not None:
+            self._shm.close()
         pending, self._pending = self._pending, {}
         for on_reply in pending.values():
             on_reply(failure)

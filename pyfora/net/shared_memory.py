@@ -31,6 +31,24 @@ the coordinator, by who was to take them:
   just died may find its buffer gone: it fails as a protocol error, on a connection
   that is ending anyway.
 
+Warm files: a page of a new ``/dev/shm`` file costs a fault and a zero-fill, and on a VM
+whose freed memory goes back to the host (free page reporting) the host's own fault too:
+about 1 ms per MB, more than the 67 ms a 100 MB buffer has at 1.5 GB/s (rewriting a file
+whose pages are there takes about 30). So a client or a worker writes a buffer to a file
+under a ``.warm`` name of its own (its pid first), which it keeps open, and sends a second
+name for it (a hard link); once that name is gone, taken and unlinked by the receiver or
+let go by the coordinator, the file is written over by its next buffer, whose pages are
+then already there. A warm file is written to only while this process alone can reach it:
+one name left, its own, and no other open file or mapping, which a write lease proves
+(``_exclusive``): a buffer that another process still reads or maps (a numpy array mapped
+from it) never changes under it. Only the process that made a warm file ever writes to it,
+so it holds nothing that process did not send; each reuse truncates it to the new size
+first, so it holds nothing of the last buffer past it. A process keeps at most
+``WARM_FILES`` files and ``WARM_BYTES`` bytes (nor an eighth of the tmpfs), dropping the
+least recently used first; all of them when a write finds the tmpfs full, and when its
+session or worker ends (``close``). A ``.warm`` name is never a buffer's name (``_path``
+refuses it), and a dead process's are swept like its buffers.
+
 Whatever is left (a coordinator killed) goes with the directory: the coordinator removes
 it when it stops, and the directory of a coordinator that was killed is removed by the
 next one to start on the machine (it holds a lock on its ``.lock`` file while it lives).
@@ -64,15 +82,23 @@ import mmap
 import os
 import re
 import secrets
+import signal
 import stat
 import tempfile
+import threading
 import weakref
 
 #: Buffers smaller than this go over the websocket: a file costs a few system calls.
 MIN_SIZE = 1 << 20
 ROOT = "/dev/shm"
 
+#: The warm files a client or a worker keeps at most (see the module docstring), and their
+#: bytes.
+WARM_FILES = 8
+WARM_BYTES = 512 << 20
+
 _NAME = re.compile(r"[0-9]+-[0-9]+-[0-9a-f]+\Z")
+_WARM = re.compile(r"[0-9]+-[0-9]+-[0-9a-f]+\.warm\Z")
 _counter = itertools.count()
 
 
@@ -100,6 +126,10 @@ class Directory:
         # A view's (``for_peer``): the names written through it, for its peer to take.
         self._written: set[str] | None = None
         self._prune_at = _PRUNE_AT
+        # A client's or a worker's (``offered``): its warm files, least recently used
+        # first, as [name, open file, size]; None where there are none (and once closed).
+        self._warm: list[list] | None = None
+        self._warm_lock = threading.Lock()      # ``put`` runs on the loop and task threads
 
     @classmethod
     def create(cls) -> Directory | None:
@@ -168,7 +198,16 @@ class Directory:
         if fd is None:
             return None
         os.close(fd)
-        return cls(path)
+        directory = cls(path)
+        directory._warm = []
+        return directory
+
+    def close(self) -> None:
+        """Unlink this process's warm files (its session or worker has ended); buffers
+        written after this go to new files, not kept."""
+        with self._warm_lock:
+            warm, self._warm = self._warm or [], None
+        self._unlink_warm(warm)
 
     def for_peer(self) -> Directory:
         """A view of the coordinator's directory for one peer's link: it remembers the
@@ -198,7 +237,7 @@ class Directory:
         except OSError:
             return swept
         for name in names:
-            if not _NAME.match(name) or name in held:
+            if not (_NAME.match(name) or _WARM.match(name)) or name in held:
                 continue
             writer = int(name.split("-", 1)[0])
             if writer != mine and not _alive(writer):
@@ -225,39 +264,117 @@ class Directory:
             self._lock = None
 
     def usage(self) -> dict:
-        """The directory, and the files and bytes in it now."""
-        sizes = []
+        """The directory, and the buffers' names and bytes in it now; apart, its peers'
+        warm files (a buffer in flight from a peer has both kinds of name)."""
+        sizes: dict[bool, list[int]] = {False: [], True: []}
         with os.scandir(self.path) as entries:
             for entry in entries:
-                if not _NAME.match(entry.name):
+                warm = bool(_WARM.match(entry.name))
+                if not (warm or _NAME.match(entry.name)):
                     continue
                 try:
-                    sizes.append(entry.stat().st_size)
+                    sizes[warm].append(entry.stat().st_size)
                 except OSError:
                     pass        # unlinked meanwhile
-        return {"path": self.path, "files": len(sizes), "bytes": sum(sizes)}
+        return {"path": self.path, "files": len(sizes[False]), "bytes": sum(sizes[False]),
+                "warm_files": len(sizes[True]), "warm_bytes": sum(sizes[True])}
 
     def put(self, buffer) -> str | None:
-        """Write ``buffer`` to a new file; its name, or None if it could not be written
-        (send it over the websocket instead)."""
+        """Write ``buffer`` to a file (a warm one, where this process keeps them); its
+        name, or None if it could not be written (send it over the websocket instead)."""
+        view = memoryview(buffer).cast("B")
         name = _new_name()
+        if self._warm is None:
+            written = self._write_new(name, view)
+        else:
+            written = self._write_warm(name, view)
+            if not written and self._drop_warm():
+                written = self._write_warm(name, view)    # the tmpfs was full of them?
+        if not written:
+            return None
+        self._wrote(name)
+        return name
+
+    def _write_new(self, name: str, view: memoryview) -> bool:
         path = os.path.join(self.path, name)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError:
-            return None
+            return False
         try:
-            view = memoryview(buffer).cast("B")
-            written = 0
-            while written < len(view):
-                written += os.write(fd, view[written:written + (1 << 30)])
+            _write(fd, view)
         except OSError:
             os.unlink(path)
-            return None
+            return False
         finally:
             os.close(fd)
-        self._wrote(name)
-        return name
+        return True
+
+    def _write_warm(self, name: str, view: memoryview) -> bool:
+        """``view`` written to a warm file (a new one if none is free), linked as
+        ``name``; False if it could not be."""
+        chosen = self._free_warm(len(view))
+        if chosen is None:
+            warm = _new_name() + ".warm"
+            try:
+                fd = os.open(os.path.join(self.path, warm),
+                             os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except OSError:
+                return False
+            if not _quiet_leases(fd):       # its lease could end this process: not kept
+                self._unlink_warm([[warm, fd, 0]])
+                return self._write_new(name, view)
+        else:
+            warm, fd, _ = chosen
+        try:
+            os.ftruncate(fd, len(view))     # first: nothing of the last buffer stays past it
+            _write(fd, view)
+            os.link(os.path.join(self.path, warm), os.path.join(self.path, name))
+        except OSError:
+            self._unlink_warm([[warm, fd, 0]])
+            return False
+        self._keep_warm(warm, fd, len(view))
+        return True
+
+    def _free_warm(self, size: int) -> list | None:
+        """Take out of the pool the warm file nearest ``size`` that only this process
+        reaches (the smallest that holds it, else the largest: the fewest pages freed or
+        added), or None."""
+        with self._warm_lock:
+            order = sorted(self._warm or (), key=lambda w: (w[2] < size, abs(w[2] - size)))
+            chosen = next((w for w in order if _exclusive(w[1])), None)
+            if chosen is not None:
+                self._warm.remove(chosen)   # type: ignore[union-attr]
+        return chosen
+
+    def _keep_warm(self, name: str, fd: int, size: int) -> None:
+        """Put the warm file back in the pool, most recently used, dropping the least
+        recently used past the limits (a buffer still in flight keeps its other name)."""
+        with self._warm_lock:
+            if self._warm is None:      # closed meanwhile
+                dropped = [[name, fd, size]]
+            else:
+                self._warm.append([name, fd, size])
+                limit = min(WARM_BYTES, _tmpfs_bytes(self.path) // 8)
+                dropped = []
+                while len(self._warm) > WARM_FILES or sum(w[2] for w in self._warm) > limit:
+                    dropped.append(self._warm.pop(0))
+        self._unlink_warm(dropped)
+
+    def _drop_warm(self) -> bool:
+        """Unlink every warm file (a write failed: the tmpfs may be full of them); whether
+        there were any."""
+        with self._warm_lock:
+            warm = self._warm or []
+            if self._warm is not None:
+                self._warm = []
+        self._unlink_warm(warm)
+        return bool(warm)
+
+    def _unlink_warm(self, warm: list) -> None:
+        for name, fd, _ in warm:
+            _unlink(os.path.join(self.path, name))
+            os.close(fd)
 
     def link(self, shared: Shared) -> str:
         """A new name for the file ``shared`` holds, for this view's peer to take."""
@@ -306,7 +423,7 @@ class Directory:
         return shared
 
     def _path(self, name: str) -> str:
-        if not _NAME.match(name):      # a peer must not name any other file
+        if not _NAME.match(name):      # a peer must not name any other file, nor a warm one
             raise OSError(f"not a shared buffer name: {name!r}")
         return os.path.join(self.path, name)
 
@@ -331,6 +448,48 @@ class Shared:
 
     def __len__(self) -> int:
         return self.nbytes
+
+
+def _write(fd: int, view: memoryview) -> None:
+    """All of ``view`` to ``fd`` from its start (a write may stop short: at 2 GiB on Linux)."""
+    written = 0
+    while written < len(view):
+        written += os.pwrite(fd, view[written:written + (1 << 30)], written)
+
+
+def _quiet_leases(fd: int) -> bool:
+    """Have a break of a lease on ``fd`` signalled by ``SIGURG``, which is ignored unless
+    handled, rather than ``SIGIO``, which ends the process: ``_exclusive`` holds a lease
+    for a few microseconds, and a process that opened the file then (none of pyfora's
+    opens a warm name) would break it. False if that cannot be had."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def _exclusive(fd: int) -> bool:
+    """Whether only this open file reaches its file: one name, and no other open file
+    nor mapping (a write lease is refused while there is one; where leases cannot be had,
+    the answer is no)."""
+    try:
+        if os.fstat(fd).st_nlink != 1:
+            return False
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError:
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return True
+
+
+def _tmpfs_bytes(path: str) -> int:
+    """The size of the file system ``path`` is on (0 if it cannot be had)."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return 0
+    return info.f_blocks * info.f_frsize
 
 
 def _read(fd: int, size: int) -> bytes:
