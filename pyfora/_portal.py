@@ -141,11 +141,13 @@ class Portal:
             raise PyforaUsageError(
                 "this executor was created before os.fork(); call pyfora.connect() again "
                 "in the child process")
+        loop = self.loop
+        assert loop is not None, "the loop thread sets it before Portal() returns"
         with self._starts_lock:
             self._starts.append(start)
             try:
                 if len(self._starts) == 1:
-                    self.loop.call_soon_threadsafe(self._start_calls)
+                    loop.call_soon_threadsafe(self._start_calls)
             except RuntimeError:
                 self._starts.clear()
                 if coro is not None:

@@ -65,7 +65,7 @@ class WorkerPool:
         self.memory_limit = memory_limit
         self.fork = fork and hasattr(os, "fork")
         self.procs: dict[str, asyncio.subprocess.Process | ForkedWorker] = {}
-        self.exits: dict[str, int] = {}
+        self.exits: dict[str, int | None] = {}   # None: its fork server was lost
         self.reasons: dict[str, str] = {}   # why the pool killed a worker itself
         self._stopping = False
         self._serial = 0

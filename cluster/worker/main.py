@@ -43,9 +43,10 @@ from pyfora.net.tls import client_context, pinned_context
 from pyfora.parallel import _runtime as parallel_runtime
 
 log = logging.getLogger("cluster.worker")
-#: Seconds a worker that has joined waits for a first task before warming the compiled
-#: tier up anyway.
+#: Seconds without a task after which a worker warms its compiled tier up (``warm_up``).
 WARM_UP_IDLE = 0.5
+#: Handed to the task thread, in the place of a task, to warm the compiled tier up.
+_WARM_UP: Any = object()
 
 
 class InputUnavailable(LookupError):
@@ -92,6 +93,7 @@ class Worker:
         # when one is taken from there until its done is written.
         self.queue: collections.deque[p.Run] = collections.deque()
         self.busy = False
+        self.last_done = self.loop.time()
         self.inbox: queue.SimpleQueue[p.Run | None] = queue.SimpleQueue()
         # A daemon: a task still running must not hold the process at exit.
         threading.Thread(target=self.serve_tasks, name="pyfora-task", daemon=True).start()
@@ -172,13 +174,29 @@ class Worker:
         # takes every task it has no done for but the first as never started.
         self.sender.send(done)
         self.sender.flush()
-        compiled.start_warm_up()    # once; a no-op after the first
+        self.last_done = self.loop.time()
         self.start_next()
+
+    def warm_up(self) -> None:
+        """Have the task thread warm the compiled tier up (numba's import and LLVM's start,
+        0.5-1 s of CPU: what the first task that compiles would pay) once the worker has
+        had no task for ``WARM_UP_IDLE``, so that it costs no task's time on a busy worker.
+        On the task thread, not a thread of its own: a task importing a package while
+        another thread imports it too (numba imports numpy) may find it half initialized,
+        and fail. A task that comes meanwhile waits for it, once. Loop thread."""
+        idle = self.loop.time() - self.last_done
+        if self.busy or self.queue or idle < WARM_UP_IDLE:
+            self.loop.call_later(max(WARM_UP_IDLE - idle, 0.05), self.warm_up)
+        else:
+            self.inbox.put(_WARM_UP)
 
     def serve_tasks(self) -> None:
         """The task thread: run each task handed over, until ``close``."""
         done: list | None
         while (message := self.inbox.get()) is not None:
+            if message is _WARM_UP:
+                compiled.warm_up()
+                continue
             done = p.to_frames(self.execute(message), self.shm)
             # Not held while waiting for the next task: a task's arguments and result
             # are freed when it ends (the store keeps the result itself).
@@ -293,11 +311,8 @@ async def run_worker(url: str, token: str | None, name: str,
         if not isinstance(reply, p.Welcome):
             raise SystemExit(f"pyfora-worker: the coordinator opened with {reply.op!r}")
         worker = Worker(ws, name, reply.max_frame, shared_memory.Directory.offered(reply.shm))
-        # numba's import and LLVM's start (0.5-1 s of CPU) happen while the worker waits
-        # for work, not in its first task that compiles; but after its first task (see
-        # ``finish``), unless none comes for WARM_UP_IDLE: where the client and the workers
-        # start together on a few cores, the first result would wait for them otherwise.
-        worker.loop.call_later(WARM_UP_IDLE, compiled.start_warm_up)
+        if compiled.default_on():
+            worker.loop.call_later(WARM_UP_IDLE, worker.warm_up)
         stats = asyncio.create_task(worker_stats.report(worker.send))
         try:
             await worker.serve()

@@ -140,15 +140,11 @@ WARM_SWITCH_INTERVAL = 0.0005
 
 def warm_up() -> None:
     """Import numba and compile a small function through our pipeline, so that the first
-    task that compiles does not pay for LLVM's start. Call on a background thread."""
-    if not _env_on:
+    task that compiles does not pay for LLVM's start. Once per process; call it where no
+    other thread imports meanwhile (a worker's task thread between tasks), or through
+    ``start_warm_up``."""
+    if not _env_on or _warm.is_set():
         return
-    try:
-        # Below the task thread and the other processes: a task that arrives meanwhile
-        # should not wait for a compile it may never need (Linux sets this per thread).
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass
     # Importing numba holds the GIL for long stretches, and a task that arrives meanwhile
     # waits a whole switch interval (5 ms by default) at each turn: a shorter one while
     # it lasts keeps tiny tasks' round trips near their usual time.
@@ -166,13 +162,24 @@ def warm_up() -> None:
         _warm.set()
 
 
+def _warm_up_behind() -> None:
+    try:
+        # Below the task thread and the other processes: a task that arrives meanwhile
+        # should not wait for a compile it may never need (Linux sets this per thread).
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
+    warm_up()
+
+
 def start_warm_up() -> threading.Thread | None:
-    """``warm_up`` on a daemon thread, once per process (a worker calls this after its
-    first task, or when it has waited a moment for one)."""
+    """``warm_up`` on a daemon thread, once per process (a Dask worker calls this with its
+    first task: its tasks run on Dask's threads, where none can be handed the warm-up)."""
     global _warming
     if not _env_on or _warming is not None:
         return _warming
-    _warming = threading.Thread(target=warm_up, name="pyfora-compile-warmup", daemon=True)
+    _warming = threading.Thread(target=_warm_up_behind, name="pyfora-compile-warmup",
+                                daemon=True)
     _warming.start()
     return _warming
 

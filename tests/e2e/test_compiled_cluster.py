@@ -170,3 +170,23 @@ def test_pyfora_compile_in_the_environment(tmp_path, setting):
         assert counts["compiled"] == counts["runs"] == counts["fallbacks"] == 0
     else:
         assert counts["compiled"] > 0 and counts["runs"] > 0
+
+
+def _warm_up_seen() -> tuple:
+    """Whether this worker's compiled tier has warmed up, and on a thread of its own."""
+    from pyfora import compiled
+    return compiled._warm.is_set(), compiled._warming is not None
+
+
+def test_a_pool_worker_warms_up_on_its_task_thread_between_tasks(ufora, backend):
+    """Not on a thread of its own, where its imports (numba's of numpy) could race a
+    task's and leave it a half-initialized package."""
+    if backend != "pool":
+        pytest.skip("a Dask worker's tasks run on Dask's threads: it warms up on its own")
+    seen: list = []
+
+    def warmed() -> bool:       # every second: the worker needs a moment without tasks
+        seen[:] = [ufora.submit(_warm_up_seen).result(TIMEOUT).toLocal().result(TIMEOUT)]
+        return seen[0][0]
+    wait_until(warmed, TIMEOUT, "a worker to warm its compiled tier up", interval=1.0)
+    assert seen == [(True, False)]
