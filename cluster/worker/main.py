@@ -185,8 +185,10 @@ class Worker:
         another thread imports it too (numba imports numpy) may find it half initialized,
         and fail. A task that comes meanwhile waits for it, once. Loop thread."""
         idle = self.loop.time() - self.last_done
-        if self.busy or self.queue or idle < WARM_UP_IDLE:
-            self.loop.call_later(max(WARM_UP_IDLE - idle, 0.05), self.warm_up)
+        if self.busy or self.queue:
+            self.loop.call_later(WARM_UP_IDLE, self.warm_up)
+        elif idle < WARM_UP_IDLE:
+            self.loop.call_later(WARM_UP_IDLE - idle, self.warm_up)
         else:
             self.inbox.put(_WARM_UP)
 
