@@ -15,8 +15,8 @@ reported as such.
 Each (run, system, workload) runs in a fresh child process of its own session, with a time
 limit (``--timeout``): a peer that hangs is killed with its whole process tree and reported
 as a timeout, and the suite goes on. Results are medians over ``--runs``; ratios are taken
-against ProcessPoolExecutor in the same run, and pyfora-dask's against raw Dask. The table goes to stdout, everything measured
-to the JSON file.
+against ProcessPoolExecutor in the same run, and pyfora-dask's against raw Dask. The table
+goes to stdout, everything measured to the JSON file.
 
 Not run in CI: numbers depend on the machine and on whatever else it is doing.
 """
