@@ -1,8 +1,9 @@
 """pyfora's side of every workload, sync facade and ``pyfora.aio``.
 
 W1, W2, W4 and W5 use the embedded default (``pyfora.connect(workers=2)``: coordinator on
-the client's loop thread); W1 and W2 take a ``url`` too, for ``sys_pyfora_dask``. W3 uses a standalone ``python -m cluster`` subprocess so that
-the coordinator's memory is separable from the client's (its children are the workers).
+the client's loop thread); W1 and W2 also take a coordinator's ``url`` (``sys_pyfora_dask``).
+W3 uses a standalone ``python -m cluster`` subprocess so that the coordinator's memory is
+separable from the client's (its children are the workers).
 """
 
 from __future__ import annotations
