@@ -65,7 +65,7 @@ def worker_label(address: str) -> str:
 
 
 def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: list[int],
-        *inputs: Held) -> Held:
+        inputs: list[Held]) -> Held:
     """Run one pyfora task: ``payload`` is the pickled call (``buffers`` its out-of-band
     buffers, as ``oob`` describes them), ``inputs`` the Helds of the objects ``oids`` it
     refers to; its ``DONE_TOPIC`` event carries the pickle of the result when it is at
