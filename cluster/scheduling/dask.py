@@ -21,7 +21,10 @@ the built-in pool; what runs tasks and holds their results is Dask:
   on its worker (``dask_tasks.stop``, through ``Client.run``).
 * Printed output, tasks starting, and automatic parallelism's pieces and progress come
   as Dask events too (``dask_tasks.OUTPUT_TOPIC``, ``STARTED_TOPIC``,
-  ``dask_parallel.TOPIC``).
+  ``dask_parallel.TOPIC``). A task says it started only once it has run for
+  ``dask_tasks.STARTED_AFTER``: one shorter is never seen running (busy workers in
+  ``load`` and the dashboard), and one cancelled before the news came is stopped when
+  it comes.
 * The workers (for the dashboard and ``welcome``) are polled from the scheduler every
   ``POLL`` seconds.
 

@@ -11,14 +11,17 @@ so ``describe`` runs as a task only when a finished task's event never came);
 for a ``toLocal`` it asks for ``fetch(held)`` (the pickle).
 
 What a task prints goes to the coordinator as Dask events on ``OUTPUT_TOPIC``, a line at
-a time; ``STARTED_TOPIC`` says which worker started which task (the coordinator counts
-busy workers with it, and knows where to stop a cancelled task). Events from one worker
-reach the coordinator in the order they were logged, before the news that the task
-finished. A running task is stopped by ``stop`` (``Client.run`` on its worker), as a
-built-in worker stops one.
+a time; ``STARTED_TOPIC`` says which worker started which task, once it has run for
+``STARTED_AFTER`` (the coordinator counts busy workers with it, and knows where to stop
+a cancelled task). Why not at once: a worker sends to the scheduler at most one batch
+every few milliseconds, and the first message after a pause goes alone, so an event
+sent as a task starts would hold Dask's news that the task finished until the next
+batch. Events from one worker reach the coordinator in the
+order they were logged, before the news that the task finished. A running task is
+stopped by ``stop`` (``Client.run`` on its worker), as a built-in worker stops one.
 
-Runs on a Dask worker's task thread (``run``) and event loop (``stop``), one task thread
-per process.
+Runs on a Dask worker's task thread (``run``) and event loop (``stop``, ``_started``),
+one task thread per process.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from pyfora import wire as p
 OUTPUT_TOPIC = "pyfora-output"
 STARTED_TOPIC = "pyfora-started"
 DONE_TOPIC = "pyfora-done"
+
+#: Seconds a task runs before its worker says it started: a shorter one says nothing.
+STARTED_AFTER = 0.01
 
 _lock = threading.Lock()
 _running: dict[int, int] = {}       # task id -> ident of the thread running it
@@ -84,9 +90,8 @@ def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: l
         try:
             with _lock:
                 _running[tid] = threading.get_ident()
-            # Said once ``stop`` can find it: the coordinator stops a task it was told
-            # of, so a cancel that follows this event must not miss the task.
-            worker.log_event(STARTED_TOPIC, {"task": tid, "worker": worker.address})
+            worker.loop.add_callback(worker.loop.call_later, STARTED_AFTER, _started,
+                                     worker, tid)
             with current_task(tid):
                 fn, args, kwargs = serialization.loads(payload, values.__getitem__,
                                                        _received(oob, buffers))
@@ -104,6 +109,16 @@ def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: l
         held = Held(value, data, out)
     worker.log_event(DONE_TOPIC, {"task": tid, **describe(held, inline)})
     return held
+
+
+def _started(worker, tid: int) -> None:
+    """On the worker's loop, ``STARTED_AFTER`` seconds after task ``tid`` began: say so
+    if it still runs. Said only while ``stop`` can find it: the coordinator stops a task
+    it was told of, so a cancel that follows this event must not miss the task."""
+    with _lock:
+        if tid not in _running:
+            return
+        worker.log_event(STARTED_TOPIC, {"task": tid, "worker": worker.address})
 
 
 def describe(held: Held, inline: int) -> dict:
