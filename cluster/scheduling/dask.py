@@ -10,9 +10,10 @@ the built-in pool; what runs tasks and holds their results is Dask:
   Dask as one graph (``_send``). A ``define``d value becomes a Dask task that unpickles
   the coordinator's copy, made the first time a task uses it.
 * A task's size, type, error and, when small, its pickle (the ``done`` reply) come in
-  an event (``dask_tasks.DONE_TOPIC``); its reply is sent once its Dask future has
-  finished too. ``toLocal`` fetches the pickle with a small Dask task
-  (``dask_tasks.fetch``). The coordinator unpickles no user value.
+  an event (``dask_tasks.DONE_TOPIC``, sent by the ``dask_tasks.DoneEvents`` worker
+  plugin registered at start); its reply is sent once its Dask future has finished
+  too. ``toLocal`` fetches the pickle with a small Dask task (``dask_tasks.fetch``).
+  The coordinator unpickles no user value.
 * A worker that dies: Dask runs its tasks again elsewhere and recomputes lost results
   from their lineage (the futures' graph), up to its ``allowed-failures``; past that the
   task fails with ``WorkerCrashedError``. So ``submit(..., retries=N)``, which on the
@@ -157,6 +158,7 @@ class DaskBackend(Backend):
             raise
         backend = cls(client, cluster)
         try:
+            await client.register_plugin(dask_tasks.DoneEvents())
             await client.wait_for_workers(workers if cluster is not None else 1)
             await backend._poll_once()
         except BaseException:

@@ -8,20 +8,22 @@ coordinator never unpickles a value: a task tells it its size, type, error and, 
 small enough to ride along with the reply, its pickle, in an event on ``DONE_TOPIC``
 (one Dask task per pyfora task: a second one to describe the result halved the rate,
 so ``describe`` runs as a task only when a finished task's event never came);
-for a ``toLocal`` it asks for ``fetch(held)`` (the pickle).
+for a ``toLocal`` it asks for ``fetch(held)`` (the pickle). The worker plugin
+``DoneEvents`` sends that event as Dask moves the task to memory, so that it shares a
+message to the scheduler with Dask's own news of the task.
 
 What a task prints goes to the coordinator as Dask events on ``OUTPUT_TOPIC``, a line at
 a time; ``STARTED_TOPIC`` says which worker started which task, once it has run for
 ``STARTED_AFTER`` (the coordinator counts busy workers with it, and knows where to stop
 a cancelled task). Why not at once: a worker sends to the scheduler at most one batch
 every few milliseconds, and the first message after a pause goes alone, so an event
-sent as a task starts would hold Dask's news that the task finished until the next
-batch. Events from one worker reach the coordinator in the
+sent as a task starts, or from its thread as it ends, would hold Dask's news that the
+task finished until the next batch. Events from one worker reach the coordinator in the
 order they were logged, before the news that the task finished. A running task is
 stopped by ``stop`` (``Client.run`` on its worker), as a built-in worker stops one.
 
-Runs on a Dask worker's task thread (``run``) and event loop (``stop``, ``_started``),
-one task thread per process.
+Runs on a Dask worker's task thread (``run``) and event loop (``stop``, ``_started``,
+``DoneEvents``), one task thread per process.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from distributed import get_worker
+from distributed import WorkerPlugin, get_worker
 
 from cluster.worker.dask_parallel import current_task
 from cluster.worker.task_thread import capture_streams, interrupt
@@ -46,6 +48,8 @@ STARTED_AFTER = 0.01
 
 _lock = threading.Lock()
 _running: dict[int, int] = {}       # task id -> ident of the thread running it
+# A returned task's done event, by Dask key, until ``DoneEvents`` sends it.
+_done: dict[str, dict] = {}
 
 
 class Held:
@@ -77,6 +81,7 @@ def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: l
     refers to; its ``DONE_TOPIC`` event carries the pickle of the result when it is at
     most ``inline`` bytes and has no out-of-band buffers."""
     worker = get_worker()
+    key = worker.get_current_task()
     name = worker_label(worker.address)
     values = {oid: held.value for oid, held in zip(oids, inputs, strict=True)}
 
@@ -107,7 +112,11 @@ def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: l
         held = Held(error=serialization.describe_exception(exc, name))
     else:
         held = Held(value, data, out)
-    worker.log_event(DONE_TOPIC, {"task": tid, **describe(held, inline)})
+    done = {"task": tid, **describe(held, inline)}
+    if DoneEvents.name in worker.plugins:
+        _done[key] = done
+    else:       # a worker that never got the plugin: no event may wait for it
+        worker.log_event(DONE_TOPIC, done)
     return held
 
 
@@ -119,6 +128,25 @@ def _started(worker, tid: int) -> None:
         if tid not in _running:
             return
         worker.log_event(STARTED_TOPIC, {"task": tid, "worker": worker.address})
+
+
+class DoneEvents(WorkerPlugin):
+    """Sends a returned task's done event from the worker's loop, as Dask moves the task
+    to memory: then it goes in the same message to the scheduler as Dask's own news that
+    the task finished (logged from the task's thread, it would go alone, and the news
+    wait for the worker's next batch)."""
+
+    idempotent = True
+    name = "pyfora-done-events"
+
+    def setup(self, worker) -> None:
+        self.worker = worker
+
+    def transition(self, key, start, finish, **kwargs) -> None:
+        if start in ("executing", "long-running", "cancelled", "resumed"):
+            msg = _done.pop(key, None)
+            if msg is not None and finish == "memory":
+                self.worker.log_event(DONE_TOPIC, msg)
 
 
 def describe(held: Held, inline: int) -> dict:
