@@ -265,9 +265,10 @@ class DaskBackend(Backend):
     # -- internals --------------------------------------------------------------------
 
     def _send(self) -> None:
-        """Send the tasks submitted since the loop last ran to Dask as one graph: the
-        scheduler's cost is mostly per graph, and a client's burst of submits comes in
-        one read of its socket."""
+        """Send the tasks submitted since the loop last ran to Dask as one graph: each
+        graph costs the Dask client and the scheduler a round of packing, unpacking and
+        ordering whatever its size, and a client's burst of submits comes in one read of
+        its socket."""
         unsent = [(task, args) for task, args in self._unsent if not task.cancelled]
         self._unsent = []
         if not unsent:
