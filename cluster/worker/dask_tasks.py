@@ -29,7 +29,7 @@ Runs on a Dask worker's task thread (``run``) and event loop (``stop``, ``_start
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 from distributed import WorkerPlugin, get_worker
@@ -49,7 +49,7 @@ STARTED_AFTER = 0.01
 _lock = threading.Lock()
 _running: dict[int, int] = {}       # task id -> ident of the thread running it
 # A returned task's done event, by Dask key, until ``DoneEvents`` sends it.
-_done: dict[str, dict] = {}
+_done: dict[Hashable, dict] = {}
 
 
 class Held:
