@@ -8,14 +8,15 @@ Workloads (``--workloads w1,w2,...``): W1 no-op round-trip latency, W2 tiny-task
 W3 100 MB transfer each way (MB/s: the median of ``common.TIMED_ROUNDS`` transfers with no
 sampler running; peak RSS, and pyfora's files in /dev/shm, from one more transfer
 sampled), W4 parallel isPrime count, W5 start-up and shut-down. Systems (``--systems
-pyfora,ppe,dask,ray``; ``local`` is the sequential W4 reference): a system whose package
-is not installed is reported as such.
+pyfora,ppe,dask,ray``; ``local`` is the sequential W4 reference; ``pyfora-dask``, pyfora
+on its Dask backend, runs W1 and W2 only): a system whose package is not installed is
+reported as such.
 
 Each (run, system, workload) runs in a fresh child process of its own session, with a time
 limit (``--timeout``): a peer that hangs is killed with its whole process tree and reported
 as a timeout, and the suite goes on. Results are medians over ``--runs``; ratios are taken
-against ProcessPoolExecutor in the same run. The table goes to stdout, everything measured
-to the JSON file.
+against ProcessPoolExecutor in the same run, and pyfora-dask's against raw Dask. The table
+goes to stdout, everything measured to the JSON file.
 
 Not run in CI: numbers depend on the machine and on whatever else it is doing.
 """
@@ -37,10 +38,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WORKLOADS = ["w1", "w2", "w3", "w4", "w5"]
-SYSTEMS = ["pyfora", "ppe", "dask", "ray", "local"]
-PACKAGE = {"pyfora": "pyfora", "ppe": None, "dask": "distributed", "ray": "ray", "local": None}
-LABEL = {"pyfora": "pyfora", "ppe": "PPE(2)", "dask": "Dask", "ray": "Ray", "local": "local"}
-ONLY = {"local": {"w4"}}
+SYSTEMS = ["pyfora", "ppe", "dask", "ray", "local", "pyfora-dask"]
+PACKAGE = {"pyfora": "pyfora", "ppe": None, "dask": "distributed", "ray": "ray", "local": None,
+           "pyfora-dask": "distributed"}
+LABEL = {"pyfora": "pyfora", "ppe": "PPE(2)", "dask": "Dask", "ray": "Ray", "local": "local",
+         "pyfora-dask": "pyfora on Dask"}
+ONLY = {"local": {"w4"}, "pyfora-dask": {"w1", "w2"}}
+#: Each ratio column: (system, the system it is measured against in the same run, header).
+RATIOS = [("pyfora", "ppe", "pyfora/PPE"), ("pyfora-dask", "dask", "pyfora-dask/Dask")]
 MARK = "@@BENCH-RESULT@@ "
 
 # (workload, path in the child's result, label, unit, higher is better)
@@ -75,7 +80,7 @@ METRICS = [
 
 def child(system: str, workload: str, cfg: dict) -> None:
     sys.path.insert(0, HERE)
-    module = __import__(f"sys_{system}")
+    module = __import__(f"sys_{system.replace('-', '_')}")
     fn = getattr(module, workload, None)
     result = {"status": "n/a", "reason": f"{system} has no {workload}"} if fn is None else fn(cfg)
     print(MARK + json.dumps(result), flush=True)
@@ -169,12 +174,13 @@ def medians(runs: list[dict], systems: list[str]) -> dict:
     return table
 
 
-def ratios(runs: list[dict], workload: str, path: str, system: str) -> float | None:
-    """Median over runs of system/PPE measured in the same run."""
+def ratios(runs: list[dict], workload: str, path: str, system: str,
+           base: str = "ppe") -> float | None:
+    """Median over runs of system/base measured in the same run."""
     values = []
     for r in runs:
         a = _get(r.get(system, {}).get(workload) or {}, path)
-        b = _get(r.get("ppe", {}).get(workload) or {}, path)
+        b = _get(r.get(base, {}).get(workload) or {}, path)
         if a is not None and b:
             values.append(a / b)
     return statistics.median(values) if values else None
@@ -201,6 +207,15 @@ def targets(table: dict, runs: list[dict]) -> list[dict]:
         r = ratios(runs, "w2", f"{api}.tasks_per_s", "pyfora")
         add(f"W2 tasks/s ({api}) ≥ {goal}× PPE", r, goal, r is not None and r >= goal,
             "pyfora/PPE tasks/s ratio (same run)")
+    # "adds at most 20%": to latency, ×1.2; to the time per task, so tasks/s ÷ 1.2.
+    for api in ("sync", "async"):
+        r = ratios(runs, "w1", f"{api}.p50_us", "pyfora-dask", "dask")
+        add(f"W1 p50 ({api}) on Dask ≤ 1.2× raw Dask", r, 1.2, r is not None and r <= 1.2,
+            "pyfora-dask/Dask p50 ratio (same run)")
+    for api in ("sync", "async"):
+        r = ratios(runs, "w2", f"{api}.tasks_per_s", "pyfora-dask", "dask")
+        add(f"W2 tasks/s ({api}) on Dask ≥ 0.83× raw Dask", r, 1 / 1.2,
+            r is not None and r >= 1 / 1.2, "pyfora-dask/Dask tasks/s ratio (same run)")
     for phase in ("up_bytes", "up_numpy", "down_bytes", "down_numpy"):
         every = [_get(r.get("pyfora", {}).get("w3") or {}, f"{phase}.mb_per_s") for r in runs]
         slowest = min((v for v in every if v is not None), default=None)
@@ -234,7 +249,9 @@ def _fmt(value: float | None, unit: str) -> str:
 
 def render(table: dict, runs: list[dict], systems: list[str], goals: list[dict]) -> str:
     cols = [s for s in systems]
-    head = ["metric", "unit"] + [LABEL[s] for s in cols] + ["pyfora/PPE"]
+    pairs = [(s, b) for s, b, _ in RATIOS if s in systems]
+    head = ["metric", "unit"] + [LABEL[s] for s in cols] + [h for s, _, h in RATIOS
+                                                             if s in systems]
     rows = []
     for workload, path, label, unit, _ in METRICS:
         key = f"{workload}.{path}"
@@ -245,8 +262,9 @@ def render(table: dict, runs: list[dict], systems: list[str], goals: list[dict])
         for s in cols:
             cell = cells.get(s)
             row.append("" if cell is None else cell.get("status") or _fmt(cell["median"], unit))
-        ratio = ratios(runs, workload, path, "pyfora") if not path.startswith("copies") else None
-        row.append(f"{ratio:.2f}×" if ratio is not None else "")
+        for s, b in pairs:
+            ratio = ratios(runs, workload, path, s, b) if not path.startswith("copies") else None
+            row.append(f"{ratio:.2f}×" if ratio is not None else "")
         rows.append(row)
     widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(head, widths)),
@@ -326,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                     log.flush()
                     results.setdefault(system, {})[workload] = result
                     status = result.get("status", "ok")
-                    print(f"run {run + 1}/{args.runs} {workload} {system:7s} {status:8s} "
+                    print(f"run {run + 1}/{args.runs} {workload} {system:11s} {status:8s} "
                           f"{time.perf_counter() - t0:6.1f} s"
                           + (f"  {result.get('reason')}" if status != "ok" else ""),
                           file=sys.stderr, flush=True)

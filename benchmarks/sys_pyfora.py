@@ -1,8 +1,9 @@
 """pyfora's side of every workload, sync facade and ``pyfora.aio``.
 
 W1, W2, W4 and W5 use the embedded default (``pyfora.connect(workers=2)``: coordinator on
-the client's loop thread); W3 uses a standalone ``python -m cluster`` subprocess so that
-the coordinator's memory is separable from the client's (its children are the workers).
+the client's loop thread); W1 and W2 also take a coordinator's ``url`` (``sys_pyfora_dask``).
+W3 uses a standalone ``python -m cluster`` subprocess so that the coordinator's memory is
+separable from the client's (its children are the workers).
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ def _warm(ex, n=50):
 
 # -- W1 latency -----------------------------------------------------------------------
 
-def w1(cfg: dict) -> dict:
+def w1(cfg: dict, url: str | None = None) -> dict:
     n = cfg["w1_n"]
     out = {}
-    ex = _connect()
+    ex = _connect(url)
     try:
         _warm(ex)
         lat = []
@@ -53,14 +54,14 @@ def w1(cfg: dict) -> dict:
         out["sync_value"] = latency_summary(lat)
     finally:
         ex.close()
-    out.update(asyncio.run(_w1_async(n)))
+    out.update(asyncio.run(_w1_async(n, url)))
     return out
 
 
-async def _w1_async(n: int) -> dict:
+async def _w1_async(n: int, url: str | None) -> dict:
     from pyfora import aio
     out = {}
-    async with aio.connect(None, workers=WORKERS) as ex:
+    async with aio.connect(url, workers=None if url else WORKERS) as ex:
         for _ in range(50):
             await ex.submit(tasks.noop)
         lat = []
@@ -80,10 +81,10 @@ async def _w1_async(n: int) -> dict:
 
 # -- W2 throughput --------------------------------------------------------------------
 
-def w2(cfg: dict) -> dict:
+def w2(cfg: dict, url: str | None = None) -> dict:
     n = cfg["w2_n"]
     out = {}
-    ex = _connect()
+    ex = _connect(url)
     try:
         _warm(ex)
         t0 = time.perf_counter()
@@ -98,13 +99,13 @@ def w2(cfg: dict) -> dict:
         del proxies, futures, values
     finally:
         ex.close()
-    out["async"] = asyncio.run(_w2_async(n))
+    out["async"] = asyncio.run(_w2_async(n, url))
     return out
 
 
-async def _w2_async(n: int) -> dict:
+async def _w2_async(n: int, url: str | None) -> dict:
     from pyfora import aio
-    async with aio.connect(None, workers=WORKERS) as ex:
+    async with aio.connect(url, workers=None if url else WORKERS) as ex:
         for _ in range(50):
             await ex.submit(tasks.noop)
         t0 = time.perf_counter()
@@ -119,12 +120,14 @@ async def _w2_async(n: int) -> dict:
 
 # -- W3 transfer ----------------------------------------------------------------------
 
-def start_standalone(workers: int = WORKERS,
-                     tree: str | None = None) -> tuple[subprocess.Popen, str]:
-    """``python -m cluster`` on a free port; with ``tree``, that source tree's (the
-    coordinator and its workers import ``cluster`` from their working directory)."""
+def start_standalone(workers: int = WORKERS, tree: str | None = None,
+                     extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """``python -m cluster`` on a free port, with ``extra`` arguments; with ``tree``, that
+    source tree's (the coordinator and its workers import ``cluster`` from their working
+    directory)."""
     proc = subprocess.Popen([sys.executable, "-m", "cluster", "--port", "0", "--workers",
-                             str(workers)], stdout=subprocess.PIPE, text=True, cwd=tree)
+                             str(workers), *extra], stdout=subprocess.PIPE, text=True,
+                            cwd=tree)
     url = proc.stdout.readline().strip()
     if not url.startswith("http"):
         proc.kill()

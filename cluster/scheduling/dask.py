@@ -6,12 +6,14 @@ the built-in pool; what runs tasks and holds their results is Dask:
 
 * A task is a Dask task (``dask_tasks.run``) whose inputs are the Dask futures of the
   objects it uses; its object is its future (``futures``), released when the object is
-  (``ObjectStore.on_free``). A ``define``d value becomes a Dask task that unpickles the
-  coordinator's copy, made the first time a task uses it.
+  (``ObjectStore.on_free``). The tasks submitted in one turn of the event loop go to
+  Dask as one graph (``_send``). A ``define``d value becomes a Dask task that unpickles
+  the coordinator's copy, made the first time a task uses it.
 * A task's size, type, error and, when small, its pickle (the ``done`` reply) come in
-  an event (``dask_tasks.DONE_TOPIC``); its reply is sent once its Dask future has
-  finished too. ``toLocal`` fetches the pickle with a small Dask task
-  (``dask_tasks.fetch``). The coordinator unpickles no user value.
+  an event (``dask_tasks.DONE_TOPIC``, sent by the ``dask_tasks.DoneEvents`` worker
+  plugin registered at start); its reply is sent once its Dask future has finished
+  too. ``toLocal`` fetches the pickle with a small Dask task (``dask_tasks.fetch``).
+  The coordinator unpickles no user value.
 * A worker that dies: Dask runs its tasks again elsewhere and recomputes lost results
   from their lineage (the futures' graph), up to its ``allowed-failures``; past that the
   task fails with ``WorkerCrashedError``. So ``submit(..., retries=N)``, which on the
@@ -20,7 +22,10 @@ the built-in pool; what runs tasks and holds their results is Dask:
   on its worker (``dask_tasks.stop``, through ``Client.run``).
 * Printed output, tasks starting, and automatic parallelism's pieces and progress come
   as Dask events too (``dask_tasks.OUTPUT_TOPIC``, ``STARTED_TOPIC``,
-  ``dask_parallel.TOPIC``).
+  ``dask_parallel.TOPIC``). A task says it started only once it has run for
+  ``dask_tasks.STARTED_AFTER``: one shorter is never seen running (busy workers in
+  ``load`` and the dashboard), and one cancelled before the news came is stopped when
+  it comes.
 * The workers (for the dashboard and ``welcome``) are polled from the scheduler every
   ``POLL`` seconds.
 
@@ -121,6 +126,8 @@ class DaskBackend(Backend):
         self._running: collections.Counter = collections.Counter()  # address -> tasks
         # Cancelled before they were seen to start: task id -> when, oldest first.
         self._stopped: collections.OrderedDict[int, float] = collections.OrderedDict()
+        # Submitted since the loop last ran, with their arguments to dask_tasks.run.
+        self._unsent: list[tuple[DaskTask, tuple]] = []
         client.subscribe_topic(dask_tasks.OUTPUT_TOPIC, self._output)
         client.subscribe_topic(dask_tasks.STARTED_TOPIC, self._started)
         client.subscribe_topic(dask_tasks.DONE_TOPIC, self._done)
@@ -151,6 +158,7 @@ class DaskBackend(Backend):
             raise
         backend = cls(client, cluster)
         try:
+            await client.register_plugin(dask_tasks.DoneEvents())
             await client.wait_for_workers(workers if cluster is not None else 1)
             await backend._poll_once()
         except BaseException:
@@ -162,6 +170,7 @@ class DaskBackend(Backend):
     async def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+        self._unsent.clear()
         for task in list(self.tasks.values()):
             if task.watcher is not None:
                 task.watcher.cancel()
@@ -186,12 +195,11 @@ class DaskBackend(Backend):
         if failed is not None:
             self._finish(task, 0, "", None, failed.error)
             return
-        task.future = self.client.submit(
-            dask_tasks.run, task.tid, msg.payload, msg.oob, _joined(msg.oob, msg.frames),
-            msg.inline, list(msg.deps),
-            *map(self._future, records), key=f"pyfora-{task.oid}-{id(self):x}",
-            pure=False)
-        task.watcher = asyncio.ensure_future(self._watch(task, task.future))
+        if not self._unsent:
+            asyncio.get_running_loop().call_soon(self._send)
+        self._unsent.append((task, (task.tid, msg.payload, msg.oob,
+                                    _joined(msg.oob, msg.frames), msg.inline,
+                                    list(msg.deps), [self._future(r) for r in records])))
         self._status_changed()
 
     def cancel(self, session: Session, request_id: int) -> None:
@@ -255,6 +263,28 @@ class DaskBackend(Backend):
                 "queued": len(self.tasks) - self._running.total()}
 
     # -- internals --------------------------------------------------------------------
+
+    def _send(self) -> None:
+        """Send the tasks submitted since the loop last ran to Dask as one graph: each
+        graph costs the Dask client and the scheduler a round of packing, unpacking and
+        ordering whatever its size, and a client's burst of submits comes in one read of
+        its socket."""
+        unsent = [(task, args) for task, args in self._unsent if not task.cancelled]
+        self._unsent = []
+        if not unsent:
+            return
+        try:
+            futures = self.client.map(
+                dask_tasks.run, *zip(*(args for _, args in unsent), strict=True),
+                key=[f"pyfora-{task.oid}-{id(self):x}" for task, _ in unsent], pure=False)
+        except Exception as exc:    # a client closing: in a callback, nobody else would see it
+            for task, _ in unsent:
+                self._finish(task, 0, "", None, crash_error(
+                    f"Dask did not take the task: {type(exc).__name__}: {exc}"))
+            return
+        for (task, _), future in zip(unsent, futures, strict=True):
+            task.future = future
+            task.watcher = asyncio.ensure_future(self._watch(task, future))
 
     def _future(self, record: ObjectRecord) -> Future:
         future = self.futures.get(record.oid)

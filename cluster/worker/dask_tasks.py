@@ -8,26 +8,31 @@ coordinator never unpickles a value: a task tells it its size, type, error and, 
 small enough to ride along with the reply, its pickle, in an event on ``DONE_TOPIC``
 (one Dask task per pyfora task: a second one to describe the result halved the rate,
 so ``describe`` runs as a task only when a finished task's event never came);
-for a ``toLocal`` it asks for ``fetch(held)`` (the pickle).
+for a ``toLocal`` it asks for ``fetch(held)`` (the pickle). The worker plugin
+``DoneEvents`` sends that event as Dask moves the task to memory, so that it shares a
+message to the scheduler with Dask's own news of the task.
 
 What a task prints goes to the coordinator as Dask events on ``OUTPUT_TOPIC``, a line at
-a time; ``STARTED_TOPIC`` says which worker started which task (the coordinator counts
-busy workers with it, and knows where to stop a cancelled task). Events from one worker
-reach the coordinator in the order they were logged, before the news that the task
-finished. A running task is stopped by ``stop`` (``Client.run`` on its worker), as a
-built-in worker stops one.
+a time; ``STARTED_TOPIC`` says which worker started which task, once it has run for
+``STARTED_AFTER`` (the coordinator counts busy workers with it, and knows where to stop
+a cancelled task). Why not at once: a worker sends to the scheduler at most one batch
+every few milliseconds, and the first message after a pause goes alone, so an event
+sent as a task starts, or from its thread as it ends, would hold Dask's news that the
+task finished until the next batch. Events from one worker reach the coordinator in the
+order they were logged, before the news that the task finished. A running task is
+stopped by ``stop`` (``Client.run`` on its worker), as a built-in worker stops one.
 
-Runs on a Dask worker's task thread (``run``) and event loop (``stop``), one task thread
-per process.
+Runs on a Dask worker's task thread (``run``) and event loop (``stop``, ``_started``,
+``DoneEvents``), one task thread per process.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
-from distributed import get_worker
+from distributed import WorkerPlugin, get_worker
 
 from cluster.worker.dask_parallel import current_task
 from cluster.worker.task_thread import capture_streams, interrupt
@@ -38,8 +43,13 @@ OUTPUT_TOPIC = "pyfora-output"
 STARTED_TOPIC = "pyfora-started"
 DONE_TOPIC = "pyfora-done"
 
+#: Seconds a task runs before its worker says it started: a shorter one says nothing.
+STARTED_AFTER = 0.01
+
 _lock = threading.Lock()
 _running: dict[int, int] = {}       # task id -> ident of the thread running it
+# A returned task's done event, by Dask key, until ``DoneEvents`` sends it.
+_done: dict[Hashable, dict] = {}
 
 
 class Held:
@@ -65,12 +75,13 @@ def worker_label(address: str) -> str:
 
 
 def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: list[int],
-        *inputs: Held) -> Held:
+        inputs: list[Held]) -> Held:
     """Run one pyfora task: ``payload`` is the pickled call (``buffers`` its out-of-band
     buffers, as ``oob`` describes them), ``inputs`` the Helds of the objects ``oids`` it
     refers to; its ``DONE_TOPIC`` event carries the pickle of the result when it is at
     most ``inline`` bytes and has no out-of-band buffers."""
     worker = get_worker()
+    key = worker.get_current_task()
     name = worker_label(worker.address)
     values = {oid: held.value for oid, held in zip(oids, inputs, strict=True)}
 
@@ -84,9 +95,8 @@ def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: l
         try:
             with _lock:
                 _running[tid] = threading.get_ident()
-            # Said once ``stop`` can find it: the coordinator stops a task it was told
-            # of, so a cancel that follows this event must not miss the task.
-            worker.log_event(STARTED_TOPIC, {"task": tid, "worker": worker.address})
+            worker.loop.add_callback(worker.loop.call_later, STARTED_AFTER, _started,
+                                     worker, tid)
             with current_task(tid):
                 fn, args, kwargs = serialization.loads(payload, values.__getitem__,
                                                        _received(oob, buffers))
@@ -102,8 +112,41 @@ def run(tid: int, payload: bytes, oob: list, buffers: list, inline: int, oids: l
         held = Held(error=serialization.describe_exception(exc, name))
     else:
         held = Held(value, data, out)
-    worker.log_event(DONE_TOPIC, {"task": tid, **describe(held, inline)})
+    done = {"task": tid, **describe(held, inline)}
+    if DoneEvents.name in worker.plugins:
+        _done[key] = done
+    else:       # a worker that never got the plugin: no event may wait for it
+        worker.log_event(DONE_TOPIC, done)
     return held
+
+
+def _started(worker, tid: int) -> None:
+    """On the worker's loop, ``STARTED_AFTER`` seconds after task ``tid`` began: say so
+    if it still runs. Said only while ``stop`` can find it: the coordinator stops a task
+    it was told of, so a cancel that follows this event must not miss the task."""
+    with _lock:
+        if tid not in _running:
+            return
+        worker.log_event(STARTED_TOPIC, {"task": tid, "worker": worker.address})
+
+
+class DoneEvents(WorkerPlugin):
+    """Sends a returned task's done event from the worker's loop, as Dask moves the task
+    to memory: then it goes in the same message to the scheduler as Dask's own news that
+    the task finished (logged from the task's thread, it would go alone, and the news
+    wait for the worker's next batch)."""
+
+    idempotent = True
+    name = "pyfora-done-events"
+
+    def setup(self, worker) -> None:
+        self.worker = worker
+
+    def transition(self, key, start, finish, **kwargs) -> None:
+        if start in ("executing", "long-running", "cancelled", "resumed"):
+            msg = _done.pop(key, None)
+            if msg is not None and finish == "memory":
+                self.worker.log_event(DONE_TOPIC, msg)
 
 
 def describe(held: Held, inline: int) -> dict:
