@@ -168,6 +168,19 @@ def test_sum_of_a_generator_is_the_sequential_sum(context, monkeypatch, name, co
     assert type(got) is type(expected) and repr(got) == repr(expected)
 
 
+@pytest.mark.parametrize("compensated", [False, True])
+@pytest.mark.parametrize("name", SUMS)
+def test_sum_over_a_range_is_the_sequential_sum(context, monkeypatch, name, compensated):
+    # Over a range the comprehension is one the compiled tier may take: the other path.
+    if not compensated and sys.version_info >= (3, 12):
+        pytest.skip("the plain path is for 3.11, whose sum() is a plain left fold")
+    monkeypatch.setattr(_runtime, "_COMPENSATED", compensated)
+    values = SUMS[name]
+    got = compiled(True)["total_of"](range(len(values)), values.__getitem__)
+    expected = compiled(False)["total_of"](range(len(values)), values.__getitem__)
+    assert type(got) is type(expected) and repr(got) == repr(expected)
+
+
 def test_a_float_sum_is_not_a_plain_left_fold_everywhere():
     # What the test above guards against from 3.12 on: there the partial sum of the
     # first elements does not hold all of sum()'s state.

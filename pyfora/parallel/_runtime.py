@@ -270,11 +270,14 @@ def _sum_compilable(it: range, fn: Callable, compiler: Callable) -> Any:
     elements, see ``pyfora.compiled._pieces``) and summed once, which is CPython's fold
     over the same elements."""
     n = len(it)
+    items = iter(it)
     t0 = perf_counter()
-    head = list(fn(it[:FIRST]))
+    head = list(fn(islice(items, FIRST)))
     seconds = perf_counter() - t0
     if (n - FIRST) * seconds < _CHEAP:
-        return sum(chain(head, fn(it[FIRST:])))
+        # As the plain path: the rest straight into ``sum`` from the head's sum, with
+        # nothing per element in between.
+        return _sum_rest(sum(head), head if _COMPENSATED else None, fn(items))
     return sum(_collect(it, fn, head, seconds, list.extend, None, compiler))
 
 
