@@ -237,17 +237,24 @@ def sum_genexp(reducer: Any, it: Any, fn: Callable, src: str | None = None) -> A
 
     Restarting ``sum`` from a partial sum is the same left fold, except that from 3.12
     on ``sum`` compensates float rounding in state it does not return: there the restart
-    is only taken from a state ``sum`` can be given back (see ``_sum_rest``)."""
+    is only taken from a state ``sum`` can be given back (see ``_sum_rest``).
+
+    Where the compiled tier may take the rest (``src``, over a range), it is collected
+    instead (elements from CPython batches; from compiled pieces, partial sums of ints or
+    float elements, see ``pyfora.compiled._pieces``) and summed once, which is CPython's
+    fold over the same elements."""
     if reducer is not sum:
         return reducer(genexp(it, fn))
     if _context is None or type(it) not in _SIZED or (n := len(it)) <= FIRST:
         return sum(fn(it))
-    compiler = _compiler("sum", it, fn, src, None)
-    if compiler is not None:
-        return _sum_compilable(it, fn, compiler)
     items = iter(it)
+    head: list | None = None
+    kept: Any
     t0 = perf_counter()
-    if _COMPENSATED:
+    if src is not None and type(it) is range:
+        head = list(fn(islice(items, FIRST)))       # kept for ``_collect``
+        kept, first_sum = head if _COMPENSATED else None, sum(head)
+    elif _COMPENSATED:
         # The first elements are kept (the sum may have to start again over them).
         summed, kept = tee(fn(islice(items, FIRST)))
         first_sum = sum(summed)
@@ -256,29 +263,15 @@ def sum_genexp(reducer: Any, it: Any, fn: Callable, src: str | None = None) -> A
     seconds = perf_counter() - t0
     if (n - FIRST) * seconds < _CHEAP:
         return _sum_rest(first_sum, kept, fn(items))
+    compiler = _compiler("sum", it, fn, src, None) if head is not None else None
+    if compiler is not None:
+        return sum(_collect(it, fn, head, seconds, list.extend, None, compiler))
     probe = _Probe(n, _context)
     if probe.measured(FIRST, seconds):
         rest = _Engine(it, probe.pos, fn, _context, probe.rate, probe.idle).results()
     else:
         rest = _genexp_rest(it, items, fn, _context, probe)
     return _sum_rest(first_sum, kept, rest)
-
-
-def _sum_compilable(it: range, fn: Callable, compiler: Callable) -> Any:
-    """``sum`` over a comprehension the compiled tier may take: its values are collected
-    (elements from CPython batches; from compiled ones, partial sums of ints or float
-    elements, see ``pyfora.compiled._pieces``) and summed once, which is CPython's fold
-    over the same elements."""
-    n = len(it)
-    items = iter(it)
-    t0 = perf_counter()
-    head = list(fn(islice(items, FIRST)))
-    seconds = perf_counter() - t0
-    if (n - FIRST) * seconds < _CHEAP:
-        # As the plain path: the rest straight into ``sum`` from the head's sum, with
-        # nothing per element in between.
-        return _sum_rest(sum(head), head if _COMPENSATED else None, fn(items))
-    return sum(_collect(it, fn, head, seconds, list.extend, None, compiler))
 
 
 def _sum_rest(first_sum: Any, kept: Any, rest: Any) -> Any:
