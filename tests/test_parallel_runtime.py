@@ -156,28 +156,19 @@ SUMS = {
 
 @pytest.mark.parametrize("compensated", [False, True])
 @pytest.mark.parametrize("name", SUMS)
-def test_sum_of_a_generator_is_the_sequential_sum(context, monkeypatch, name, compensated):
+@pytest.mark.parametrize("over_range", [False, True])
+def test_sum_of_a_generator_is_the_sequential_sum(context, monkeypatch, name, compensated,
+                                                  over_range):
     # ``compensated``: the path taken where sum() compensates float rounding (3.12 on),
     # forced on 3.11 too, where both paths must give 3.11's plain left fold.
+    # ``over_range``: a comprehension the compiled tier may take, whose path is its own.
     if not compensated and sys.version_info >= (3, 12):
         pytest.skip("the plain path is for 3.11, whose sum() is a plain left fold")
     monkeypatch.setattr(_runtime, "_COMPENSATED", compensated)
     values = SUMS[name]
-    got = compiled(True)["total_of"](values, lambda x: x)
-    expected = compiled(False)["total_of"](values, lambda x: x)
-    assert type(got) is type(expected) and repr(got) == repr(expected)
-
-
-@pytest.mark.parametrize("compensated", [False, True])
-@pytest.mark.parametrize("name", SUMS)
-def test_sum_over_a_range_is_the_sequential_sum(context, monkeypatch, name, compensated):
-    # Over a range the comprehension is one the compiled tier may take: the other path.
-    if not compensated and sys.version_info >= (3, 12):
-        pytest.skip("the plain path is for 3.11, whose sum() is a plain left fold")
-    monkeypatch.setattr(_runtime, "_COMPENSATED", compensated)
-    values = SUMS[name]
-    got = compiled(True)["total_of"](range(len(values)), values.__getitem__)
-    expected = compiled(False)["total_of"](range(len(values)), values.__getitem__)
+    items, f = (range(len(values)), values.__getitem__) if over_range else (values, lambda x: x)
+    got = compiled(True)["total_of"](items, f)
+    expected = compiled(False)["total_of"](items, f)
     assert type(got) is type(expected) and repr(got) == repr(expected)
 
 
