@@ -21,21 +21,9 @@ from ..errors import ProtocolError
 from .messages import _FIELDS, _OPS, BATCH_BYTES, Batch, Message
 
 
-def encode(message: Message, **fields: Any) -> bytes:
-    """Encode one message's envelope as a frame (its buffers' frames: ``to_frames``),
-    with ``fields`` in place of its own."""
-    if not fields:
-        return _ENCODERS[message.op](message)
-    data = {"op": message.op}
-    for name in _FIELDS[message.op]:
-        data[name] = getattr(message, name)
-    data.update(fields)
-    return msgpack.packb(data, use_bin_type=True)
-
-
-def encode_with_oob(message: Message, oob: list) -> bytes:
-    """``encode(message, oob=oob)``, without the keyword's dict: ``to_frames`` calls it
-    for every message that carries a pickle."""
+def encode(message: Message, oob: list | None = None) -> bytes:
+    """Encode one message's envelope as a frame (its buffers' frames: ``to_frames``,
+    which gives the ``oob`` field that describes them, in place of the message's own)."""
     return _ENCODERS[message.op](message, oob)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import ProtocolError
 from ..net.shared_memory import MIN_SIZE as SHARED_MIN_SIZE
 from ..net.shared_memory import Directory, Shared
-from .codec import decode, encode, encode_with_oob, message_size
+from .codec import decode, encode, message_size
 from .messages import BATCH_BYTES, CHUNK, MAX_FRAME, Batch, Message
 
 
@@ -62,7 +62,7 @@ def to_frames(message: Message, shm: Directory | None = None) -> list:
                 frames.append(view)
             else:
                 frames.extend(view[i:i + CHUNK] for i in range(0, len(view), CHUNK))
-    frames[0] = encode_with_oob(message, oob)
+    frames[0] = encode(message, oob)
     return frames
 
 
