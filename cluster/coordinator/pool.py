@@ -88,7 +88,10 @@ class WorkerPool:
         self._serial += 1
         name = f"worker-{self._serial}"
         tls = ["--cafile", self.certfile, "--pin"] if self.certfile else []
-        argv = [self.url, "--name", name, "--parent-pipe", *tls]
+        # The embedded default's first result waits for its workers' start: they warm the
+        # compiled tier up once idle, not before joining.
+        warm = ["--warm-up", "idle"] if self.fork else []
+        argv = [self.url, "--name", name, "--parent-pipe", *tls, *warm]
         proc: asyncio.subprocess.Process | ForkedWorker
         if self._forks is not None and self._forks.alive:
             proc = self._forks.spawn(name, argv)

@@ -12,6 +12,12 @@ would cost more than the rest of a small task's path.
 Started by the coordinator's pool (``--parent-pipe``: exit when stdin closes, so a worker
 never outlives its coordinator) or by hand on another host.
 
+When the compiled tier warms up (``--warm-up``): by default before the worker joins, so
+that no task waits for it (a standalone cluster's and a hand-started worker's start is
+paid once, while nothing waits on it); the embedded default's forked workers, whose start
+its first result waits for, warm up once they have had no task for a while instead
+(``Worker.warm_up``).
+
 The event loop runs on the main thread; user code runs on the "pyfora-task" thread.
 """
 
@@ -292,7 +298,8 @@ class Worker:
 
 
 async def run_worker(url: str, token: str | None, name: str,
-                     ssl_context: ssl.SSLContext | None = None) -> None:
+                     ssl_context: ssl.SSLContext | None = None,
+                     warm_when_idle: bool = True) -> None:
     # Only for wss: websockets refuses an ssl argument with a ws:// URL.
     tls: dict[str, Any] = {"ssl": ssl_context} if url.startswith("wss:") else {}
     hello = p.Hello(version=p.VERSION, role="worker", name=name, host=shared_memory.host_id())
@@ -313,7 +320,7 @@ async def run_worker(url: str, token: str | None, name: str,
         if not isinstance(reply, p.Welcome):
             raise SystemExit(f"pyfora-worker: the coordinator opened with {reply.op!r}")
         worker = Worker(ws, name, reply.max_frame, shared_memory.Directory.offered(reply.shm))
-        if compiled.default_on():
+        if warm_when_idle and compiled.default_on():
             worker.loop.call_later(WARM_UP_IDLE, worker.warm_up)
         stats = asyncio.create_task(worker_stats.report(worker.send))
         try:
@@ -362,6 +369,11 @@ def main(argv: list[str] | None = None) -> None:
                              "the system's")
     parser.add_argument("--no-verify", action="store_true",
                         help="with wss://: do not verify the coordinator's certificate")
+    parser.add_argument("--warm-up", choices=["join", "idle"], default="join",
+                        help="when to warm the compiled tier up (numba's import and LLVM's "
+                             "start, about a second of CPU): before joining (default), or "
+                             "once the worker has had no task for half a second, which a "
+                             "task arriving meanwhile waits for")
     parser.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
     # --pin: --cafile is the coordinator's own certificate, host name unchecked (its pool).
     parser.add_argument("--pin", action="store_true", help=argparse.SUPPRESS)
@@ -386,9 +398,13 @@ def main(argv: list[str] | None = None) -> None:
     if url.startswith("wss:"):
         context = (pinned_context(args.cafile) if args.pin and args.cafile
                    else client_context(args.cafile, verify=not args.no_verify))
+    if args.warm_up == "join":
+        # Here, before the task thread and the loop exist: nothing imports beside it.
+        compiled.warm_up()
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(run_worker(url, token, args.name, context))
+            runner.run(run_worker(url, token, args.name, context,
+                                  warm_when_idle=args.warm_up == "idle"))
     except KeyboardInterrupt:
         pass
 

@@ -12,7 +12,7 @@ import pytest
 
 import pyfora
 
-from conftest import UNIT, wait_until
+from conftest import UNIT, ClusterProcess, wait_until
 
 TIMEOUT = 60 * UNIT
 #: Workers report their counts every second (cluster/worker/stats.py; Dask: heartbeats).
@@ -190,3 +190,16 @@ def test_a_pool_worker_warms_up_on_its_task_thread_between_tasks(ufora, backend)
         return seen[0][0]
     wait_until(warmed, TIMEOUT, "a worker to warm its compiled tier up", interval=1.0)
     assert seen == [(True, False)]
+
+
+def test_a_standalone_clusters_worker_has_warmed_up_before_its_first_task():
+    """It warms up before it joins, so that no task of its waits for the warm-up (the
+    embedded default's forked workers warm up once idle instead: its first result waits
+    for their start)."""
+    cluster = ClusterProcess(1)
+    try:
+        with pyfora.connect(cluster.url) as ex:
+            first = ex.submit(_warm_up_seen).result(TIMEOUT).toLocal().result(TIMEOUT)
+        assert first == (True, False)
+    finally:
+        assert cluster.stop() == 0
