@@ -244,6 +244,54 @@ def test_a_warm_file_is_not_written_while_another_name_or_a_mapping_reaches_it()
         coordinator.remove()
 
 
+def _mapped(inode: int) -> bool:
+    """Whether this process maps the file ``inode`` (the ``inode`` column of its maps)."""
+    with open("/proc/self/maps") as maps:
+        return any(line.split()[4] == str(inode) for line in maps if len(line.split()) > 4)
+
+
+@pytest.mark.skipif(not shared_memory._glibc, reason="maps under bytes only with glibc")
+def test_a_large_bytes_taken_is_its_files_pages_for_as_long_as_it_lives_and_no_longer():
+    """Not a copy into fresh memory; dropped, its memory leaves the process, and the
+    writer may write its next buffer over that file."""
+    size = 48 * MiB     # over glibc's largest mmap threshold: a mapping of its own
+    payload = bytes(range(256)) * (size // 256) + b"tail"
+    coordinator = shared_memory.Directory.create()
+    try:
+        client = shared_memory.Directory.offered(coordinator.path)
+        worker = shared_memory.Directory.offered(coordinator.path)
+        sent = client.put(payload, readonly=True)
+        file = _inode(coordinator, sent)
+        data = worker.take(sent, len(payload), writable=False)
+        assert type(data) is bytes and data == payload
+        assert _mapped(file)
+        assert _inode(coordinator, client.put(b"b" * MiB, readonly=True)) != file
+        del data
+        assert not _mapped(file)
+        assert _inode(coordinator, client.put(b"c" * MiB, readonly=True)) == file
+    finally:
+        coordinator.remove()
+
+
+@pytest.mark.parametrize("readonly", [True, False])
+@pytest.mark.parametrize("writable", [True, False])
+def test_a_buffer_is_taken_whole_whichever_head_its_file_has(readonly, writable):
+    """A file without the head a ``bytes`` is mapped under is read instead."""
+    payload = os.urandom(3 * MiB + 5)
+    coordinator = shared_memory.Directory.create()
+    try:
+        client = shared_memory.Directory.offered(coordinator.path)
+        worker = shared_memory.Directory.offered(coordinator.path)
+        held = coordinator.keep(client.put(payload, readonly=readonly), len(payload))
+        assert len(held) == len(payload) and held.read() == payload
+        taken = worker.take(coordinator.for_peer().link(held), len(payload), writable)
+        assert bytes(taken) == payload
+        with pytest.raises(OSError, match="not"):
+            coordinator.keep(coordinator.for_peer().link(held), len(payload) + 1)
+    finally:
+        coordinator.remove()
+
+
 def test_warm_files_are_bounded_and_a_dead_processs_are_swept(monkeypatch):
     monkeypatch.setattr(shared_memory, "WARM_FILES", 2)
     coordinator = shared_memory.Directory.create()
@@ -267,13 +315,13 @@ def test_a_full_tmpfs_drops_this_processs_warm_files_then_falls_back(monkeypatch
     coordinator = shared_memory.Directory.create()
     write, refused = shared_memory._write, []
 
-    def on_a_5_mib_tmpfs(fd, view):
+    def on_a_5_mib_tmpfs(fd, view, offset=0):
         used = sum(os.stat(entry.path).st_blocks * 512 for entry in os.scandir(coordinator.path)
                    if entry.name != ".lock")
         if used + len(view) > 5 * MiB:
             refused.append(len(view))
             raise OSError(errno.ENOSPC, "No space left on device")
-        write(fd, view)
+        write(fd, view, offset)
 
     monkeypatch.setattr(shared_memory, "_write", on_a_5_mib_tmpfs)
     try:

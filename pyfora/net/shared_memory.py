@@ -6,10 +6,12 @@ client, coordinator and worker share a machine (the embedded default, and a one-
 ``pyfora-cluster``), a buffer of at least ``MIN_SIZE`` bytes is instead written to a file in
 the coordinator's directory on ``/dev/shm`` (a tmpfs: the file's pages are memory), and
 only its name travels in the envelope's ``oob`` entry (``[size, writable, name]``). The
-coordinator relays it by hard-linking a new name: no copy at all. The receiver reads a
-read-only buffer into ``bytes`` with one ``read`` (so ``bytes`` values stay ``bytes``) and
-maps a writable one privately (copy-on-write: a numpy array is used in place, with no copy
-until it is written to).
+coordinator relays it by hard-linking a new name: no copy at all. The receiver maps a
+writable buffer privately (copy-on-write: a numpy array is used in place, with no copy
+until it is written to), and takes a read-only one as ``bytes`` (so ``bytes`` values stay
+``bytes``) whose data is, where it can be, the file's pages mapped the same way under a
+new object (``_read``): the file of such a buffer starts with a head of ``BYTES_HEAD``
+bytes, which puts the buffer at the page offset of that object's data.
 
 Who owns a name: its receiver. A client or a worker takes a buffer (``Directory.take``)
 as its envelope arrives and unlinks the name at once; the coordinator keeps it as a
@@ -279,30 +281,34 @@ class Directory:
         return {"path": self.path, "files": len(sizes[False]), "bytes": sum(sizes[False]),
                 "warm_files": len(sizes[True]), "warm_bytes": sum(sizes[True])}
 
-    def put(self, buffer) -> str | None:
+    def put(self, buffer, readonly: bool = False) -> str | None:
         """Write ``buffer`` to a file (a warm one, where this process keeps them); its
-        name, or None if it could not be written (send it over the websocket instead)."""
+        name, or None if it could not be written (send it over the websocket instead).
+        ``readonly``: its receiver takes it as ``bytes`` (``take``), and the file starts
+        with ``BYTES_HEAD`` zero bytes, so that the receiver can map its pages under the
+        ``bytes``' data (``_read``)."""
         view = memoryview(buffer).cast("B")
+        head = BYTES_HEAD if readonly else 0
         name = _new_name()
         if self._warm is None:
-            written = self._write_new(name, view)
+            written = self._write_new(name, view, head)
         else:
-            written = self._write_warm(name, view)
+            written = self._write_warm(name, view, head)
             if not written and self._drop_warm():
-                written = self._write_warm(name, view)    # the tmpfs was full of them?
+                written = self._write_warm(name, view, head)  # the tmpfs was full of them?
         if not written:
             return None
         self._wrote(name)
         return name
 
-    def _write_new(self, name: str, view: memoryview) -> bool:
+    def _write_new(self, name: str, view: memoryview, head: int) -> bool:
         path = os.path.join(self.path, name)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError:
             return False
         try:
-            _write(fd, view)
+            _write(fd, view, head)      # the head before it is a hole: zeros
         except OSError:
             os.unlink(path)
             return False
@@ -310,10 +316,11 @@ class Directory:
             os.close(fd)
         return True
 
-    def _write_warm(self, name: str, view: memoryview) -> bool:
-        """``view`` written to a warm file (a new one if none is free), linked as
-        ``name``; False if it could not be."""
-        chosen = self._free_warm(len(view))
+    def _write_warm(self, name: str, view: memoryview, head: int) -> bool:
+        """``view`` written to a warm file (a new one if none is free) after ``head``
+        zero bytes, linked as ``name``; False if it could not be."""
+        size = head + len(view)
+        chosen = self._free_warm(size)
         if chosen is None:
             warm = _new_name() + ".warm"
             try:
@@ -323,17 +330,19 @@ class Directory:
                 return False
             if not _quiet_leases(fd):       # its lease could end this process: not kept
                 self._unlink_warm([[warm, fd, 0]])
-                return self._write_new(name, view)
+                return self._write_new(name, view, head)
         else:
             warm, fd, _ = chosen
         try:
-            os.ftruncate(fd, len(view))     # first: nothing of the last buffer stays past it
-            _write(fd, view)
+            os.ftruncate(fd, size)      # first: nothing of the last buffer stays past it
+            if head:
+                os.pwrite(fd, bytes(head), 0)   # nor in the head
+            _write(fd, view, head)
             os.link(os.path.join(self.path, warm), os.path.join(self.path, name))
         except OSError:
             self._unlink_warm([[warm, fd, 0]])
             return False
-        self._keep_warm(warm, fd, len(view))
+        self._keep_warm(warm, fd, size)
         return True
 
     def _free_warm(self, size: int) -> list | None:
@@ -394,8 +403,8 @@ class Directory:
             self._prune_at = max(_PRUNE_AT, 2 * len(self._written))
 
     def take(self, name: str, size: int, writable: bool):
-        """The buffer written to ``name`` (``size`` bytes), which is unlinked: ``bytes``,
-        or a writable copy-on-write map.
+        """The buffer written to ``name`` (``size`` bytes, after the file's head), which
+        is unlinked: ``bytes``, or a writable copy-on-write map.
 
         Raises:
             OSError: ``name`` is not a file of this directory of that size.
@@ -404,20 +413,27 @@ class Directory:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.unlink(path)
-            if os.fstat(fd).st_size != size:
-                raise OSError(f"shared buffer {name}: not {size} bytes")
+            head = _head(name, os.fstat(fd).st_size, size)
             if not writable:
-                return _read(fd, size)
+                return _read(fd, size, head)
             if size == 0:
                 return bytearray()
-            return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
+            view = memoryview(mmap.mmap(fd, head + size, flags=mmap.MAP_PRIVATE,
                                         prot=mmap.PROT_READ | mmap.PROT_WRITE))
+            return view[head:] if head else view
         finally:
             os.close(fd)
 
-    def keep(self, name: str) -> Shared:
-        """The coordinator's hold on a received ``name`` (see ``Shared``)."""
-        shared = Shared(self, name, os.stat(self._path(name)).st_size)
+    def keep(self, name: str, size: int | None = None) -> Shared:
+        """The coordinator's hold on a received ``name`` of ``size`` bytes after its head
+        (None: the whole file; see ``Shared``).
+
+        Raises:
+            OSError: ``name`` is not a file of this directory of that size.
+        """
+        whole = os.stat(self._path(name)).st_size
+        size = whole if size is None else size
+        shared = Shared(self, name, size, _head(name, whole, size))
         if self._held is not None:
             self._held[name] = shared
         return shared
@@ -433,16 +449,16 @@ class Shared:
     (``Directory.link``) or read (``read``, for a peer on another machine); the file is unlinked
     when the ``Shared`` is garbage."""
 
-    __slots__ = ("directory", "name", "nbytes", "__weakref__")
+    __slots__ = ("directory", "name", "nbytes", "head", "__weakref__")
 
-    def __init__(self, directory: Directory, name: str, nbytes: int) -> None:
-        self.directory, self.name, self.nbytes = directory, name, nbytes
+    def __init__(self, directory: Directory, name: str, nbytes: int, head: int = 0) -> None:
+        self.directory, self.name, self.nbytes, self.head = directory, name, nbytes, head
         weakref.finalize(self, _unlink, directory._path(name))
 
     def read(self) -> bytes:
         fd = os.open(self.directory._path(self.name), os.O_RDONLY)
         try:
-            return _read(fd, self.nbytes)
+            return _read(fd, self.nbytes, self.head)
         finally:
             os.close(fd)
 
@@ -450,11 +466,25 @@ class Shared:
         return self.nbytes
 
 
-def _write(fd: int, view: memoryview) -> None:
-    """All of ``view`` to ``fd`` from its start (a write may stop short: at 2 GiB on Linux)."""
+def _write(fd: int, view: memoryview, offset: int = 0) -> None:
+    """All of ``view`` to ``fd`` from ``offset`` (a write may stop short: at 2 GiB on
+    Linux)."""
     written = 0
     while written < len(view):
-        written += os.pwrite(fd, view[written:written + (1 << 30)], written)
+        written += os.pwrite(fd, view[written:written + (1 << 30)], offset + written)
+
+
+def _head(name: str, whole: int, size: int) -> int:
+    """The bytes before a buffer of ``size`` bytes in its file of ``whole`` bytes: none,
+    or ``BYTES_HEAD`` (``put``).
+
+    Raises:
+        OSError: the file is not of that size.
+    """
+    head = whole - size
+    if head not in (0, BYTES_HEAD):
+        raise OSError(f"shared buffer {name}: not {size} bytes")
+    return head
 
 
 def _quiet_leases(fd: int) -> bool:
@@ -492,56 +522,117 @@ def _tmpfs_bytes(path: str) -> int:
     return info.f_blocks * info.f_frsize
 
 
-def _read(fd: int, size: int) -> bytes:
-    """``size`` bytes of ``fd`` as ``bytes``, in one copy. Most of that copy's time is
-    faulting in the new object's fresh pages, one per 4 KiB: when it can (CPython on
-    Linux), this makes the object itself, asks for huge pages for its memory (one fault
-    per 2 MiB), and reads into it before anything else sees it, as ``os.read`` does with
-    the object it makes (2.0-2.5 GB/s against 0.9 for ``os.read``, 100 MB, this machine)."""
-    if size >= _HUGE_PAGE and _libc is not None:
-        data = _new_bytes(None, size)
-        start = _bytes_address(data)
+def _read(fd: int, size: int, head: int = 0) -> bytes:
+    """``size`` bytes of ``fd``, after ``head``, as ``bytes``. Copying them into a new
+    object would cost more than the copy: its memory is fresh, and faulting it in (and, on
+    a VM whose freed memory goes back to the host, the host's own faults) costs up to
+    several ms per MB. So, when it can (CPython with glibc's malloc, on Linux), this makes
+    the object itself and maps the file's pages under its data (``_map_under``); else it
+    asks for huge pages for the object's memory (one fault per 2 MiB) and reads into it
+    before anything else sees it, as ``os.read`` does with the object it makes."""
+    if size < _HUGE_PAGE or _libc is None:
+        os.lseek(fd, head, os.SEEK_SET)
+        parts = [os.read(fd, size)]
+        while (done := sum(map(len, parts))) < size:
+            part = os.read(fd, size - done)
+            if not part:
+                raise OSError(f"shared buffer: {done} of {size} bytes")
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+    data = _new_bytes(None, size)
+    start = _bytes_address(data)
+    if not _map_under(data, start, fd, size, head):
         first = -start % _HUGE_PAGE
         _libc.madvise(start + first, (size - first) // _HUGE_PAGE * _HUGE_PAGE,
                       _MADV_HUGEPAGE)       # advice only: a refusal changes nothing
-        done = 0
-        while done < size:      # a read may return less than asked (over 2 GiB on Linux)
-            got = _libc.read(fd, start + done, size - done)
-            if got <= 0:
-                raise OSError(ctypes.get_errno(), f"shared buffer: {done} of {size} bytes")
-            done += got
-        return data
-    parts = [os.read(fd, size)]
-    while (done := sum(map(len, parts))) < size:
-        part = os.read(fd, size - done)
-        if not part:
-            raise OSError(f"shared buffer: {done} of {size} bytes")
-        parts.append(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+        _read_into(fd, start, size, head)
+    return data
+
+
+def _map_under(data: bytes, start: int, fd: int, size: int, head: int) -> bool:
+    """Map the file's pages (copy-on-write, and populated: nothing is left to fault in
+    later) over the whole pages of the new ``data``, whose ``size`` bytes are at
+    ``start``, and read only its partial first and last pages; False, with nothing done,
+    where it cannot be: the data's page offset is not the file's (``BYTES_HEAD``), or its
+    memory is not a mapping of its own. glibc's ``malloc`` maps each large block apart
+    and ``free`` unmaps it whole, the file's pages with it: the object holds them exactly
+    as long as it lives, like the map ``take`` gives a writable buffer."""
+    first = -start % _PAGE
+    length = (size - first) // _PAGE * _PAGE
+    if (head + first) % _PAGE or length <= 0 or not _own_mapping(id(data), start + size + 1):
+        return False
+    target = start + first
+    # Mapped read-only to be populated (populating a writable private map would copy
+    # every page), then made writable as the rest of the object is (copy-on-write).
+    if (_libc.mmap(target, length, mmap.PROT_READ, _MAP_PRIVATE_FIXED | _MAP_POPULATE, fd,
+                   head + first) != target or _libc.mprotect(target, length, _RW) != 0):
+        # MAP_FIXED may have unmapped the range before failing: memory back under it.
+        if _libc.mmap(target, length, _RW, _MAP_PRIVATE_FIXED | mmap.MAP_ANONYMOUS,
+                      -1, 0) != target:
+            raise MemoryError(f"shared buffer: {size} bytes")
+        return False
+    _read_into(fd, start, first, head)
+    _read_into(fd, target + length, size - first - length, head + first + length)
+    return True
+
+
+def _own_mapping(block: int, end: int) -> bool:
+    """Whether the memory ``malloc`` gave at ``block`` (up to at least ``end``) is a
+    mapping of its own, which ``free`` unmaps: glibc's chunk header, the two words before
+    the block, starts a page, and its size word has the ``IS_MMAPPED`` bit."""
+    chunk = block - 2 * _WORD
+    if not _glibc or chunk % _PAGE:
+        return False
+    header = ctypes.c_size_t.from_address(block - _WORD).value
+    return bool(header & _IS_MMAPPED) and chunk + (header & ~7) >= end
+
+
+def _read_into(fd: int, address: int, size: int, offset: int) -> None:
+    done = 0
+    while done < size:      # a read may return less than asked (over 2 GiB on Linux)
+        got = _libc.pread(fd, address + done, size - done, offset + done)
+        if got <= 0:
+            raise OSError(ctypes.get_errno(), f"shared buffer: {done} of {size} bytes")
+        done += got
 
 
 _HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = 14
+_PAGE = mmap.PAGESIZE
+_WORD = ctypes.sizeof(ctypes.c_size_t)
+_IS_MMAPPED = 2
+_RW = mmap.PROT_READ | mmap.PROT_WRITE
+_MAP_PRIVATE_FIXED = mmap.MAP_PRIVATE | 0x10        # MAP_FIXED, Linux
+_MAP_POPULATE = 0x8000
+#: The head of a file that is to be read as ``bytes`` (``put``): the page offset of a
+#: large ``bytes``' data, after glibc's chunk header (two words) and the object's own.
+BYTES_HEAD = 2 * _WORD + bytes.__basicsize__ - 1
 
 
 def _bind_libc():
     """The C functions ``_read`` uses (None where there are none: not CPython, not
-    Linux). ``read`` through ctypes releases the GIL, as ``os.read`` does."""
+    Linux), and whether the C library is glibc. ``pread`` through ctypes releases the
+    GIL, as ``os.pread`` does."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        libc.read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
-        libc.read.restype = ctypes.c_ssize_t
+        libc.pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
+                               ctypes.c_int64]
+        libc.pread.restype = ctypes.c_ssize_t
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_int64]
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         new = ctypes.pythonapi.PyBytes_FromStringAndSize
         new.argtypes, new.restype = [ctypes.c_void_p, ctypes.c_ssize_t], ctypes.py_object
         address = ctypes.pythonapi.PyBytes_AsString
         address.argtypes, address.restype = [ctypes.py_object], ctypes.c_void_p
     except (AttributeError, OSError):
-        return None, None, None
-    return libc, new, address
+        return None, None, None, False
+    return libc, new, address, hasattr(libc, "gnu_get_libc_version")
 
 
-_libc, _new_bytes, _bytes_address = _bind_libc()
+_libc, _new_bytes, _bytes_address, _glibc = _bind_libc()
 
 
 def _new_name() -> str:

@@ -51,7 +51,7 @@ def to_frames(message: Message, shm: Directory | None = None) -> list:
                 continue
             pieces = [pieces[0].read()]     # to another machine
         elif shm is not None and size >= SHARED_MIN_SIZE and len(pieces) == 1:
-            name = shm.put(pieces[0])
+            name = shm.put(pieces[0], readonly=not writable)
             if name is not None:
                 oob.append([size, writable, name])
                 continue
@@ -204,10 +204,7 @@ class Assembler:
                 raise OSError("this end shares no memory with its peer")
             if self.join:
                 return self.shm.take(name, size, writable)
-            shared = self.shm.keep(name)
-            if len(shared) != size:
-                raise OSError(f"not {size} bytes")
-            return shared
+            return self.shm.keep(name, size)
         except OSError as exc:
             self._reset()
             raise _fatal(1002, f"{op}: its buffer in shared memory cannot be used "

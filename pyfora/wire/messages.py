@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, dataclass_transform
 
-VERSION = 4      # 2: out-of-band buffers; 3: ``batch`` frames, shared memory;
-#                 4: ``hello`` and the token in the websocket upgrade request
+VERSION = 5      # 2: out-of-band buffers; 3: ``batch`` frames, shared memory;
+#                 4: ``hello`` and the token in the websocket upgrade request;
+#                 5: a read-only buffer's file in shared memory starts with a head
 #: Largest frame either end accepts, and largest message (envelope and buffers), unless
 #: configured otherwise.
 MAX_FRAME = 1 << 30

@@ -49,8 +49,8 @@ class _Untaken(shared_memory.Directory):
     """A client's view of the coordinator's shared memory that never takes a buffer: its
     file stays in ``/dev/shm``, as with a client that reads envelopes and nothing more."""
 
-    def keep(self, name: str):
-        return _Sized(os.stat(self._path(name)).st_size)
+    def keep(self, name: str, size: int | None = None):
+        return _Sized(os.stat(self._path(name)).st_size if size is None else size)
 
 
 class _Sized:

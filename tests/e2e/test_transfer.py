@@ -151,8 +151,9 @@ def test_large_arguments_go_through_shared_memory_and_nothing_is_left(cluster_ur
         # While its task runs, the pool's coordinator holds the argument as one file (to
         # run it again if the worker dies); the worker has taken its own link to it. (The
         # Dask backend reads it and hands it to Dask.) The client's warm name for the same
-        # file (``shared_memory``: warm files) is not a buffer's, and counts apart.
-        alone = {"files": 1, "bytes": 8 * MB}
+        # file (``shared_memory``: warm files) is not a buffer's, and counts apart. A
+        # ``bytes``' file starts with the head it is mapped under.
+        alone = {"files": 1, "bytes": 8 * MB + shared_memory.BYTES_HEAD}
         wait_until(lambda: backend == "dask" or {k: usage()[k] for k in alone} == alone, T,
                    lambda: f"the argument alone in shared memory: {usage()}")
         release.touch()
