@@ -78,6 +78,7 @@ what it holds and wrote, on its event loop.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import itertools
 import mmap
@@ -564,16 +565,29 @@ def _map_under(data: bytes, start: int, fd: int, size: int, head: int) -> bool:
     target = start + first
     # Mapped read-only to be populated (populating a writable private map would copy
     # every page), then made writable as the rest of the object is (copy-on-write).
-    if (_libc.mmap(target, length, mmap.PROT_READ, _MAP_PRIVATE_FIXED | _MAP_POPULATE, fd,
-                   head + first) != target or _libc.mprotect(target, length, _RW) != 0):
-        # MAP_FIXED may have unmapped the range before failing: memory back under it.
-        if _libc.mmap(target, length, _RW, _MAP_PRIVATE_FIXED | mmap.MAP_ANONYMOUS,
-                      -1, 0) != target:
-            raise MemoryError(f"shared buffer: {size} bytes")
-        return False
+    if _libc.mmap(target, length, mmap.PROT_READ, _MAP_PRIVATE_FIXED | _MAP_POPULATE, fd,
+                  head + first) != target:
+        if ctypes.get_errno() != errno.ENOMEM:
+            return False    # refused before the range was touched (huge TLB pages, say)
+        return _anonymous_under(target, length)
+    if _libc.mprotect(target, length, _RW) != 0:
+        return _anonymous_under(target, length)
     _read_into(fd, start, first, head)
     _read_into(fd, target + length, size - first - length, head + first + length)
     return True
+
+
+def _anonymous_under(target: int, length: int) -> bool:
+    """False, once fresh memory is mapped back over a range that a failed ``mmap`` may
+    have unmapped (out of memory) or left read-only.
+
+    Raises:
+        MemoryError: it cannot be.
+    """
+    if _libc.mmap(target, length, _RW, _MAP_PRIVATE_FIXED | mmap.MAP_ANONYMOUS,
+                  -1, 0) != target:
+        raise MemoryError(f"shared buffer: {length} bytes")
+    return False
 
 
 def _own_mapping(block: int, end: int) -> bool:
