@@ -2,8 +2,10 @@
 that gets its first result soonest.
 
 The workers are forked from a fork server, so that their imports are paid once, not once
-per worker (``cluster.worker.forkserver``), and are started first, connecting to a socket
-already listening (the kernel queues their connections) while the coordinator is set up.
+per worker (``cluster.worker.forkserver``), and are started first (``start_workers``),
+connecting to a socket already listening (the kernel queues their connections): the
+client imports the rest of itself and sets up the coordinator (``start``) while the fork
+server starts, on another core.
 They join through a worker door served by websockets (``cluster.coordinator.ws_door``),
 which the client has loaded already, not by aiohttp: importing aiohttp takes a few tenths
 of a second of the client's CPU (most of it building TLS contexts a server never uses),
@@ -19,49 +21,77 @@ Runs on the client's event loop (the import: on a thread of the loop's default e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import os
+import secrets
 import socket
+from typing import TYPE_CHECKING
 
-from cluster.coordinator import ws_door
-from cluster.coordinator.auth import new_token
-from cluster.coordinator.coordinator import Config, Coordinator
 from cluster.coordinator.pool import WorkerPool
 
+if TYPE_CHECKING:
+    from cluster.coordinator.coordinator import Coordinator
+
 log = logging.getLogger("cluster")
+#: The path of the worker door (``ws_door.PATH``, which is not imported yet).
+WORKER_PATH = "/api/worker"
 
 
-async def start(workers: int | None) -> EmbeddedCluster:
-    """A cluster of ``workers`` worker processes (default: one per core) on 127.0.0.1,
-    once they have joined."""
+@dataclasses.dataclass
+class Starting:
+    """An embedded cluster's workers, starting: their pool, and the socket they connect
+    to, which nothing serves yet."""
+    pool: WorkerPool
+    door: socket.socket
+
+    async def abandon(self) -> None:
+        await self.pool.stop()
+        self.door.close()
+
+
+async def start_workers(workers: int | None) -> Starting:
+    """Start ``workers`` worker processes (default: one per core), connecting to a socket
+    on 127.0.0.1 that ``start`` serves. Imports nothing but the pool."""
     count = workers if workers is not None else os.cpu_count() or 1
     door = socket.create_server(("127.0.0.1", 0))
-    listening = socket.create_server(("127.0.0.1", 0))
-    port = listening.getsockname()[1]
-    pool = WorkerPool(count, f"ws://127.0.0.1:{door.getsockname()[1]}{ws_door.PATH}",
-                      new_token(), fork=True)
+    # A token made as ``auth.new_token`` makes them: ``auth`` is not imported yet.
+    pool = WorkerPool(count, f"ws://127.0.0.1:{door.getsockname()[1]}{WORKER_PATH}",
+                      secrets.token_urlsafe(32), fork=True)
+    starting = Starting(pool, door)
     try:
         await pool.start()
     except BaseException:
-        await pool.stop()
-        door.close()
-        listening.close()
+        await starting.abandon()
         raise
+    return starting
+
+
+async def start(starting: Starting) -> EmbeddedCluster:
+    """The cluster of the workers ``starting``, once they have joined. On failure, the
+    caller abandons ``starting``."""
+    from cluster.coordinator import ws_door
+    from cluster.coordinator.auth import new_token
+    from cluster.coordinator.coordinator import Config, Coordinator
+
+    assert ws_door.PATH == WORKER_PATH
+    pool = starting.pool
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
     # The clients' token is given to no one: this cluster's only session is in-process,
     # and no other local user may open one on its port.
-    config = Config(host="127.0.0.1", port=port, workers=count, token=new_token(),
+    config = Config(host="127.0.0.1", port=port, workers=pool.count, token=new_token(),
                     worker_token=pool.token)
     coordinator = Coordinator(config)
-    coordinator.pool = pool
     coordinator.doors.port = port
     cluster = EmbeddedCluster(coordinator, listening)
     try:
         coordinator.open_shared_memory()
-        cluster.door = await ws_door.start(coordinator, door)
-        await coordinator.wait_for_workers(count)
+        cluster.door = await ws_door.start(coordinator, starting.door)
+        coordinator.pool = pool     # from here, the cluster stops it
+        await coordinator.wait_for_workers(pool.count)
     except BaseException:
-        door.close()
         await cluster.stop()
         raise
     cluster.serve_http_when_asked()
