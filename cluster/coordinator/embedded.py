@@ -6,10 +6,11 @@ per worker (``cluster.worker.forkserver``), and are started first (``start_worke
 connecting to a socket already listening (the kernel queues their connections): the
 client imports the rest of itself and sets up the coordinator (``start``) while the fork
 server starts, on another core.
+
 They join through a worker door served by websockets (``cluster.coordinator.ws_door``),
 which the client has loaded already, not by aiohttp: importing aiohttp takes a few tenths
-of a second of the client's CPU (most of it building TLS contexts a server never uses),
-which was most of the time to a first result. The aiohttp app (the dashboard,
+of a second of the client's CPU (most of it building TLS contexts a server never uses).
+The aiohttp app (the dashboard,
 ``/api/status``, the clients' door) is served beside it on a socket of its own, bound at
 once so that its URL is known, from its first connection on: aiohttp is imported then,
 on a thread of its own, while the connection waits in the socket's queue. A program that
