@@ -11,7 +11,7 @@ import json
 import socket
 
 import pytest
-from conftest import UNIT
+from conftest import UNIT, async_wait_until
 
 from cluster.coordinator import ws_door
 from cluster.coordinator.coordinator import Config, Coordinator
@@ -83,6 +83,22 @@ async def test_a_worker_with_the_workers_token_is_welcomed(door):
     status, _, frame_start = await answer(port, request(port))
     assert status == 101 and frame_start[:1] == b"\x82"     # a binary frame: the welcome
     assert len(coordinator.doors.guard) == 0                 # no longer watched
+
+
+async def test_its_connections_do_not_wait_to_fill_a_segment(door):
+    """TCP_NODELAY, as aiohttp's connections have: asyncio's own loop does not set it on
+    the sockets a ``socket.create_server`` socket accepts."""
+    coordinator, port = door
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request(port))
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), T)
+        await async_wait_until(lambda: coordinator.worker_links, T, "the worker's link")
+        link = next(iter(coordinator.worker_links))
+        sock = link.ws._connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        writer.close()
 
 
 @pytest.mark.parametrize("token", [None, "wrong", CLIENTS])

@@ -126,6 +126,13 @@ class _Connection(ServerConnection):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        # Small frames, each awaited by the peer: without TCP_NODELAY, Nagle's algorithm
+        # holds one back until the last is acknowledged, which a delayed ACK defers. aiohttp
+        # sets it on its connections; asyncio's own loop does only for sockets made with
+        # IPPROTO_TCP, which ``socket.create_server``'s are not.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._watch.opened(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
