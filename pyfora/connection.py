@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import aio
 from ._portal import get_portal
-from .executor import Executor
+
+if TYPE_CHECKING:
+    from .executor import Executor
 
 
 def connect(url: str | None = None, *, token: str | None = None,
@@ -46,6 +50,10 @@ def connect(url: str | None = None, *, token: str | None = None,
     portal = get_portal()
     twin = portal.call(aio.connect(url, token=token, workers=workers, cafile=cafile,
                                    verify=verify, progress=progress, compile=compile))
+    # Here, not at the top: it imports the client's core, which loads while an embedded
+    # cluster's workers start (``aio.connect``).
+    from .executor import Executor
+
     executor = Executor(twin, portal)
     portal.closeables.add(executor)
     return executor

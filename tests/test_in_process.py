@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 import websockets
-from aiohttp import WSCloseCode, WSMsgType
 from conftest import UNIT
+from websockets.frames import CloseCode
 
 from cluster.coordinator import in_process
 from pyfora import wire as p
@@ -29,7 +29,7 @@ async def test_frames_arrive_in_order_each_way_as_copies():
     buffer[:] = b"XYZ"              # a socket would have sent it already
     await server.send_bytes(b"back")
     first, second = await asyncio.wait_for(anext(server), T), await anext(server)
-    assert (first.type, first.data, second.data) == (WSMsgType.BINARY, b"one", b"abc")
+    assert (first, second) == (b"one", b"abc")
     assert await asyncio.wait_for(anext(client), T) == b"back"
 
 
@@ -47,9 +47,9 @@ async def test_the_client_closing_ends_both_readers_after_what_was_queued():
     await client.send(b"release")       # posted just before the close: still handled
     waiting = asyncio.ensure_future(read_all(client))
     await client.close()
-    assert [m.data for m in await asyncio.wait_for(read_all(server), T)] == [b"release"]
+    assert [m for m in await asyncio.wait_for(read_all(server), T)] == [b"release"]
     assert await asyncio.wait_for(waiting, T) == []
-    assert server.closed and server.close_code == WSCloseCode.OK
+    assert server.closed and server.close_code == CloseCode.NORMAL_CLOSURE
     assert client.state is websockets.State.CLOSED
     await client.send(b"dropped")
     await server.send_bytes(b"dropped")
@@ -59,7 +59,7 @@ async def test_the_client_closing_ends_both_readers_after_what_was_queued():
 async def test_the_coordinator_going_away_ends_the_session_reader_cleanly():
     client, server = in_process.pair()
     await server.send_bytes(b"last reply")
-    assert await server.close(code=WSCloseCode.GOING_AWAY, message=b"cluster shutting down")
+    assert await server.close(code=CloseCode.GOING_AWAY, message=b"cluster shutting down")
     assert not await server.close()
     assert await asyncio.wait_for(read_all(client), T) == [b"last reply"]
     assert (client.close_code, client.close_reason) == (1001, "cluster shutting down")
@@ -67,7 +67,7 @@ async def test_the_coordinator_going_away_ends_the_session_reader_cleanly():
 
 async def test_a_close_with_an_error_code_raises_for_the_session_as_websockets_does():
     client, server = in_process.pair()
-    await server.close(code=WSCloseCode.MESSAGE_TOO_BIG, message=b"too big")
+    await server.close(code=CloseCode.MESSAGE_TOO_BIG, message=b"too big")
     with pytest.raises(websockets.ConnectionClosedError) as caught:
         await asyncio.wait_for(anext(client), T)
     assert caught.value.rcvd.code == 1009 and caught.value.rcvd.reason == "too big"
@@ -84,5 +84,5 @@ async def test_the_senders_batches_reach_the_assembler_whole():
     await client.close()
     assembler = p.Assembler(join=False)
     got = [m for msg in await asyncio.wait_for(read_all(server), T)
-           for m, _ in assembler.feed(msg.data)]
+           for m, _ in assembler.feed(msg)]
     assert [m.oids for m in got] == [m.oids for m in sent]

@@ -1,8 +1,9 @@
 """The coordinator as an aiohttp application, and a running cluster built around it.
 
 ``make_app(config)`` sets up the routes; ``start_cluster(config)`` binds them, starts the
-worker pool and waits until the workers have joined. Both ``python -m cluster`` and the
-embedded default of ``pyfora.connect()`` use ``start_cluster``.
+worker pool and waits until the workers have joined: that is ``python -m cluster``. The
+embedded default of ``pyfora.connect()`` serves its workers without aiohttp first
+(``cluster.coordinator.embedded``) and this app beside them (``serve``).
 
 Runs on one event loop: the coordinator's own process, or the client's loop thread when
 embedded.
@@ -10,314 +11,122 @@ embedded.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import logging
-import os
 import socket
-import uuid
 
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 
-from cluster.coordinator import dashboard, in_process
-from cluster.coordinator.auth import (
-    AccessLogger,
-    Doors,
-    is_loopback,
-    new_token,
-    served_names,
-    server_context,
-)
-from cluster.coordinator.guard import Guard, GuardedSite
+from cluster.coordinator import dashboard
+from cluster.coordinator.auth import server_context
+from cluster.coordinator.coordinator import Config, Coordinator
 from cluster.coordinator.limits import check_session_count
-from cluster.coordinator.link import Link, Socket, accept
 from cluster.coordinator.pool import WorkerPool
 from cluster.coordinator.session import ClientSession
-from cluster.coordinator.store import ObjectStore
-from cluster.coordinator.worker_link import WorkerLink
+from cluster.coordinator.web_doors import AccessLogger, GuardedSite, accept, check_host
 from cluster.scheduling.backend import Backend
-from cluster.scheduling.dispatcher import Dispatcher
 from pyfora import wire as p
 from pyfora.errors import ProtocolError, PyforaUsageError, ResourceLimitError
-from pyfora.net import shared_memory
 
 log = logging.getLogger("cluster")
-JOIN_TIMEOUT = 60.0
-#: Seconds after a peer's connection ends to look again for the names of dead writers.
-SWEEP_AGAIN = 1.0
-
-
-@dataclasses.dataclass
-class Config:
-    """How to run a coordinator.
-
-    ``token`` (the clients') defaults to ``$PYFORA_TOKEN`` and ``worker_token`` to
-    ``$PYFORA_WORKER_TOKEN``; each is generated (``token_generated``,
-    ``worker_token_generated``) when not given, whatever the address (``cluster.coordinator.auth``).
-    ``allowed_hosts``: names of this cluster beside its machine's own (``auth.host_allowed``).
-    ``max_unauthenticated`` connections may wait at once, each ``auth_timeout`` seconds at
-    most, to authenticate (``cluster.coordinator.guard``).
-    ``certfile``/``keyfile`` serve https and wss. ``memory_limit`` (bytes) is each worker
-    subprocess's resident memory ceiling: one that goes over it is killed and replaced.
-    ``session_grace`` is how many seconds a client session whose connection broke is kept
-    for the client to resume it (0: released at once; see ``cluster.coordinator.session``).
-    ``backend`` is what runs the tasks: ``"pool"``, worker subprocesses of the
-    coordinator's own, or ``"dask"``, the Dask cluster whose scheduler is at
-    ``scheduler`` (a local one of ``workers`` processes when None; ``dask_backend``).
-    ``shared_memory``: clients and workers on this machine hand large buffers over
-    through ``/dev/shm`` (``pyfora.net.shared_memory``). ``max_sessions``,
-    ``max_session_bytes``, ``max_queued_tasks`` and ``max_unacked_bytes`` bound what
-    clients may make the coordinator hold (``cluster.coordinator.limits``).
-    """
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int | None = None          # None: one per core
-    token: str | None = None            # clients' token
-    worker_token: str | None = None
-    allowed_hosts: tuple[str, ...] = ()
-    max_unauthenticated: int = 64
-    auth_timeout: float = 10.0
-    max_frame: int = p.MAX_FRAME
-    certfile: str | None = None
-    keyfile: str | None = None
-    memory_limit: int | None = None
-    session_grace: float = 30.0
-    token_generated: bool = False
-    worker_token_generated: bool = False
-    backend: str = "pool"
-    scheduler: str | None = None
-    shared_memory: bool = True
-    max_sessions: int = 1000
-    max_session_bytes: int = 8 << 30       # defined values, per session
-    max_queued_tasks: int = 1_000_000      # queued or running, per session
-    max_unacked_bytes: int = 256 << 20     # replies not acknowledged, per session
-
-    def __post_init__(self) -> None:
-        if self.workers is None:
-            self.workers = self.worker_count
-        self.token = self.token or os.environ.get("PYFORA_TOKEN") or None
-        if self.token is None:
-            self.token, self.token_generated = new_token(), True
-        self.worker_token = self.worker_token or os.environ.get("PYFORA_WORKER_TOKEN") or None
-        if self.worker_token is None:
-            self.worker_token, self.worker_token_generated = new_token(), True
-        if self.worker_token == self.token:
-            raise PyforaUsageError("the worker token must differ from the clients' token: "
-                                   "a client holding it could pose as a worker")
-
-    @property
-    def worker_count(self) -> int:
-        """``workers``: the number given, else one per core."""
-        return self.workers if self.workers is not None else os.cpu_count() or 1
-
-    @property
-    def loopback(self) -> bool:
-        return is_loopback(self.host)
-
-
-class Coordinator:
-    """The state one coordinator keeps: sessions, workers, tasks and objects."""
-
-    def __init__(self, config: Config, backend: Backend | None = None) -> None:
-        self.config = config
-        self.cluster_id = uuid.uuid4().hex
-        # What runs the tasks.
-        self.backend: Backend = backend or Dispatcher(ObjectStore())
-        self.sessions: set[ClientSession] = set()       # those with a socket connected
-        self.worker_links: set[WorkerLink] = set()      # pyfora-workers connected
-        self.resumable: dict[str, ClientSession] = {}   # by resume secret, detached too
-        self.stopping = False
-        assert config.token is not None and config.worker_token is not None
-        self.doors = Doors(
-            {"client": config.token, "worker": config.worker_token},
-            Guard(config.max_unauthenticated, config.auth_timeout),
-            served_names(config.host, config.allowed_hosts), config.loopback,
-            secure=config.certfile is not None, port=config.port)
-        self.pool: WorkerPool | None = None
-        self._joined = asyncio.Event()
-        self.host = shared_memory.host_id()
-        self.shm: shared_memory.Directory | None = None     # from the app's start to cleanup
-        self._local: set[asyncio.Future] = set()       # serving sessions of connect_local
-
-    async def open_shared_memory(self, app: web.Application) -> None:
-        if self.config.shared_memory:
-            self.shm = shared_memory.Directory.create()
-
-    async def close_shared_memory(self, app: web.Application) -> None:
-        if self.shm is not None:
-            self.shm.remove()
-
-    def shm_for(self, hello: p.Hello) -> shared_memory.Directory | None:
-        """The shared-memory directory for the peer that said ``hello``, if it is on this
-        machine: a view of its own, which reclaims what the peer never took."""
-        if self.shm is None or hello.host is None or hello.host != self.host:
-            return None
-        return self.shm.for_peer()
-
-    def connection_ended(self, link: Link) -> None:
-        """A peer's connection ended: unlink the shared buffers no message will take any
-        more (``pyfora.net.shared_memory``): those written for ``link``'s peer, if it has
-        ended for good (a session may be resumed), and those whose writer died."""
-        if link.shm is not None and link.closed:
-            link.shm.reclaim()
-        if self.shm is not None:
-            self.shm.sweep()
-            # Again a little later: a killed peer's socket is closed before its process
-            # is seen to be dead, so the first sweep may still take it for alive.
-            asyncio.get_running_loop().call_later(SWEEP_AGAIN, self.shm.sweep)
-
-    def welcome(self, session: str, shm: shared_memory.Directory | None) -> p.Welcome:
-        return p.Welcome(session=session, workers=len(self.backend.workers),
-                         cluster=self.cluster_id, max_frame=self.config.max_frame,
-                         shm=shm.path if shm else None)
-
-    def status(self) -> dict:
-        info = self.backend.status()
-        info["sessions"] = len(self.sessions)
-        info["shared_memory"] = self.shm.usage() if self.shm is not None else None
-        guard = self.doors.guard
-        info["unauthenticated"] = {"waiting": len(guard), **guard.closed}
-        info["compiled"] = compiled_totals(info.get("workers", ()))
-        return info
-
-    async def wait_for_workers(self, count: int, timeout: float = JOIN_TIMEOUT) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.backend.workers) < count:
-                self._joined.clear()
-                await self._joined.wait()
-
-    async def session_handler(self, request: web.Request) -> web.StreamResponse:
-        sessions: list[ClientSession] = []
-
-        def welcome(ws: web.WebSocketResponse, hello: p.Hello) -> p.Welcome | p.Error:
-            if hello.resume is None:
-                try:
-                    check_session_count(len(self.resumable), self.config.max_sessions)
-                except ResourceLimitError as exc:
-                    return p.Error(id=0, kind="ResourceLimitError", message=str(exc))
-                session = ClientSession(ws, self, self.shm_for(hello))
-                self.resumable[session.resume_token] = session
-            else:
-                found = self.resumable.get(hello.resume)
-                if found is None or found.closed or self.stopping:
-                    return p.Error(id=0, kind="SessionLost", message=(
-                        "the session could not be resumed: it ended (its grace period "
-                        "passed, or the cluster restarted)"))
-                try:
-                    found.resume(ws, hello.received)
-                except ProtocolError as exc:
-                    found.end()
-                    return p.Error(id=0, kind="SessionLost", message=str(exc))
-                session = found
-            sessions.append(session)
-            return session.welcome()
-
-        try:
-            accepted = await accept(request, "client", self.doors, self.config.max_frame,
-                                    welcome)
-        except BaseException:
-            if sessions:        # the welcome could not be sent: as if it broke after
-                sessions[0].disconnected(sessions[0].ws)
-            raise
-        if isinstance(accepted, web.Response):
-            return accepted
-        await self._serve(sessions[0], accepted[0])
-        return accepted[0]
-
-    def connect_local(self) -> tuple[in_process.ClientEnd, p.Welcome]:
-        """A session for a client on this event loop (the embedded default): its frames
-        are handed over in memory (``cluster.coordinator.in_process``). Returns the client's end of
-        the connection and its welcome."""
-        client, server = in_process.pair()
-        session = ClientSession(server, self, self.shm.for_peer() if self.shm else None)
-        self.resumable[session.resume_token] = session
-        serving = asyncio.ensure_future(self._serve(session, server))
-        self._local.add(serving)
-        serving.add_done_callback(self._local.discard)
-        return client, session.welcome()
-
-    async def _serve(self, session: ClientSession, ws: Socket) -> None:
-        self.sessions.add(session)
-        try:
-            await session.serve()
-        finally:
-            if session.ws is ws:        # else a resume has replaced this socket
-                self.sessions.discard(session)
-            self.connection_ended(session)
-
-    def session_ended(self, session: ClientSession) -> None:
-        self.sessions.discard(session)
-        self.resumable.pop(session.resume_token, None)
-        if session.shm is not None:     # ended for good: what it never took, it never will
-            session.shm.reclaim()
-
-    async def worker_handler(self, request: web.Request) -> web.StreamResponse:
-        def welcome(ws: web.WebSocketResponse, hello: p.Hello) -> p.Welcome | p.Error:
-            if self.backend.refuses_workers is None:
-                return self.welcome("", self.shm_for(hello))
-            return p.Error(id=0, kind="PyforaUsageError",
-                           message=self.backend.refuses_workers)
-
-        accepted = await accept(request, "worker", self.doors, self.config.max_frame, welcome)
-        if isinstance(accepted, web.Response):
-            return accepted
-        ws, hello = accepted
-        dispatcher = self.backend
-        # Only the pool's dispatcher takes workers; the welcome refused them otherwise.
-        assert isinstance(dispatcher, Dispatcher), dispatcher.refuses_workers
-        worker = WorkerLink(ws, self, dispatcher, hello.name or f"worker@{request.remote}",
-                            self.shm_for(hello))
-        self.worker_links.add(worker)
-        dispatcher.worker_joined(worker)
-        self._joined.set()
-        try:
-            await worker.serve()
-        finally:
-            # No new task for it while we wait to learn why it went.
-            dispatcher.worker_leaving(worker)
-            if self.pool is not None and self.pool.started(worker.name):
-                why = await self.pool.exit_reason(worker.name)
-            else:   # a pyfora-worker started by hand: its exit status is not ours to see
-                why = ("the worker disconnected: its process ended, or the network between "
-                       "it and the coordinator failed")
-            dispatcher.worker_lost(worker, why)
-            self.worker_links.discard(worker)
-            self.connection_ended(worker)
-        return ws
-
-    async def close_sessions(self) -> None:
-        """Tell every client the cluster is going away (their pending calls fail with
-        ``SessionClosedOK``)."""
-        self.stopping = True
-        for session in list(self.resumable.values()):
-            if not session.attached:
-                session.end()
-        await asyncio.gather(*(
-            link.ws.close(code=WSCloseCode.GOING_AWAY, message=b"cluster shutting down")
-            for link in list(self.sessions)), return_exceptions=True)
-        await asyncio.gather(*self._local, return_exceptions=True)
-
-    async def on_shutdown(self, app: web.Application) -> None:
-        await self.close_sessions()
-        # pyfora-workers only: a Dask cluster's workers are not ours to close.
-        for link in list(self.worker_links):
-            await link.ws.close(code=WSCloseCode.GOING_AWAY, message=b"cluster shutting down")
-
 
 COORDINATOR = web.AppKey("coordinator", Coordinator)
 
 
-def make_app(config: Config, backend: Backend | None = None) -> web.Application:
-    coordinator = Coordinator(config, backend)
-    app = web.Application(middlewares=[coordinator.doors.check_host])
+async def session_handler(request: web.Request) -> web.StreamResponse:
+    coordinator = request.app[COORDINATOR]
+    sessions: list[ClientSession] = []
+
+    def welcome(ws: web.WebSocketResponse, hello: p.Hello) -> p.Welcome | p.Error:
+        if hello.resume is None:
+            try:
+                check_session_count(len(coordinator.resumable), coordinator.config.max_sessions)
+            except ResourceLimitError as exc:
+                return p.Error(id=0, kind="ResourceLimitError", message=str(exc))
+            session = ClientSession(ws, coordinator, coordinator.shm_for(hello))
+            coordinator.resumable[session.resume_token] = session
+        else:
+            found = coordinator.resumable.get(hello.resume)
+            if found is None or found.closed or coordinator.stopping:
+                return p.Error(id=0, kind="SessionLost", message=(
+                    "the session could not be resumed: it ended (its grace period "
+                    "passed, or the cluster restarted)"))
+            try:
+                found.resume(ws, hello.received)
+            except ProtocolError as exc:
+                found.end()
+                return p.Error(id=0, kind="SessionLost", message=str(exc))
+            session = found
+        sessions.append(session)
+        return session.welcome()
+
+    try:
+        accepted = await accept(request, "client", coordinator.doors,
+                                coordinator.config.max_frame, welcome)
+    except BaseException:
+        if sessions:        # the welcome could not be sent: as if it broke after
+            sessions[0].disconnected(sessions[0].ws)
+        raise
+    if isinstance(accepted, web.Response):
+        return accepted
+    await coordinator.serve_session(sessions[0], accepted[0])
+    return accepted[0]
+
+
+async def worker_handler(request: web.Request) -> web.StreamResponse:
+    coordinator = request.app[COORDINATOR]
+    accepted = await accept(request, "worker", coordinator.doors, coordinator.config.max_frame,
+                            lambda ws, hello: coordinator.worker_welcome(hello))
+    if isinstance(accepted, web.Response):
+        return accepted
+    ws, hello = accepted
+    await coordinator.serve_worker(ws, hello, f"worker@{request.remote}")
+    return ws
+
+
+async def _open_shared_memory(app: web.Application) -> None:
+    app[COORDINATOR].open_shared_memory()
+
+
+async def _close_shared_memory(app: web.Application) -> None:
+    app[COORDINATOR].close_shared_memory()
+
+
+async def _shut_down(app: web.Application) -> None:
+    await app[COORDINATOR].shut_down()
+
+
+def make_app(config: Config, backend: Backend | None = None,
+             coordinator: Coordinator | None = None) -> web.Application:
+    """The app of a new coordinator; or of ``coordinator``, whose owner opens and closes
+    its shared memory and its connections (``cluster.coordinator.embedded``)."""
+    owned = coordinator is None
+    coordinator = coordinator or Coordinator(config, backend)
+    app = web.Application(middlewares=[check_host(coordinator.doors)])
     app[COORDINATOR] = coordinator
-    app.router.add_get("/api/session", coordinator.session_handler)
-    app.router.add_get("/api/worker", coordinator.worker_handler)
+    app.router.add_get("/api/session", session_handler)
+    app.router.add_get("/api/worker", worker_handler)
     dashboard.setup(app, coordinator)      # "/" and "/api/status"
-    app.on_startup.append(coordinator.open_shared_memory)
-    app.on_shutdown.append(coordinator.on_shutdown)
-    app.on_cleanup.append(coordinator.close_shared_memory)
+    if owned:
+        app.on_startup.append(_open_shared_memory)
+        app.on_shutdown.append(_shut_down)
+        app.on_cleanup.append(_close_shared_memory)
     return app
+
+
+async def serve(app: web.Application, listening: socket.socket, tls=None) -> web.AppRunner:
+    """Serve ``app`` on the ``listening`` socket; the runner's ``cleanup()`` stops it."""
+    # Request headers are held until complete, before any check: bounded per connection
+    # (128 by default) as well as per line.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
+                           access_log_class=AccessLogger, max_headers=64)
+    await runner.setup()
+    try:
+        await GuardedSite(runner, listening, app[COORDINATOR].doors.guard,
+                          ssl_context=tls).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
 
 
 class RunningCluster:
@@ -338,14 +147,9 @@ class RunningCluster:
         await self.coordinator.backend.close()
 
 
-async def start_cluster(config: Config, started: tuple[socket.socket, WorkerPool] | None = None
-                        ) -> RunningCluster:
+async def start_cluster(config: Config) -> RunningCluster:
     """Bind the coordinator, start ``config.workers`` workers and wait for them to join
-    (with the Dask backend: connect to Dask, or start a local Dask cluster, first).
-
-    ``started``: a listening socket, and a pool already started with workers connecting to
-    it (``cluster.coordinator.embedded``): serve on that socket and wait for those workers.
-    """
+    (with the Dask backend: connect to Dask, or start a local Dask cluster, first)."""
     backend = None
     if config.backend == "dask":
         try:
@@ -355,33 +159,20 @@ async def start_cluster(config: Config, started: tuple[socket.socket, WorkerPool
                                    f"'pyfora[dask]' ({exc})") from None
         backend = await DaskBackend.start(config.scheduler, config.worker_count)
     try:
-        return await _bind(config, backend, started)
+        return await _bind(config, backend)
     except BaseException:
         if backend is not None:
             await backend.close()
-        if started is not None:
-            await started[1].stop()
-            started[0].close()
         raise
 
 
-async def _bind(config: Config, backend: Backend | None,
-                started: tuple[socket.socket, WorkerPool] | None) -> RunningCluster:
+async def _bind(config: Config, backend: Backend | None) -> RunningCluster:
     app = make_app(config, backend)
     coordinator = app[COORDINATOR]
-    if started is not None:     # its workers are connecting already: theirs before serving
-        coordinator.pool = started[1]
-        listening = started[0]
-    else:
-        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-        listening = socket.create_server((config.host.strip("[]"), config.port), family=family)
-    # Request headers are held until complete, before any check: bounded per connection
-    # (128 by default) as well as per line.
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
-                           access_log_class=AccessLogger, max_headers=64)
-    await runner.setup()
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    listening = socket.create_server((config.host.strip("[]"), config.port), family=family)
     tls = server_context(config.certfile, config.keyfile) if config.certfile else None
-    await GuardedSite(runner, listening, coordinator.doors.guard, ssl_context=tls).start()
+    runner = await serve(app, listening, tls)
     host, port = runner.addresses[0][:2]
     coordinator.doors.port = port
     shown = f"[{host}]" if ":" in host else host
@@ -390,26 +181,12 @@ async def _bind(config: Config, backend: Backend | None,
     if backend is not None:
         return RunningCluster(runner, url, coordinator)
     try:
-        if started is None:
-            coordinator.pool = WorkerPool(
-                config.worker_count, f"ws{secure}://{shown}:{port}/api/worker",
-                config.worker_token, certfile=config.certfile,
-                memory_limit=config.memory_limit)
-            await coordinator.pool.start()
+        coordinator.pool = WorkerPool(
+            config.worker_count, f"ws{secure}://{shown}:{port}/api/worker",
+            config.worker_token, certfile=config.certfile, memory_limit=config.memory_limit)
+        await coordinator.pool.start()
         await coordinator.wait_for_workers(config.worker_count)
     except BaseException:
         await RunningCluster(runner, url, coordinator).stop()
         raise
     return RunningCluster(runner, url, coordinator)
-
-
-def compiled_totals(workers) -> dict:
-    """The compiled tier's counts of all workers (``pyfora.compiled.counts``), summed."""
-    totals = {"compiled": 0, "runs": 0, "reruns": 0, "fallbacks": 0, "compile_s": 0.0,
-              "cache_hits": 0}
-    for worker in workers:
-        for name, value in (worker.get("compiled") or {}).items():
-            if name in totals:
-                totals[name] += value
-    totals["compile_s"] = round(totals["compile_s"], 3)
-    return totals

@@ -13,26 +13,45 @@ an ``Origin`` header (only browsers send one) must come from a page of the clust
 the cluster serves, which defeats DNS rebinding (a foreign name that resolves to
 127.0.0.1, making the page "same-origin" with us).
 
+The checks read a request through ``Request``, which aiohttp's requests and the worker
+door's (``cluster.coordinator.ws_door``) both are, so every door applies the same ones;
+each server turns a ``Refusal`` into its own response (``cluster.coordinator.web_doors``).
+
 Runs on the coordinator's event loop (checks) or at start-up (contexts); nothing here
 does I/O but reading certificate files.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import ipaddress
-import logging
 import secrets
 import socket
 import ssl
 import urllib.parse
-
-from aiohttp import abc, web
+from collections.abc import Mapping
+from typing import Protocol
 
 from cluster.coordinator.guard import Guard
-from pyfora import wire as p
 from pyfora.net.local_tokens import is_loopback
+
+
+class Request(Protocol):
+    """What the checks read of an upgrade or HTTP request."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...     # names case-insensitive
+
+    @property
+    def query(self) -> Mapping[str, str]: ...
+
+    @property
+    def host(self) -> str | None: ...
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
 
 
 def new_token() -> str:
@@ -40,7 +59,7 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def authorized(request: web.BaseRequest, token: str) -> bool:
+def authorized(request: Request, token: str) -> bool:
     """Whether ``request`` carries ``token``, as ``Authorization: Bearer`` or ``?token=``."""
     header = request.headers.get("Authorization", "")
     offered = [request.query.get("token", ""),
@@ -54,7 +73,7 @@ def _hostname(host_header: str) -> str:
     return (urllib.parse.urlsplit("//" + host_header).hostname or "").lower()
 
 
-def host_allowed(request: web.BaseRequest, served: frozenset[str], loopback_bound: bool) -> bool:
+def host_allowed(request: Request, served: frozenset[str], loopback_bound: bool) -> bool:
     """Whether ``Host`` names this cluster: a loopback name, one of ``served``
     (``served_names``) or, unless the cluster is bound to loopback only, an address
     literal (a rebinding attack needs a name)."""
@@ -70,7 +89,7 @@ def host_allowed(request: web.BaseRequest, served: frozenset[str], loopback_boun
         return False
 
 
-def origin_allowed(request: web.BaseRequest, port: int, secure: bool) -> bool:
+def origin_allowed(request: Request, port: int, secure: bool) -> bool:
     """Whether a websocket handshake's ``Origin``, if it has one, is this cluster's own
     scheme://host:port, the host being the one the request names."""
     origin = request.headers.get("Origin")
@@ -106,16 +125,13 @@ TOKEN_HELP = {
 }
 
 
-def refuse(status: int, kind: str, message: str) -> web.Response:
-    """An HTTP refusal that the client turns back into ``pyfora.errors``' ``kind``.
-
-    The connection is closed once it is sent: aiohttp keeps whatever follows an upgrade
-    request, unbounded, for the websocket it expects to take it over."""
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    response = web.Response(status=status, body=p.refusal(kind, message),
-                            content_type="application/json", headers=headers)
-    response.force_close()
-    return response
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """A refused request: its HTTP status, and the ``pyfora.errors`` name and message the
+    peer raises (``wire.refusal`` is the response's body)."""
+    status: int
+    kind: str
+    message: str
 
 
 @dataclasses.dataclass
@@ -130,7 +146,7 @@ class Doors:
     secure: bool
     port: int = 0           # set once bound
 
-    def authorized(self, request: web.BaseRequest, role: str) -> bool:
+    def authorized(self, request: Request, role: str) -> bool:
         """Whether ``request`` carries the token of ``role``; if so its connection is
         no longer watched by the guard."""
         if not authorized(request, self.tokens[role]):
@@ -138,35 +154,22 @@ class Doors:
         self.guard.authenticated(request.transport)
         return True
 
-    def refusal(self, request: web.BaseRequest, role: str) -> web.Response | None:
+    def refusal(self, request: Request, role: str) -> Refusal | None:
         """Why a websocket upgrade to the endpoint of ``role`` is refused, or None."""
         if not origin_allowed(request, self.port, self.secure):
-            return refuse(403, "AuthenticationError", "cross-origin websocket refused: "
-                          "the Origin is not this cluster's own page")
+            return Refusal(403, "AuthenticationError", "cross-origin websocket refused: "
+                           "the Origin is not this cluster's own page")
         if not self.authorized(request, role):
-            return refuse(401, "AuthenticationError", TOKEN_HELP[role])
+            return Refusal(401, "AuthenticationError", TOKEN_HELP[role])
         return None
 
-    @web.middleware
-    async def check_host(self, request: web.Request, handler):
-        if not host_allowed(request, self.served, self.loopback):
-            return refuse(403, "AuthenticationError", f"this cluster does not serve the "
-                          f"name {_hostname(request.host or '')!r} (pyfora-cluster "
-                          "--allow-host NAME adds one)")
-        return await handler(request)
-
-
-class AccessLogger(abc.AbstractAccessLogger):
-    """aiohttp's access log without query strings: ``/api/status?token=...`` is how the
-    dashboard may pass the token, and the default format (``%r``) would log it."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info('%s "%s %s" %s %.3fs', request.remote, request.method, request.path,
-                         response.status, time)
-
-    @property
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
+    def host_refusal(self, request: Request) -> Refusal | None:
+        """Why any request is refused for the name it gives in ``Host``, or None."""
+        if host_allowed(request, self.served, self.loopback):
+            return None
+        return Refusal(403, "AuthenticationError", f"this cluster does not serve the name "
+                       f"{_hostname(request.host or '')!r} (pyfora-cluster --allow-host NAME "
+                       "adds one)")
 
 
 def server_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from cluster.coordinator.app import Coordinator
+    from cluster.coordinator.coordinator import Coordinator
     from cluster.scheduling.peers import Session
 
 PAGE = importlib.resources.files("cluster.coordinator") / "static" / "dashboard.html"

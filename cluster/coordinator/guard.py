@@ -17,10 +17,12 @@ attacker has to open connections faster than a client takes to authenticate, a f
 milliseconds.) Authenticated connections (sessions, workers, the dashboard's keep-alive
 polling) are no longer watched.
 
-aiohttp has no hook for a connection before its first request, so ``GuardedSite`` wraps
-the protocol each accepted connection gets; once the connection has authenticated, its
-transport is handed aiohttp's own protocol back, so the frames of sessions and workers
-go through no extra call.
+Each connection is a ``Watch`` until it authenticates. aiohttp has no hook for a
+connection before its first request, so its site (``cluster.coordinator.web_doors``) wraps
+the protocol each accepted connection gets in a ``Watched``; once the connection has
+authenticated, its transport is handed aiohttp's own protocol back, so the frames of
+sessions and workers go through no extra call. The worker door served by websockets
+(``cluster.coordinator.ws_door``) makes its connections watch themselves.
 
 Runs on the coordinator's event loop.
 """
@@ -29,10 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import cast
-
-from aiohttp import web
 
 log = logging.getLogger("cluster")
 #: What a connection may send before it authenticates.
@@ -46,9 +45,9 @@ class Guard:
         self.limit = limit
         self.timeout = timeout
         self.closed = {"evicted": 0, "expired": 0, "oversized": 0}
-        self._waiting: dict[asyncio.Transport, _Watched] = {}
+        self._waiting: dict[asyncio.Transport, Watch] = {}
 
-    def opened(self, transport: asyncio.Transport, watched: _Watched) -> None:
+    def opened(self, transport: asyncio.Transport, watched: Watch) -> None:
         if len(self._waiting) >= self.limit:
             self.drop(next(iter(self._waiting)), "evicted")
             if self.closed["evicted"] in (1, 1000) or self.closed["evicted"] % 10000 == 0:
@@ -64,7 +63,8 @@ class Guard:
         watched = self._waiting.pop(transport, None) if transport is not None else None
         if transport is not None and watched is not None:
             watched.trusted()
-            transport.set_protocol(watched.handler)
+            if watched.handler is not None:
+                transport.set_protocol(watched.handler)
 
     def forget(self, transport: asyncio.Transport | None) -> None:
         """The connection has ended."""
@@ -83,11 +83,13 @@ class Guard:
         return len(self._waiting)
 
 
-class _Watched(asyncio.Protocol):
-    """aiohttp's protocol for one connection, with what it receives counted until it
-    authenticates, and the guard told of its start and end."""
+class Watch:
+    """What one connection has sent, counted until it authenticates.
 
-    def __init__(self, handler: asyncio.Protocol, guard: Guard) -> None:
+    ``handler``: the protocol its transport is handed back to once it has (None: the
+    transport's protocol is the watching one)."""
+
+    def __init__(self, guard: Guard, handler: asyncio.Protocol | None = None) -> None:
         self.handler = handler
         self._guard = guard
         self._transport: asyncio.Transport | None = None
@@ -99,24 +101,43 @@ class _Watched(asyncio.Protocol):
         if self.deadline is not None:
             self.deadline.cancel()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def opened(self, transport: asyncio.BaseTransport) -> None:
         # A stream protocol's transport, which typeshed types as any transport.
-        stream = cast(asyncio.Transport, transport)
-        self._transport = stream
-        self.handler.connection_made(stream)
-        self._guard.opened(stream, self)
+        self._transport = cast(asyncio.Transport, transport)
+        self._guard.opened(self._transport, self)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def ended(self) -> None:
         self._guard.forget(self._transport)
-        self.handler.connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
+    def admits(self, data: bytes) -> bool:
+        """Whether ``data`` may be read: False once the connection is dropped for it."""
         if self._received is not None:
             self._received += len(data)
             if self._received > MAX_BYTES and self._transport is not None:
                 self._guard.drop(self._transport, "oversized")
-                return
-        self.handler.data_received(data)
+                return False
+        return True
+
+
+class Watched(asyncio.Protocol):
+    """A protocol for one connection, with what it receives counted (``Watch``) until it
+    authenticates."""
+
+    def __init__(self, handler: asyncio.Protocol, guard: Guard) -> None:
+        self.handler = handler
+        self._watch = Watch(guard, handler)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.handler.connection_made(transport)
+        self._watch.opened(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._watch.ended()
+        self.handler.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._watch.admits(data):
+            self.handler.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self.handler.eof_received()
@@ -126,20 +147,3 @@ class _Watched(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.handler.resume_writing()
-
-
-class GuardedSite(web.SockSite):
-    """A ``SockSite`` whose connections ``guard`` watches."""
-
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, guard: Guard,
-                 **kwargs) -> None:
-        super().__init__(runner, sock, **kwargs)
-        self._guard = guard
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)      # SockSite's own would serve unwatched
-        server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Watched(server(), self._guard), sock=self._sock,
-            ssl=self._ssl_context, backlog=self._backlog)

@@ -8,7 +8,8 @@ thread's time for tiny tasks. Here each frame is handed to the other end's queue
 
 Both ends speak only as much of their library's API as their user calls: ``ClientEnd``
 that of a ``websockets`` client connection (``pyfora.aio.session.Session``), ``ServerEnd``
-that of an aiohttp ``WebSocketResponse`` (``cluster.coordinator.link.Link``). So the protocol above
+that of an aiohttp ``WebSocketResponse`` (``cluster.coordinator.link.Link``), but for the
+frames it reads, which are bytes (as the worker door's are). So the protocol above
 the frames (batches, acks, shared memory, close codes) is the same code on either
 transport. The connection cannot break without a close; a session on it is never
 resumed.
@@ -28,13 +29,12 @@ import asyncio
 import collections
 
 import websockets
-from aiohttp import WSCloseCode, WSMessage, WSMsgType
-from websockets.frames import Close
+from websockets.frames import Close, CloseCode
 
 from pyfora.wire import Message
 
 #: Close codes a ``websockets`` connection ends on without raising.
-_OK_CODES = (WSCloseCode.OK, WSCloseCode.GOING_AWAY)
+_OK_CODES = (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY)
 
 
 class _End:
@@ -109,7 +109,7 @@ class ClientEnd(_End):
             raise websockets.ConnectionClosedError(
                 Close(code, self.close_reason), None) from None
 
-    async def close(self, code: int = WSCloseCode.OK, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         self._shut(code, reason)
 
 
@@ -124,11 +124,10 @@ class ServerEnd(_End):
         if self.close_code is None:
             self.peer._deliver(data)
 
-    async def __anext__(self) -> WSMessage | Message:
-        item = await self._next()
-        return item if isinstance(item, Message) else WSMessage(WSMsgType.BINARY, item, None)
+    async def __anext__(self) -> bytes | Message:
+        return await self._next()
 
-    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"") -> bool:
+    async def close(self, *, code: int = CloseCode.NORMAL_CLOSURE, message: bytes = b"") -> bool:
         if self.close_code is not None:
             return False
         self._shut(code, message.decode(errors="replace"))

@@ -1,5 +1,6 @@
-"""One websocket peer of the coordinator (a client session or a worker): the handshake,
-ordered sends, and requests that await their reply.
+"""One websocket peer of the coordinator (a client session or a worker): ordered sends,
+requests that await their reply, and the frames read (the handshake is the door's:
+``cluster.coordinator.web_doors``, ``cluster.coordinator.ws_door``).
 
 Sending never awaits, so the dispatcher can send from plain functions: a message is
 written at once, or queued behind those still waiting, a message and its buffers' frames
@@ -16,9 +17,8 @@ import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol
 
-from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from websockets.frames import CloseCode, Opcode
 
-from cluster.coordinator.auth import Doors, refuse
 from cluster.scheduling.peers import Request
 from pyfora import wire as p
 from pyfora.errors import ProtocolError, PyforaError
@@ -26,40 +26,15 @@ from pyfora.net.sender import Sender
 from pyfora.net.shared_memory import Directory
 
 log = logging.getLogger("cluster")
-
-
-async def accept(request: web.Request, role: str, doors: Doors, max_frame: int,
-                 welcome: Callable[[web.WebSocketResponse, p.Hello], p.Welcome | p.Error],
-                 ) -> tuple[web.WebSocketResponse, p.Hello] | web.Response:
-    """Check the upgrade request of a ``role`` (its Origin and token: ``Doors``, its
-    ``hello``: ``wire.hello_from_header``), then upgrade and send the welcome.
-
-    ``welcome`` makes the welcome from the hello (a client resuming its session gets that
-    session's); an ``Error`` it returns refuses the connection. A refusal is an HTTP
-    response, returned to be answered, that names the error for the peer to raise
-    (``wire.refusal``): nothing is accepted from a peer before it is known.
-    """
-    refusal = doors.refusal(request, role)
-    if refusal is not None:
-        return refusal
-    try:
-        hello = p.hello_from_header(request.headers.get(p.HELLO_HEADER))
-        if hello.role != role:
-            raise ProtocolError(f"this endpoint is for {role}s, not {hello.role}s")
-    except ProtocolError as exc:
-        return refuse(400, "ProtocolError", str(exc))
-    ws = web.WebSocketResponse(max_msg_size=max_frame, heartbeat=30.0)
-    reply = welcome(ws, hello)
-    if isinstance(reply, p.Error):
-        return refuse(409, reply.kind, reply.message)
-    await ws.prepare(request)
-    await ws.send_bytes(p.encode(reply))
-    return ws, hello
+#: The types of aiohttp's messages that carry data: theirs are the frames' opcodes.
+_DATA = (Opcode.BINARY, Opcode.TEXT)
 
 
 class Socket(Protocol):
-    """What a ``Link`` uses of its websocket: aiohttp's ``WebSocketResponse``, or the
-    coordinator's end of an in-process connection (``in_process.ServerEnd``)."""
+    """What a ``Link`` uses of its websocket: aiohttp's ``WebSocketResponse``, the worker
+    door's connection (``ws_door``), or the coordinator's end of an in-process connection
+    (``in_process.ServerEnd``). Reading it gives aiohttp's messages, or frames as bytes,
+    or (in process) messages as they are."""
 
     @property
     def closed(self) -> bool: ...
@@ -71,7 +46,7 @@ class Socket(Protocol):
 
     async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
 
-    def __aiter__(self) -> AsyncIterator[WSMessage | p.Message]: ...
+    def __aiter__(self) -> AsyncIterator[Any]: ...
 
 
 class Link:
@@ -136,15 +111,17 @@ class Link:
         message: p.Message | ProtocolError | None
         try:
             async for msg in ws:
-                if isinstance(msg, p.Message):      # handed over as is: not counted
-                    self._handle(msg)
-                    continue
-                if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
-                    continue
+                if type(msg) is not bytes:
+                    if isinstance(msg, p.Message):      # handed over as is: not counted
+                        self._handle(msg)
+                        continue
+                    if msg.type not in _DATA:        # aiohttp's ping, pong, error
+                        continue
+                    msg = msg.data
                 try:
-                    arrived = assembler.feed(msg.data)
+                    arrived = assembler.feed(msg)
                 except ProtocolError as exc:    # the frames that follow are lost
-                    await ws.close(code=exc.close_code or WSCloseCode.PROTOCOL_ERROR,
+                    await ws.close(code=exc.close_code or CloseCode.PROTOCOL_ERROR,
                                    message=str(exc)[:120].encode())
                     break
                 for message, size in arrived:

@@ -33,7 +33,7 @@ import logging
 import secrets
 from typing import TYPE_CHECKING
 
-from aiohttp import WSCloseCode
+from websockets.frames import CloseCode
 
 from cluster.coordinator import limits
 from cluster.coordinator.link import Link, Socket
@@ -43,7 +43,7 @@ from pyfora.net.sender import Sender
 from pyfora.net.shared_memory import Directory
 
 if TYPE_CHECKING:
-    from cluster.coordinator.app import Coordinator
+    from cluster.coordinator.coordinator import Coordinator
 
 log = logging.getLogger("cluster")
 #: Seconds a session closed for a limit has to take the error saying so before the close.
@@ -126,7 +126,7 @@ class ClientSession(Link):
             self._sender.send(frames)
         self.window.wake()      # what the client had received is forgotten: room for fetches
         if not old.closed:      # a half-open socket the client has given up on
-            self.spawn(old.close(code=WSCloseCode.GOING_AWAY, message=b"session resumed"))
+            self.spawn(old.close(code=CloseCode.GOING_AWAY, message=b"session resumed"))
         log.info("%s resumed; %d messages sent again", self.name, len(missed))
 
     def disconnected(self, ws: Socket) -> None:
@@ -135,7 +135,7 @@ class ClientSession(Link):
         self.attached = False
         grace = self.coordinator.config.session_grace
         # aiohttp reports a connection that ended without a close frame as 1006.
-        broken = ws.close_code in (None, WSCloseCode.ABNORMAL_CLOSURE)
+        broken = ws.close_code in (None, CloseCode.ABNORMAL_CLOSURE)
         if broken and grace > 0 and not self.coordinator.stopping:
             log.info("%s lost its connection; kept %.3g s for it to resume", self.name, grace)
             self._expiry = asyncio.get_running_loop().call_later(grace, self.end)
@@ -177,7 +177,7 @@ class ClientSession(Link):
             await asyncio.wait_for(sender.wait(), FLUSH_BEFORE_CLOSE)
         except TimeoutError:
             pass        # it does not read either: the reason is in the close frame
-        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=limits.UNACKED_CLOSE_REASON)
+        await ws.close(code=CloseCode.POLICY_VIOLATION, message=limits.UNACKED_CLOSE_REASON)
 
     # -- requests ---------------------------------------------------------------------
 

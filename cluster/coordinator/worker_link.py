@@ -18,7 +18,7 @@ from pyfora.errors import ProtocolError, PyforaError
 from pyfora.net.shared_memory import Directory
 
 if TYPE_CHECKING:
-    from cluster.coordinator.app import Coordinator
+    from cluster.coordinator.coordinator import Coordinator
 
 
 class WorkerLink(Link):

@@ -10,12 +10,13 @@ Runs on the event loop that awaits it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import compiled
 from ..net.tls import client_context
-from .executor import Executor
-from .session import Session
+
+if TYPE_CHECKING:
+    from .executor import Executor
 
 
 class connect:  # noqa: N801 - used like a function: `await connect()`, `async with connect()`
@@ -65,13 +66,17 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
         self._executor: Executor | None = None
 
     async def _open(self) -> Executor:
-        if self._url is None:
-            cluster = await _start_embedded(self._workers)
+        cluster = None if self._url is not None else await _start_embedded(self._workers)
+        # Here, not at the top: with no URL, they load while the workers start.
+        from .executor import Executor
+        from .session import Session
+
+        if cluster is not None:
             # On this loop, as the client: no socket between them
             # (``cluster.coordinator.in_process``).
             session = Session(*cluster.coordinator.connect_local())
         else:
-            cluster = None
+            assert self._url is not None
             context = None
             if self._cafile is not None or not self._verify:
                 context = client_context(self._cafile, self._verify)
@@ -95,4 +100,11 @@ class connect:  # noqa: N801 - used like a function: `await connect()`, `async w
 
 async def _start_embedded(workers: int | None):
     from cluster.coordinator import embedded
-    return await embedded.start(workers)
+    starting = await embedded.start_workers(workers)
+    try:
+        # The client's own modules, while the workers start (``_open`` finds them loaded).
+        from . import executor, session  # noqa: F401
+        return await embedded.start(starting)
+    except BaseException:
+        await starting.abandon()
+        raise
