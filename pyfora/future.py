@@ -32,6 +32,19 @@ class Future(concurrent.futures.Future):
     def __init__(self, portal: Portal) -> None:
         super().__init__()
         self._portal = portal
+        # While the operation runs: the function that stops it, called on the loop. Set
+        # and cleared by the portal; held here rather than in a done callback, which
+        # would keep it (and what it holds) for as long as the future lives.
+        self._stop: Callable[[], Any] | None = None
+
+    def cancel(self) -> bool:
+        """Cancel the operation, on the cluster too; False once its result has arrived."""
+        if not super().cancel():
+            return False
+        stop, self._stop = self._stop, None
+        if stop is not None:
+            self._portal.call_soon(stop)
+        return True
 
     def result(self, timeout: float | None = None) -> Any:
         """Block until the result arrives.
