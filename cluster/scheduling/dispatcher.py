@@ -204,7 +204,7 @@ class Dispatcher(Backend):
         for _ in range(8):      # each pass makes progress unless workers keep dying
             record = self._record(oid, session)
             if record.data is not None:
-                return p.Value(id=0, data=record.data, oob=record.oob, frames=record.frames)
+                return record.value()
             if record.holders:
                 holder = next(iter(record.holders))
                 try:
