@@ -132,8 +132,10 @@ class Dispatcher(Backend):
         if failed is not None:
             self.fail(task, failed)
             return
+        waiting = bool(self.queue)      # then no worker has room: nothing to schedule
         self.enqueue(task)
-        self.schedule()
+        if not waiting:
+            self.schedule()
 
     def new_task(self, session: Session, payload: bytes, deps: list, inline: int,
                  oid: int) -> Task:

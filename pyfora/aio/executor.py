@@ -153,8 +153,7 @@ class Executor:
 
         Cancelling the awaiting task cancels the computation on the cluster.
         """
-        return await self.submitPrepared(self.prepare(fn, args, kwargs), retries=retries,
-                                         timeout=timeout)
+        return await self._submit(self.prepare(fn, args, kwargs), retries, timeout)
 
     async def submitPrepared(self, call: PreparedCall, retries: int = 0,
                              timeout: float | None = None) -> RemotePythonObject:
