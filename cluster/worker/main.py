@@ -355,10 +355,17 @@ class Worker:
 
 def _function_key(fn: Any) -> tuple | None:
     """What makes a function the same one from task to task, for ``Worker.quick``: most
-    arrive as a new object each time (pickled by value), with the same code."""
-    if type(fn) is not types.FunctionType:
+    arrive as a new object each time (pickled by value), with the same code. None for a
+    function that must never run on the loop thread: one whose comprehensions were made
+    parallel, or pyfora's own (a map's, a with-block's), which may be quick with one input
+    and split across the cluster with the next."""
+    if type(fn) is not types.FunctionType or fn.__module__.startswith(_OWN) \
+            or parallel_runtime.CELL in fn.__code__.co_freevars:
         return None
     return fn.__module__, fn.__qualname__, fn.__code__.co_code
+
+
+_OWN = ("pyfora.", "cluster.")
 
 
 async def run_worker(url: str, token: str | None, name: str,
