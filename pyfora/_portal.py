@@ -95,8 +95,7 @@ class Portal:
                 future.set_exception(exc)
                 return
             task.add_done_callback(lambda t: _settle(future, t, wrap))
-            concurrent.futures.Future.add_done_callback(
-                future, lambda f: f.cancelled() and loop.call_soon_threadsafe(task.cancel))
+            _running(future, task.cancel)
 
         self._schedule(start, coro)
         return future
@@ -108,28 +107,28 @@ class Portal:
         cancels it, and ``settle`` is later called with its result or exception. No task
         is made for it. Any thread."""
         future = Future(self)
-        loop = self.loop
-        assert loop is not None, "the loop thread sets it before Portal() returns"
-
-        def settle(outcome: Any) -> None:
-            if isinstance(outcome, BaseException):
-                _resolve(future, wrap, error=outcome)
-            else:
-                _resolve(future, wrap, outcome)
+        settle = _Settle(future, wrap)
 
         def start() -> None:
             if future.cancelled():
                 return
             try:
-                cancel = begin(settle)
+                stop = begin(settle)
             except BaseException as exc:
                 future.set_exception(exc)
                 return
-            concurrent.futures.Future.add_done_callback(
-                future, lambda f: f.cancelled() and loop.call_soon_threadsafe(cancel))
+            _running(future, stop)
 
         self._schedule(start)
         return future
+
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        """Call ``fn()`` on the loop. Any thread; a no-op once the loop has stopped."""
+        if self.loop is not None and os.getpid() == self.pid:
+            try:
+                self.loop.call_soon_threadsafe(fn)
+            except RuntimeError:
+                pass
 
     def _schedule(self, start: Callable[[], None], coro: Awaitable | None = None) -> None:
         """Run ``start`` on the loop, with the other calls made meanwhile."""
@@ -178,7 +177,36 @@ def _discard(coro: Awaitable) -> None:
         coro.close()
 
 
+def _running(future: Future, stop: Callable[[], Any]) -> None:
+    """Give ``future`` the function that stops its operation, now started; if the future
+    was cancelled meanwhile, stop it now (``Future.cancel`` may have found none yet: a
+    second call of ``stop`` must be harmless)."""
+    future._stop = stop
+    if future.cancelled():
+        future._stop = None
+        stop()
+
+
+class _Settle:
+    """A started operation's ``settle``: sets the future's outcome from what it ends with
+    (its result, or an exception). An object of two slots where a closure would make four:
+    thousands of these are alive at once, and each costs the garbage collector a visit."""
+
+    __slots__ = ("future", "wrap")
+
+    def __init__(self, future: Future, wrap: Callable[[Any], Any] | None) -> None:
+        self.future, self.wrap = future, wrap
+
+    def __call__(self, outcome: Any) -> None:
+        self.future._stop = None
+        if isinstance(outcome, BaseException):
+            _resolve(self.future, self.wrap, error=outcome)
+        else:
+            _resolve(self.future, self.wrap, outcome)
+
+
 def _settle(future: Future, task: asyncio.Task, wrap: Callable[[Any], Any] | None) -> None:
+    future._stop = None
     if task.cancelled():
         future.cancel()
     elif task.exception() is not None:

@@ -7,6 +7,7 @@ a fresh portal; ``close()`` (and interpreter exit) leave no threads or processes
 
 import _thread
 import asyncio
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -123,6 +124,19 @@ def test_cancelling_the_future_cancels_the_coroutine(portal):
     assert cancelled.wait(T) or not future.running()
     with pytest.raises(pyfora.CancelledError):
         future.result(timeout=T)
+
+
+def test_a_future_has_every_field_of_a_concurrent_future_and_its_condition_works(portal):
+    # pyfora.Future sets concurrent.futures.Future's fields itself (with a lighter
+    # condition): a new field there must show here.
+    assert set(vars(concurrent.futures.Future())) <= set(vars(pyfora.Future(portal)))
+    futures = [portal.submit(asyncio.sleep(i * 0.01, i)) for i in range(4)]
+    done, _ = concurrent.futures.wait(futures, timeout=T)
+    assert done == set(futures)
+    assert [f.result(timeout=T) for f in futures] == [0, 1, 2, 3]
+    waiting = pyfora.Future(portal)
+    threading.Timer(0.05, waiting.set_result, ["set"]).start()
+    assert waiting.result(timeout=T) == "set"
 
 
 def test_ctrl_c_in_result_cancels_the_work(portal):

@@ -19,6 +19,8 @@ import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pyfora import wire as p
+
 if TYPE_CHECKING:
     from cluster.scheduling.lineage import Rebuild, Recipe
     from cluster.scheduling.peers import Session, Worker
@@ -33,8 +35,10 @@ class ObjectRecord:
     # The workers holding the value (the pool's; Dask's results are its futures).
     holders: set[Worker] = dataclasses.field(default_factory=set)
     data: bytes | None = None       # the coordinator's copy: defined values, small results
-    oob: list = dataclasses.field(default_factory=list)     # a defined value's buffers
-    frames: list = dataclasses.field(default_factory=list)  # and their frames, as they came
+    # A defined value's buffers and their frames, as they came. Empty tuples otherwise:
+    # no two lists per result for the garbage collector to visit.
+    oob: list | tuple = ()
+    frames: list | tuple = ()
     error: dict | None = None       # set when the computation that made it raised
     refs: int = 1                   # the owner's proxy, plus one per task that uses it
     held: bool = True               # the owner's proxy has not been released
@@ -43,6 +47,11 @@ class ObjectRecord:
     rebuild: Rebuild | None = None  # while it is being computed again
     keep: bool = False              # keep its value while dormant (it was computed again)
     defined: bool = False           # made by ``define``: counted in its owner's defined bytes
+
+    def value(self) -> p.Value:
+        """The copy the coordinator holds (``data``), as the reply to a fetch."""
+        assert self.data is not None, "asked only of a record that holds its value"
+        return p.Value(id=0, data=self.data, oob=list(self.oob), frames=list(self.frames))
 
 
 class ObjectStore:
@@ -90,7 +99,7 @@ class ObjectStore:
         record.holders.clear()
         if record.recipe is not None:
             record.data = None      # a defined value's copy here is its only recipe
-            record.frames = []
+            record.frames = ()
 
     def add_children(self, oids: list[int]) -> None:
         """A new recipe names these records as its inputs."""

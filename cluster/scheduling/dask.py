@@ -39,6 +39,7 @@ import collections
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 
 from distributed import Client, Future, LocalCluster, wait
 from distributed.client import FutureCancelledError
@@ -231,7 +232,7 @@ class DaskBackend(Backend):
         """
         record = self._record(oid, session)
         if record.data is not None:
-            return p.Value(id=0, data=record.data, oob=record.oob, frames=record.frames)
+            return record.value()
         if record.error is not None or oid not in self.futures:
             raise PyforaUsageError(f"object {oid} holds no value: its computation failed")
         fetched = self.client.submit(dask_tasks.fetch, self.futures[oid], pure=False)
@@ -468,7 +469,7 @@ async def _close(cluster: LocalCluster) -> None:
         await closing
 
 
-def _joined(oob: list, frames: list) -> list:
+def _joined(oob: Sequence, frames: Sequence) -> list:
     """Out-of-band buffers whole, from the frames the coordinator keeps them in (a buffer
     over ``wire.CHUNK`` came in several, one in shared memory as a ``Shared``)."""
     buffers, parts = [], iter(frames)

@@ -132,8 +132,10 @@ class Dispatcher(Backend):
         if failed is not None:
             self.fail(task, failed)
             return
+        waiting = bool(self.queue)      # then no worker has room: nothing to schedule
         self.enqueue(task)
-        self.schedule()
+        if not waiting:
+            self.schedule()
 
     def new_task(self, session: Session, payload: bytes, deps: list, inline: int,
                  oid: int) -> Task:
@@ -204,7 +206,7 @@ class Dispatcher(Backend):
         for _ in range(8):      # each pass makes progress unless workers keep dying
             record = self._record(oid, session)
             if record.data is not None:
-                return p.Value(id=0, data=record.data, oob=record.oob, frames=record.frames)
+                return record.value()
             if record.holders:
                 holder = next(iter(record.holders))
                 try:

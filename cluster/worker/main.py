@@ -7,7 +7,9 @@ task prints is captured and sent, a whole line at a time, to the client that sub
 The loop hands the thread one task at a time through a queue it blocks on, and the thread
 hands back the task's ``done`` with one ``call_soon_threadsafe``, which writes it and
 hands over the next task. No executor, future or asyncio task per task: that machinery
-would cost more than the rest of a small task's path.
+would cost more than the rest of a small task's path. A task whose function ran quickly
+here before (``INLINE_BELOW``) runs on the loop's own thread instead, while the task
+thread has nothing to do: the two thread wake-ups of the hand-over cost more than it.
 
 Started by the coordinator's pool (``--parent-pipe``: exit when stdin closes, so a worker
 never outlives its coordinator) or by hand on another host.
@@ -31,6 +33,8 @@ import os
 import queue
 import ssl
 import threading
+import time
+import types
 from typing import Any
 
 import websockets
@@ -53,6 +57,14 @@ log = logging.getLogger("cluster.worker")
 WARM_UP_IDLE = 0.5
 #: Handed to the task thread, in the place of a task, to warm the compiled tier up.
 _WARM_UP: Any = object()
+#: A task runs on the loop thread when its function's last run here (the call and the
+#: pickling of its result) took less than this many seconds, and its pickle is at most
+#: ``INLINE_PAYLOAD`` bytes (the loop unpickles it to find its function). Meanwhile the
+#: loop answers nothing, so a run must stay far shorter than anything waits for it.
+INLINE_BELOW = 0.0005
+INLINE_PAYLOAD = 16 * 1024
+#: Functions remembered as quick or not, at most (then forgotten, all at once).
+QUICK_KEYS = 1024
 
 
 class InputUnavailable(LookupError):
@@ -100,7 +112,11 @@ class Worker:
         self.queue: collections.deque[p.Run] = collections.deque()
         self.busy = False
         self.last_done = self.loop.time()
-        self.inbox: queue.SimpleQueue[p.Run | None] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Whether each function's last run was quick (by ``_function_key``), and whether
+        # the task thread is warming the compiled tier up (then nothing else may import).
+        self.quick: dict[tuple, bool] = {}
+        self.warming = False
         # A daemon: a task still running must not hold the process at exit.
         threading.Thread(target=self.serve_tasks, name="pyfora-task", daemon=True).start()
 
@@ -154,7 +170,41 @@ class Worker:
             if missing:
                 asyncio.ensure_future(self.fetch_then_run(message, missing))
             else:
-                self.inbox.put(message)
+                self.hand_over(message)
+
+    def hand_over(self, message: p.Run) -> None:
+        """Run a task whose inputs are here: on this thread if its function is known to be
+        quick, else on the task thread. Loop thread, while no task is busy."""
+        call = self.unpickled(message)
+        if call is None or not self.quick.get(_function_key(call[0])):
+            self.inbox.put((message, call))
+            return
+        done = self.run_here(message, call)
+        # Later in this iteration: after the lines it printed, sent as it printed them.
+        self.loop.call_soon(self.finish, p.to_frames(done, self.shm))
+
+    def unpickled(self, message: p.Run) -> tuple | None:
+        """The task's call, unpickled here if it could run here; None otherwise (the
+        task thread unpickles it, and reports why that fails)."""
+        if (self.warming or not self.quick or message.frames
+                or len(message.payload) > INLINE_PAYLOAD):
+            return None
+        try:
+            return serialization.loads(message.payload, self.resolve, message.frames)
+        except BaseException:   # noqa: B036 - the task thread reports it, as always
+            return None
+
+    def run_here(self, message: p.Run, call: tuple) -> p.Done:
+        """``execute`` on the loop thread, as the task thread would run it: with no event
+        loop running (the task may run one of its own) and no automatic parallelism (its
+        pieces would wait for this loop: the comprehensions run as CPython runs them)."""
+        asyncio.events._set_running_loop(None)
+        parallel_runtime.install(None)
+        try:
+            return self.execute(message, call)
+        finally:
+            parallel_runtime.install(self.parallel)
+            asyncio.events._set_running_loop(self.loop)
 
     async def fetch_then_run(self, message: p.Run, missing: list[int]) -> None:
         """Fetch a task's ``missing`` inputs, then hand it to the task thread; if one
@@ -171,7 +221,7 @@ class Worker:
             self.finish(p.to_frames(p.Done(id=message.id, oid=message.oid, size=0, type="",
                                            error=error), self.shm))
         else:
-            self.inbox.put(message)
+            self.hand_over(message)
 
     def finish(self, done: list) -> None:
         """Write a task's done (its frames), then start the next task. Loop thread."""
@@ -196,19 +246,23 @@ class Worker:
         elif idle < WARM_UP_IDLE:
             self.loop.call_later(WARM_UP_IDLE - idle, self.warm_up)
         else:
+            self.warming = True
             self.inbox.put(_WARM_UP)
 
     def serve_tasks(self) -> None:
         """The task thread: run each task handed over, until ``close``."""
         done: list | None
-        while (message := self.inbox.get()) is not None:
-            if message is _WARM_UP:
+        while (item := self.inbox.get()) is not None:
+            if item is _WARM_UP:
                 compiled.warm_up()
+                self.warming = False
                 continue
-            done = p.to_frames(self.execute(message), self.shm)
+            message, call = item
+            item = None
+            done = p.to_frames(self.execute(message, call), self.shm)
             # Not held while waiting for the next task: a task's arguments and result
             # are freed when it ends (the store keeps the result itself).
-            message = None
+            message = call = None
             try:
                 self.loop.call_soon_threadsafe(self.finish, done)
             except RuntimeError:    # the loop is closed: the worker is exiting
@@ -234,8 +288,9 @@ class Worker:
     def resolve(self, oid: int):
         return self.store[oid].value
 
-    def execute(self, message: p.Run) -> p.Done:
-        """Run one task on the task thread; never raises."""
+    def execute(self, message: p.Run, call: tuple | None = None) -> p.Done:
+        """Run one task (``call``: its pickle already loaded); never raises. Records
+        whether its function was quick (see ``INLINE_BELOW``)."""
         def sink(stream: str, text: str) -> None:
             self.send_threadsafe(p.Output(id=message.id, stream=stream, text=text))
 
@@ -249,8 +304,10 @@ class Worker:
                         self.cancelled.discard(message.id)
                         raise TaskCancelled()
                     self.running = (message.id, threading.get_ident())
-                fn, args, kwargs = serialization.loads(message.payload, self.resolve,
-                                                       message.frames)
+                started = time.perf_counter()
+                fn, args, kwargs = call or serialization.loads(message.payload, self.resolve,
+                                                               message.frames)
+                call = None
                 value = compiled.call(fn, args, kwargs)
             finally:
                 with self.running_lock:
@@ -259,6 +316,11 @@ class Worker:
                     stream.stop()
             buffers: list = []
             data, _ = serialization.dumps(value, buffers=buffers)
+            key = _function_key(fn)
+            if key is not None:
+                if len(self.quick) >= QUICK_KEYS and key not in self.quick:
+                    self.quick.clear()
+                self.quick[key] = time.perf_counter() - started < INLINE_BELOW
         except TaskCancelled as exc:
             with self.running_lock:
                 self.running = None
@@ -295,6 +357,21 @@ class Worker:
             if self.running is None or self.running[0] != task_id:
                 return
             interrupt(self.running[1])
+
+
+def _function_key(fn: Any) -> tuple | None:
+    """What makes a function the same one from task to task, for ``Worker.quick``: most
+    arrive as a new object each time (pickled by value), with the same code. None for a
+    function that must never run on the loop thread: one whose comprehensions were made
+    parallel, or pyfora's own (a map's, a with-block's), which may be quick with one input
+    and split across the cluster with the next."""
+    if type(fn) is not types.FunctionType or fn.__module__.startswith(_OWN) \
+            or parallel_runtime.CELL in fn.__code__.co_freevars:
+        return None
+    return fn.__module__, fn.__qualname__, fn.__code__.co_code
+
+
+_OWN = ("pyfora.", "cluster.")
 
 
 async def run_worker(url: str, token: str | None, name: str,

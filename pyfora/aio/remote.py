@@ -1,12 +1,11 @@
 """``RemotePythonObject``: a handle to a value that lives on the cluster.
 
-Runs on the event loop thread; the finalizer that releases the remote value may run on
+Runs on the event loop thread; ``__del__``, which releases the remote value, may run on
 any thread and only posts a message.
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from .. import serialization
@@ -36,8 +35,12 @@ class RemotePythonObject:
         self.typeName = done.type
         self._inline = done.value
         self._error = done.error
-        release = weakref.finalize(self, executor._release, done.oid)
-        release.atexit = False
+
+    def __del__(self) -> None:
+        # Not a ``weakref.finalize``: that is four more objects per proxy for the garbage
+        # collector to visit, and thousands of proxies are alive at once. At interpreter
+        # exit the executor is closed first, and ``_release`` then does nothing.
+        self._executor._release(self.oid)
 
     @property
     def failed(self) -> bool:

@@ -88,6 +88,9 @@ _SUM_FAST = (int, float, complex)
 _LONG_MAX = 2 ** (8 * struct.calcsize("l") - 1) - 1
 _INT_TYPES = {int, bool}
 _context: Any = None
+#: The name of the closure cell through which rewritten code reaches this module
+#: (``rewrite``): a function with that free variable may split work across the cluster.
+CELL = "_pyfora_rt"
 
 
 def install(context: Any) -> None:

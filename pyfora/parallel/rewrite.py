@@ -55,7 +55,7 @@ from typing import Any
 from . import _runtime
 
 _IT = "_pyfora_it"
-_RT = "_pyfora_rt"
+_RT = _runtime.CELL
 _FN = "_pyfora_fn"
 _PART = "_pyfora_part"
 _COMPS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)

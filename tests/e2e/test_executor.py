@@ -3,6 +3,7 @@ and real worker subprocesses. Every future is a ``concurrent.futures.Future``.""
 
 import asyncio
 import concurrent.futures
+import gc
 import os
 import socket
 import threading
@@ -214,6 +215,23 @@ def test_released_proxies_free_their_objects(ufora, cluster_url):
     assert held["bytes"] >= baseline["bytes"] + 5000
     del proxies
     wait_until(lambda: objects() == baseline, T, "the released objects to be freed")
+
+
+def test_finished_futures_and_their_proxies_keep_few_objects(ufora):
+    # Every object a pending or finished call keeps is one more visit at each pass of
+    # the garbage collector, and thousands are kept at once: a future (with its lock and
+    # condition) and a proxy, not the closures that started or could cancel the call.
+    def census() -> int:
+        gc.collect()
+        return len(gc.get_objects())
+
+    n = 200
+    before = census()
+    futures = [ufora.submit(square, i) for i in range(n)]
+    proxies = [f.result(timeout=T) for f in futures]
+    kept = (census() - before) / n
+    assert [p.toLocal().result(timeout=T) for p in proxies[:3]] == [0, 1, 4]
+    assert kept <= 9, f"{kept:.1f} objects kept per call"
 
 
 def test_closed_executor(cluster_url):
