@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 from cluster.coordinator.pool import WorkerPool
 
 if TYPE_CHECKING:
+    from websockets.asyncio.server import Server
+
     from cluster.coordinator.coordinator import Coordinator
 
 log = logging.getLogger("cluster")
@@ -105,7 +107,7 @@ class EmbeddedCluster:
     def __init__(self, coordinator: Coordinator, listening: socket.socket) -> None:
         self.coordinator = coordinator
         self.url = f"http://127.0.0.1:{listening.getsockname()[1]}/"
-        self.door = None        # the worker door's server, once serving
+        self.door: Server | None = None     # the worker door's server, once serving
         self._listening = listening
         self._importing: asyncio.Future | None = None
         self._serving: asyncio.Task | None = None

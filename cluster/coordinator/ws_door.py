@@ -46,6 +46,7 @@ async def start(coordinator: Coordinator, listening: socket.socket) -> Server:
 
     async def handle(connection: ServerConnection) -> None:
         assert isinstance(connection, _Connection) and connection.hello is not None
+        assert connection.welcome is not None, "welcomed by check, before the upgrade"
         ws = _Socket(connection)
         await ws.send_bytes(p.encode(connection.welcome))
         await coordinator.serve_worker(ws, connection.hello,
@@ -55,7 +56,8 @@ async def start(coordinator: Coordinator, listening: socket.socket) -> Server:
         handle, sock=listening, process_request=check, compression=None,
         max_size=config.max_frame, open_timeout=None, ping_interval=PING_INTERVAL,
         ping_timeout=PING_TIMEOUT, server_header=None,
-        create_connection=functools.partial(_Connection, guard=coordinator.doors.guard))
+        create_connection=functools.partial(  # type: ignore[arg-type] # a subclass's maker
+            _Connection, guard=coordinator.doors.guard))
 
 
 def _check(coordinator: Coordinator, connection: _Connection,
