@@ -11,6 +11,7 @@ The asynchronous API is ``pyfora.aio``; this package is a thin synchronous facad
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING
 
+from ._lazy import exports
 from .errors import (
     AuthenticationError,
     BadWithBlockError,
@@ -48,17 +49,7 @@ if TYPE_CHECKING:
     from .remote import RemotePythonObject
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pyfora' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = exports(__name__, _LAZY)
 
 
 __all__ = [

@@ -8,6 +8,7 @@
 
 from typing import TYPE_CHECKING
 
+from .._lazy import exports
 from .connection import connect
 
 # The executor and what it needs (cloudpickle, the codec) load on first use (PEP 562):
@@ -21,16 +22,6 @@ if TYPE_CHECKING:
     from .remote import RemotePythonObject
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pyfora.aio' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = exports(__name__, _LAZY)
 
 __all__ = ["Executor", "PreparedCall", "RemotePythonObject", "connect"]
