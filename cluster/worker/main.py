@@ -304,10 +304,10 @@ class Worker:
                         self.cancelled.discard(message.id)
                         raise TaskCancelled()
                     self.running = (message.id, threading.get_ident())
-                started = time.perf_counter()
                 fn, args, kwargs = call or serialization.loads(message.payload, self.resolve,
                                                                message.frames)
                 call = None
+                started = time.perf_counter()
                 value = compiled.call(fn, args, kwargs)
             finally:
                 with self.running_lock:
