@@ -176,7 +176,7 @@ class Worker:
         """Run a task whose inputs are here: on this thread if its function is known to be
         quick, else on the task thread. Loop thread, while no task is busy."""
         call = self.unpickled(message)
-        if call is None or not self.quick.get(_function_key(call[0]) or ()):
+        if call is None or (key := _function_key(call[0])) is None or not self.quick.get(key):
             self.inbox.put((message, call))
             return
         done = self.run_here(message, call)
