@@ -48,11 +48,8 @@ class Executor:
             ExecutorClosedError: the executor is closed.
         """
         call = self._aio.prepare(fn, args, kwargs)
-        if timeout is None:     # tiny tasks come by thousands: no task on the loop for each
-            return self._portal.start(
-                lambda settle: self._aio.startPrepared(call, settle, retries), self._proxy)
-        return self._portal.submit(
-            self._aio.submitPrepared(call, retries=retries, timeout=timeout), self._proxy)
+        return self._portal.start(
+            lambda settle: self._aio.startPrepared(call, settle, retries, timeout), self._proxy)
 
     def map(self, fn: Callable, iterable: Any, /, timeout: float | None = None) -> Iterator:
         """``fn`` applied to every item of ``iterable`` on the cluster, in parallel across

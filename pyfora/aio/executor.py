@@ -19,7 +19,7 @@ from typing import Any
 from .. import serialization
 from .. import wire as p
 from ..compiled import run_interpreted
-from ..errors import ExecutorClosedError, PyforaTimeoutError
+from ..errors import ExecutorClosedError, PyforaTimeoutError, PyforaUsageError
 from ..parallel import is_user_function, rewrite_function
 from ..parallel._runtime import pmap
 from . import progress
@@ -132,9 +132,10 @@ class Executor:
                 pass
         return remove
 
-    async def submit(self, fn: Callable, /, *args: Any, retries: int = 0,
-                     timeout: float | None = None, **kwargs: Any) -> RemotePythonObject:
-        """Run ``fn(*args, **kwargs)`` on the cluster.
+    def submit(self, fn: Callable, /, *args: Any, retries: int = 0,
+               timeout: float | None = None, **kwargs: Any) -> asyncio.Future[RemotePythonObject]:
+        """Run ``fn(*args, **kwargs)`` on the cluster. The call is sent now; ``await`` the
+        future returned for the proxy of its result.
 
         Args:
             retries: run it again, up to this many times, if the worker running it dies
@@ -142,62 +143,71 @@ class Executor:
                 never retried.
             timeout: seconds from now until the result must be computed, waiting in the
                 queue included; past it the computation is cancelled on the cluster and
-                ``PyforaTimeoutError`` is raised. (``retries`` and ``timeout`` are taken
-                by ``submit``: to pass arguments of those names to ``fn``, bind them with
-                ``functools.partial``.)
+                the future fails with ``PyforaTimeoutError``. (``retries`` and ``timeout``
+                are taken by ``submit``: to pass arguments of those names to ``fn``, bind
+                them with ``functools.partial``.)
 
         Returns:
-            A proxy of the result, once it is computed. If ``fn`` raised, the proxy's
-            ``toLocal()`` raises ``ComputationError``; if its worker died (and no retry
-            was left), ``WorkerCrashedError`` saying how.
+            A future of a proxy of the result, once it is computed. If ``fn`` raised, the
+            proxy's ``toLocal()`` raises ``ComputationError``; if its worker died (and no
+            retry was left), ``WorkerCrashedError`` saying how. Cancelling the future, or
+            the task awaiting it, cancels the computation on the cluster.
 
-        Cancelling the awaiting task cancels the computation on the cluster.
+        Raises:
+            PythonToForaConversionError: an argument cannot be pickled; it is named.
+            ExecutorClosedError: this executor is closed.
+            PyforaUsageError: called outside this executor's event loop.
         """
-        return await self._submit(self.prepare(fn, args, kwargs), retries, timeout)
+        return self.submitPrepared(self.prepare(fn, args, kwargs), retries, timeout)
 
-    async def submitPrepared(self, call: PreparedCall, retries: int = 0,
-                             timeout: float | None = None) -> RemotePythonObject:
+    def submitPrepared(self, call: PreparedCall, retries: int = 0,
+                       timeout: float | None = None) -> asyncio.Future[RemotePythonObject]:
         """Send a call made by ``prepare``; otherwise as ``submit``."""
-        return await self._submit(call, retries, timeout)
+        return self._send_call(call, retries, timeout)
+
+    def _send_call(self, call: PreparedCall, retries: int = 0,
+                   timeout: float | None = None) -> _Submitted:
+        session = self._session
+        if asyncio._get_running_loop() is not session.loop:
+            raise PyforaUsageError(
+                "pyfora.aio.Executor.submit runs on the executor's event loop; from "
+                "another thread, use the synchronous pyfora.connect() instead")
+        message = self._message(call, retries)
+        submitted = _Submitted(self, message.id)
+        session.start_request(message, submitted)
+        if timeout is not None:
+            submitted.time_out_in(timeout)
+        return submitted
 
     def startPrepared(self, call: PreparedCall, on_done: Callable[[Any], None],
-                      retries: int = 0) -> Callable[[], None]:
+                      retries: int = 0, timeout: float | None = None) -> Callable[[], None]:
         """``submitPrepared`` for callers that are not coroutines (the synchronous facade's
         ``submit``, thousands at a time): the call is sent now, and ``on_done`` is called
         once, on the loop, with the proxy of the result or with the exception, unless it is
         cancelled first. Returns the function that cancels it, on the cluster too. Loop
         thread."""
-        message = p.Submit(id=self._session.next_id(), payload=call.payload, deps=call.deps,
-                           retries=retries, oob=p.oob_layout(call.buffers), frames=call.buffers)
+        message = self._message(call, retries)
         started = _Started(self, message.id, on_done)
         self._session.start_request(message, started)
+        if timeout is not None:
+            started.time_out_in(timeout)
         return started.cancel
 
-    async def _submit(self, call: PreparedCall, retries: int = 0,
-                      timeout: float | None = None,
-                      line: progress.Progress | None = None) -> RemotePythonObject:
-        """``submitPrepared``; with ``line``, counts the cluster reports for this request
-        (a ``map``'s elements done) feed that progress line while it runs."""
-        message = p.Submit(id=self._session.next_id(), payload=call.payload, deps=call.deps,
-                           retries=retries, oob=p.oob_layout(call.buffers), frames=call.buffers)
+    def _message(self, call: PreparedCall, retries: int) -> p.Submit:
+        return p.Submit(id=self._session.next_id(), payload=call.payload, deps=call.deps,
+                        retries=retries, oob=p.oob_layout(call.buffers), frames=call.buffers)
+
+    async def _submit_counted(self, call: PreparedCall,
+                              line: progress.Progress | None) -> RemotePythonObject:
+        """``submitPrepared``; with ``line``, the cluster's reports for this request (a
+        ``map``'s elements done) feed that progress line while it runs."""
+        submitted = self._send_call(call)
         if line is not None:
-            self._counted[message.id] = line
+            self._counted[submitted.request_id] = line
         try:
-            if timeout is None:     # no Timeout object per call: tiny tasks come by thousands
-                done = await self._session.request(message)
-            else:
-                async with asyncio.timeout(timeout):
-                    done = await self._session.request(message)
-        except asyncio.CancelledError:
-            self._session.post(p.Cancel(target=message.id))
-            raise
-        except TimeoutError:
-            self._session.post(p.Cancel(target=message.id))
-            raise PyforaTimeoutError(
-                f"the computation did not finish within {timeout} s; it was cancelled") from None
+            return await submitted
         finally:
-            self._counted.pop(message.id, None)
-        return RemotePythonObject(self, done)
+            self._counted.pop(submitted.request_id, None)
 
     async def define(self, obj: Any) -> RemotePythonObject:
         """Send ``obj`` to the cluster and return a proxy of it."""
@@ -318,7 +328,7 @@ class MapResult:
 
     async def _run(self) -> list:
         async with progress.track(self._executor, "map", self._total) as line:
-            proxy = await self._executor._submit(self._call, line=line)
+            proxy = await self._executor._submit_counted(self._call, line)
             return await proxy.toLocal()
 
     def _started(self) -> asyncio.Task:
@@ -341,20 +351,83 @@ class MapResult:
 class _Started:
     """A call started by ``Executor.startPrepared``: called with its reply, it hands
     ``on_done`` the proxy (or the exception); ``cancel`` stops it, on the cluster too.
-    One object of three slots rather than two closures of two cells each: thousands are
+    One object of four slots rather than two closures of two cells each: thousands are
     in flight at once, and each object costs the garbage collector a visit."""
 
-    __slots__ = ("executor", "request_id", "on_done")
+    __slots__ = ("executor", "request_id", "on_done", "deadline")
 
     def __init__(self, executor: Executor, request_id: int,
                  on_done: Callable[[Any], None]) -> None:
         self.executor, self.request_id, self.on_done = executor, request_id, on_done
+        self.deadline: asyncio.TimerHandle | None = None
 
     def __call__(self, reply: Any) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
         self.on_done(reply if isinstance(reply, BaseException)
                      else RemotePythonObject(self.executor, reply))
 
     def cancel(self) -> None:
-        session = self.executor._session
-        if session.forget(self.request_id):
-            session.post(p.Cancel(target=self.request_id))
+        if self.deadline is not None:
+            self.deadline.cancel()
+        _cancel_request(self.executor._session, self.request_id)
+
+    def time_out_in(self, timeout: float) -> None:
+        self.deadline = self.executor._session.loop.call_later(timeout, self.time_out, timeout)
+
+    def time_out(self, timeout: float) -> None:
+        if _cancel_request(self.executor._session, self.request_id):
+            self.on_done(_timed_out(timeout))
+
+
+class _Submitted(asyncio.Future[RemotePythonObject]):
+    """What ``Executor.submit`` returns: the future of a call sent, which the session
+    calls with the call's reply. Cancelling it cancels the call on the cluster. One
+    object where a coroutine would take a task, a future and three frames: thousands
+    are in flight at once (``gather``), and each costs the garbage collector a visit."""
+
+    __slots__ = ("_executor", "request_id", "_deadline")
+
+    def __init__(self, executor: Executor, request_id: int) -> None:
+        super().__init__(loop=executor._session.loop)
+        self._executor = executor
+        self.request_id = request_id
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def __call__(self, reply: Any) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self.done():
+            return
+        if isinstance(reply, BaseException):
+            self.set_exception(reply)
+        else:
+            self.set_result(RemotePythonObject(self._executor, reply))
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not self.done():
+            if self._deadline is not None:
+                self._deadline.cancel()
+            _cancel_request(self._executor._session, self.request_id)
+        return super().cancel(msg)
+
+    def time_out_in(self, timeout: float) -> None:
+        self._deadline = self.get_loop().call_later(timeout, self._time_out, timeout)
+
+    def _time_out(self, timeout: float) -> None:
+        if not self.done() and _cancel_request(self._executor._session, self.request_id):
+            self.set_exception(_timed_out(timeout))
+
+
+def _cancel_request(session: Session, request_id: int) -> bool:
+    """Stop waiting for a request's reply and cancel it on the cluster; False if its
+    reply had come already."""
+    if not session.forget(request_id):
+        return False
+    session.post(p.Cancel(target=request_id))
+    return True
+
+
+def _timed_out(timeout: float) -> PyforaTimeoutError:
+    return PyforaTimeoutError(
+        f"the computation did not finish within {timeout} s; it was cancelled")

@@ -60,8 +60,8 @@ class RemotePythonObject:
         return await self._executor._download(self)
 
     def __call__(self, *args: Any, **kwargs: Any):
-        """Call the remote value with these arguments, on the cluster: a coroutine giving a
-        proxy of the result."""
+        """Call the remote value with these arguments, on the cluster: as ``submit``, a
+        future of a proxy of the result."""
         return self._executor.submit(self, *args, **kwargs)
 
     def __reduce__(self):

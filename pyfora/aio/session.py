@@ -87,7 +87,7 @@ class Session:
         # each at once: nothing to encode, batch or keep, since it is never resumed.
         self._direct: Callable[[Any], None] | None = getattr(ws, "send_direct", None)
         self._ids = p.RequestIds()
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._closed: PyforaConnectionError | None = None
         self._reader = asyncio.create_task(self._read())
 
@@ -174,7 +174,7 @@ class Session:
     async def request(self, message: Any) -> Any:
         """Send a request and await its reply. Cancelling the caller stops the wait only:
         the caller decides whether the cluster must be told (``Cancel``)."""
-        future = self._loop.create_future()
+        future = self.loop.create_future()
         self.start_request(message, functools.partial(_settle, future))
         try:
             return await future
@@ -205,7 +205,7 @@ class Session:
         """Call ``fn()`` on the session's loop, from any thread, finalizers included; a
         no-op once the loop is gone."""
         try:
-            self._loop.call_soon_threadsafe(fn)
+            self.loop.call_soon_threadsafe(fn)
         except RuntimeError:
             pass
 
@@ -275,10 +275,10 @@ class Session:
         assert self._reconnect is not None
         log.warning("pyfora: the connection to the cluster broke; resuming the session")
         self._resuming = True
-        deadline = self._loop.time() + self.welcome.grace
+        deadline = self.loop.time() + self.welcome.grace
         delay = 0.05
         try:
-            while self._closed is None and (left := deadline - self._loop.time()) > 0:
+            while self._closed is None and (left := deadline - self.loop.time()) > 0:
                 try:
                     async with asyncio.timeout(left):
                         ws = await self._reconnect(p.Hello(
@@ -291,7 +291,7 @@ class Session:
                     log.warning("pyfora: %s", _refusal(exc, "the cluster"))
                     return False
                 except (OSError, TimeoutError, websockets.WebSocketException):
-                    await asyncio.sleep(min(delay, max(0.0, deadline - self._loop.time())))
+                    await asyncio.sleep(min(delay, max(0.0, deadline - self.loop.time())))
                     delay = min(2 * delay, 1.0)
                     continue
                 if not isinstance(reply, p.Welcome):

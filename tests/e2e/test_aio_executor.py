@@ -168,6 +168,31 @@ async def test_cancel_at_once_after_submit(one_worker_url):
             assert await wait((await wait(ex.submit(square, i), 10 * UNIT)).toLocal()) == i * i
 
 
+async def test_submit_sends_at_once_and_its_future_cancels_on_the_cluster(one_worker_url):
+    # As Dask's and Ray's: the call is on its way before anything awaits it.
+    async with aio.connect(one_worker_url) as ex:
+        future = ex.submit(busy, 60)
+        assert isinstance(future, asyncio.Future)
+        await async_wait_until(async_running(one_worker_url, 1), T, "the task to start")
+        assert future.cancel()
+        await async_wait_until(async_running(one_worker_url, 0), T, "the cancel")
+        assert await wait((await wait(ex.submit(square, 7))).toLocal()) == 49
+
+
+async def test_submit_timeout_cancels_on_the_cluster(one_worker_url):
+    async with aio.connect(one_worker_url) as ex:
+        with pytest.raises(pyfora.PyforaTimeoutError, match="cancelled"):
+            await wait(ex.submit(busy, 60, timeout=0.5 * UNIT))
+        await async_wait_until(async_running(one_worker_url, 0), T, "the cancel")
+        assert await wait((await wait(ex.submit(square, 8))).toLocal()) == 64
+
+
+async def test_submit_from_another_thread_says_where_to_call_it(aex):
+    with pytest.raises(pyfora.PyforaUsageError, match="event loop"):
+        await asyncio.to_thread(aex.submit, square, 2)
+    assert await wait((await wait(aex.submit(square, 9))).toLocal()) == 81
+
+
 def async_running(url, count):
     async def check():
         return (await status(url))["tasks"]["running"] == count
