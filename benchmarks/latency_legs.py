@@ -1,6 +1,6 @@
 """Where one W1 round trip goes, leg by leg (not part of run.py).
 
-    .venv-bench/bin/python benchmarks/latency_legs.py [N]
+    .venv/bin/python benchmarks/latency_legs.py [N]
 
 Uses the embedded cluster, whose coordinator runs on the client's loop thread, and wraps
 the coordinator's message handlers (``ClientSession.handle``, ``WorkerLink.handle``) to
@@ -21,7 +21,7 @@ import tasks  # noqa: E402
 import pyfora  # noqa: E402
 from cluster.coordinator.session import ClientSession  # noqa: E402
 from cluster.coordinator.worker_link import WorkerLink  # noqa: E402
-from pyfora import protocol as p  # noqa: E402
+from pyfora import wire as p  # noqa: E402
 
 LEGS = ["client submit() -> coordinator handles Submit",
         "coordinator handles Submit (dispatch, Run queued)",
