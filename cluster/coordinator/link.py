@@ -66,7 +66,8 @@ class Link:
         """Send on ``ws`` from now on: from ``serve``, after the handshake's ``welcome``."""
         self.ws = ws
         # Peers accept frames of up to MAX_FRAME: batches are BATCH_BYTES at most.
-        self._sender = Sender(ws.send_bytes, (ConnectionError, RuntimeError), paused=True)
+        self._sender = Sender(ws.send_bytes, (ConnectionError, RuntimeError), paused=True,
+                              write_now=getattr(ws, "write_now", None))
         # An in-process connection (``in_process``) takes messages as they are, at once.
         self._direct: Callable[[Any], None] | None = getattr(ws, "send_direct", None)
 

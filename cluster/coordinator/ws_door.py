@@ -30,6 +30,7 @@ from cluster.coordinator.coordinator import Coordinator
 from cluster.coordinator.guard import Guard, Watch
 from pyfora import wire as p
 from pyfora.errors import ProtocolError
+from pyfora.net.frames import Frames
 
 PATH = "/api/worker"
 #: Seconds between pings, and to wait for a pong: aiohttp's ``heartbeat=30.0``.
@@ -116,7 +117,7 @@ class _Upgrade:
         self.transport = connection.transport
 
 
-class _Connection(ServerConnection):
+class _Connection(Frames, ServerConnection):
     """A connection that the guard watches until it authenticates (``guard.Watch``),
     with the hello and welcome of its upgrade once they are known."""
 
@@ -151,7 +152,7 @@ class _Socket:
     bytes, and a connection's end as the end of reading and as a ``ConnectionError``
     when sending, as with aiohttp."""
 
-    def __init__(self, connection: ServerConnection) -> None:
+    def __init__(self, connection: _Connection) -> None:
         self._connection = connection
 
     @property
@@ -161,6 +162,9 @@ class _Socket:
     @property
     def close_code(self) -> int | None:
         return self._connection.close_code
+
+    def write_now(self, data) -> bool:
+        return self._connection.write_now(data)
 
     async def send_bytes(self, data) -> None:
         try:
@@ -179,6 +183,6 @@ class _Socket:
 
     async def __anext__(self) -> bytes:
         try:
-            return await self._connection.recv(decode=False)
+            return await self._connection.next_frame()
         except ConnectionClosed:
             raise StopAsyncIteration from None

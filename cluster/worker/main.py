@@ -48,6 +48,7 @@ from pyfora import compiled, serialization
 from pyfora import wire as p
 from pyfora.errors import ProtocolError, PyforaConnectionError
 from pyfora.net import local_tokens, shared_memory
+from pyfora.net.frames import FramesClientConnection
 from pyfora.net.sender import Sender
 from pyfora.net.tls import client_context, pinned_context
 from pyfora.parallel import _runtime as parallel_runtime
@@ -382,7 +383,7 @@ async def run_worker(url: str, token: str | None, name: str,
     hello = p.Hello(version=p.VERSION, role="worker", name=name, host=shared_memory.host_id())
     try:
         connection = await connect(url, max_size=p.MAX_FRAME, compression=None,
-                                   ping_interval=None,
+                                   ping_interval=None, create_connection=FramesClientConnection,
                                    additional_headers=p.upgrade_headers(hello, token), **tls)
     except websockets.InvalidStatus as exc:
         refusal = p.refused(exc.response.body or b"")
@@ -393,7 +394,8 @@ async def run_worker(url: str, token: str | None, name: str,
         raise SystemExit(f"pyfora-worker: cannot reach the coordinator at {url}: "
                          f"{exc}") from None
     async with connection as ws:
-        reply = p.decode(await ws.recv())
+        assert isinstance(ws, FramesClientConnection)
+        reply = p.decode(await ws.next_frame())
         if not isinstance(reply, p.Welcome):
             raise SystemExit(f"pyfora-worker: the coordinator opened with {reply.op!r}")
         worker = Worker(ws, name, reply.max_frame, shared_memory.Directory.offered(reply.shm))

@@ -44,14 +44,17 @@ class Sender:
     connection waits on a deadline that needs its own task). With ``paused``, messages are
     only queued until ``start()`` (the other end expects another frame first). ``limit``:
     the largest ``batch`` frame to make (the peer's frame limit, if lower than
-    ``wire.BATCH_BYTES``).
+    ``wire.BATCH_BYTES``). ``write_now(frame)``, if given, writes a frame without a
+    coroutine when it can, and says whether it did (``pyfora.net.frames``).
     """
 
     def __init__(self, send: Callable[[Any], Coroutine[Any, Any, Any]],
                  gone: tuple[type[BaseException], ...],
                  ready: Callable[[], bool] = lambda: True, paused: bool = False,
-                 limit: int = p.BATCH_BYTES) -> None:
+                 limit: int = p.BATCH_BYTES,
+                 write_now: Callable[[Any], bool] | None = None) -> None:
         self._send = send
+        self._write_now = write_now
         self._gone = gone
         self._ready = ready
         self._limit = min(limit, p.BATCH_BYTES)
@@ -68,7 +71,7 @@ class Sender:
         # Started outside a task only while open: a closing connection's send waits for
         # the close under a deadline, which needs a task of its own.
         return cls(ws.send, (websockets.ConnectionClosed,), lambda: ws.state is _OPEN,
-                   limit=limit)
+                   limit=limit, write_now=getattr(ws, "write_now", None))
 
     def start(self) -> None:
         """Write what was queued while paused, and from now on as it comes."""
@@ -108,7 +111,10 @@ class Sender:
     def _write(self, frames: Sequence) -> None:
         """Start ``send`` of each frame here; a task finishes the one that has to wait, and
         writes the rest."""
+        write_now = self._write_now
         for i, frame in enumerate(frames):
+            if write_now is not None and write_now(frame):
+                continue
             coro = self._send(frame)
             try:
                 waiting_for = coro.send(None)
