@@ -115,6 +115,8 @@ class Session:
         # Here, not at the top: the embedded default's session is in-process and never
         # needs the websockets client.
         from websockets.asyncio.client import connect as ws_connect
+
+        from ..net.frames import FramesClientConnection
         ws_url, url_token = p.endpoint_url(url, "/api/session")
         token = (token or url_token or os.environ.get("PYFORA_TOKEN")
                  or local_tokens.find(ws_url))
@@ -123,7 +125,8 @@ class Session:
             {"ssl": ssl_context or client_context()} if ws_url.startswith("wss:") else {})
         connect = functools.partial(ws_connect, ws_url, max_size=p.MAX_FRAME,
                                     compression=None, open_timeout=OPEN_TIMEOUT,
-                                    ping_interval=20, ping_timeout=60, close_timeout=2, **tls)
+                                    ping_interval=20, ping_timeout=60, close_timeout=2,
+                                    create_connection=FramesClientConnection, **tls)
 
         def reconnect(hello: p.Hello):
             return connect(additional_headers=p.upgrade_headers(hello, token))
@@ -143,7 +146,7 @@ class Session:
                 f"cannot reach the cluster at {url}: {exc}; is it running? "
                 "(start one with `pyfora-cluster`, or call pyfora.connect() with no URL)") from None
         try:
-            reply = p.decode(await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT))
+            reply = p.decode(await asyncio.wait_for(ws.next_frame(), OPEN_TIMEOUT))
         except (websockets.ConnectionClosed, TimeoutError) as exc:
             await ws.close()
             raise PyforaConnectionError(
@@ -368,7 +371,7 @@ def _settle(future: asyncio.Future, reply: Any) -> None:
 async def _first(ws) -> p.Message:
     """The first message on a new connection (its welcome); closes it on failure."""
     try:
-        return p.decode(await ws.recv())
+        return p.decode(await ws.next_frame())
     except BaseException:
         await ws.close()
         raise
