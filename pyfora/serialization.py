@@ -30,6 +30,7 @@ import dis
 import functools
 import io
 import linecache
+import operator
 import os
 import pickle
 import sys
@@ -253,8 +254,8 @@ def dumps_call(fn: Callable, args: tuple, kwargs: dict, owner: Any = None,
         kwargs = {k: wrapped.setdefault(id(v), _out_of_band(v)) for k, v in kwargs.items()}
     try:
         shipped = _Shipped.of(fn, code_map)
-        if shipped is not None and all(type(a) in _PLAIN for a in args) \
-                and all(type(v) in _PLAIN for v in kwargs.values()):
+        if shipped is not None and _PLAIN.issuperset(map(type, args)) \
+                and _PLAIN.issuperset(map(type, kwargs.values())):
             return _within_limit(pickle.dumps((shipped, args, kwargs), protocol=PROTOCOL)), []
         return _dumps((shipped or fn, args, kwargs), owner, code_map, buffers)
     except (PythonToForaConversionError, ForeignProxyError):
@@ -315,7 +316,7 @@ class _Shipped:
         with cls._lock:
             cached = cls._cache.get(fn)
         if cached is not None and len(cached[0]) == len(state) \
-                and all(a is b for a, b in zip(cached[0], state, strict=True)):
+                and all(map(operator.is_, cached[0], state)):
             if code_map is not None:
                 code_map.add(fn.__code__)
             return cached[1]
@@ -372,14 +373,17 @@ def _function_state(fn: types.FunctionType) -> tuple | None:
     if fn.__dict__ or fn.__kwdefaults__ or fn.__annotations__:
         return None
     code = fn.__code__
-    found = [n for n in _names_in(code) if n in fn.__globals__]
+    names = _names_in(code)
+    if not names and fn.__closure__ is None and fn.__defaults__ is None:
+        return (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__)
+    found = [n for n in names if n in fn.__globals__]
     values = [fn.__globals__[n] for n in found]
     try:
         values += [c.cell_contents for c in fn.__closure__ or ()]
     except ValueError:      # an empty cell (a name assigned later in the outer function)
         return None
     values += fn.__defaults__ or ()
-    if not all(_plain(v) for v in values):
+    if not all(map(_plain, values)):
         return None
     return (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__, *found, *values)
 
@@ -402,7 +406,7 @@ def _global_names(code: types.CodeType, names: set[str]) -> None:
 
 def _plain(value: Any) -> bool:
     if type(value) is tuple or type(value) is frozenset:
-        return all(_plain(v) for v in value)
+        return all(map(_plain, value))
     return type(value) in _PLAIN
 
 
