@@ -374,8 +374,9 @@ def _function_state(fn: types.FunctionType) -> tuple | None:
         return None
     code = fn.__code__
     names = _names_in(code)
+    own = (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__)
     if not names and fn.__closure__ is None and fn.__defaults__ is None:
-        return (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__)
+        return own
     found = [n for n in names if n in fn.__globals__]
     values = [fn.__globals__[n] for n in found]
     try:
@@ -385,7 +386,7 @@ def _function_state(fn: types.FunctionType) -> tuple | None:
     values += fn.__defaults__ or ()
     if not all(map(_plain, values)):
         return None
-    return (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__, *found, *values)
+    return (*own, *found, *values)
 
 
 @functools.lru_cache(maxsize=1024)

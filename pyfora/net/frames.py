@@ -122,5 +122,5 @@ _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
 class FramesClientConnection(Frames, ClientConnection):
-    """``websockets.asyncio.client.connect``'s connection, for a worker
-    (``create_connection=``)."""
+    """``websockets.asyncio.client.connect``'s connection (``create_connection=``), for a
+    worker and for a client's session to a URL."""
